@@ -1,0 +1,33 @@
+"""The `assayfew` command line: thin subcommands over the library."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+# Each subcommand lives in assayfew/cli/<module>.py and exposes `main`.
+_COMMANDS = {
+    "featurize": "featurize",
+    "tasks": "tasks",
+    "train": "train",
+    "evaluate": "evaluate",
+    "predict": "predict",
+    "app": "app",
+}
+
+for _name, _module in _COMMANDS.items():
+    try:
+        _mod = importlib.import_module(f"assayfew.cli.{_module}")
+    except ModuleNotFoundError as exc:  # subcommand not written yet
+        if exc.name != f"assayfew.cli.{_module}":
+            raise
+        continue
+    app.command(_name)(_mod.main)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
