@@ -1,0 +1,109 @@
+"""Tests for assayfew.chem: parsing, fingerprints (bit-equal to RDKit), cache, Tanimoto."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rdkit import Chem, DataStructs, RDConfig
+from rdkit.Chem import rdFingerprintGenerator
+
+from assayfew.chem import FingerprintSpec, featurize_smiles, max_tanimoto, parse_smiles
+
+
+def _nci_smiles(n: int) -> list[str]:
+    path = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
+    return [line.split()[0] for line in path.read_text().splitlines()[:n]]
+
+
+@pytest.mark.parametrize("spec", [FingerprintSpec(), FingerprintSpec(radius=3, bits=2048)])
+def test_fingerprints_bit_equal_to_rdkit_reference(spec: FingerprintSpec) -> None:
+    smiles = _nci_smiles(200)
+    result = featurize_smiles(smiles, spec)
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=spec.radius, fpSize=spec.bits)
+    checked = 0
+    for i, smi in enumerate(smiles):
+        mol = Chem.MolFromSmiles(smi)
+        if mol is None:
+            assert not result.valid[i] and result.reasons[i]
+            assert not result.fingerprints[i].any()
+            continue
+        ref = np.zeros(spec.bits, dtype=np.uint8)
+        DataStructs.ConvertToNumpyArray(gen.GetFingerprint(mol), ref)
+        assert np.array_equal(result.fingerprints[i], ref), smi
+        assert result.canonical[i] == Chem.MolToSmiles(mol)
+        checked += 1
+    assert checked > 180
+    assert result.fingerprints.dtype == np.uint8 and result.fingerprints.shape == (200, spec.bits)
+
+
+def test_parallel_equals_serial() -> None:
+    smiles = _nci_smiles(600) * 8  # > parallel threshold, with duplicates
+    smiles = [f"{s}.C" if i % 7 == 0 else s for i, s in enumerate(smiles)]
+    parallel = featurize_smiles(smiles, n_jobs=2)
+    serial = featurize_smiles(smiles, n_jobs=1)
+    assert np.array_equal(parallel.fingerprints, serial.fingerprints)
+    assert parallel.reasons == serial.reasons and parallel.canonical == serial.canonical
+
+
+def test_invalid_rows_keep_position_and_reason() -> None:
+    result = featurize_smiles(["CCO", "", "not_a_smiles", "c1cccc1", "CN(C)(C)(C)C", "CCO"])
+    assert result.valid.tolist() == [True, False, False, False, False, True]
+    assert result.reasons[1] == "empty SMILES"
+    assert result.reasons[2] == "unparsable SMILES"
+    assert result.reasons[3].startswith("sanitization failed")
+    assert result.reasons[4].startswith("sanitization failed")
+    assert not result.fingerprints[1:5].any()
+    assert np.array_equal(result.fingerprints[0], result.fingerprints[5])
+    assert result.canonical[2] == ""
+
+
+def test_parse_smiles_standardize() -> None:
+    mol, reason = parse_smiles("CC(=O)[O-].[Na+]", standardize=True)
+    assert reason == "" and Chem.MolToSmiles(mol) == "CC(=O)O"
+    mol, reason = parse_smiles("CC(=O)[O-].[Na+]")
+    assert "." in Chem.MolToSmiles(mol)
+    assert parse_smiles("C1CC") == (None, "unparsable SMILES")
+
+
+def test_empty_input() -> None:
+    result = featurize_smiles([])
+    assert result.fingerprints.shape == (0, 1024) and result.valid.shape == (0,)
+
+
+def test_cache_identical_and_robust(tmp_path: Path) -> None:
+    smiles = _nci_smiles(300) + ["bad(", ""]
+    spec = FingerprintSpec(radius=2, bits=512)
+    first = featurize_smiles(smiles, spec, cache=tmp_path)
+    shards = list(tmp_path.glob("*.npz"))
+    assert len(shards) == 1
+    again = featurize_smiles(smiles, spec, cache=tmp_path)
+    for a, b in ((first, again), (first, featurize_smiles(smiles, spec))):
+        assert np.array_equal(a.fingerprints, b.fingerprints)
+        assert np.array_equal(a.valid, b.valid)
+        assert a.reasons == b.reasons and a.canonical == b.canonical
+    # a different spec or standardize flag is a different shard
+    featurize_smiles(smiles, spec, standardize=True, cache=tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    # corruption is detected and rebuilt
+    shards[0].write_bytes(b"garbage")
+    rebuilt = featurize_smiles(smiles, spec, cache=tmp_path)
+    assert np.array_equal(rebuilt.fingerprints, first.fingerprints)
+    with np.load(shards[0], allow_pickle=False) as data:
+        assert data["packed"].shape == (len(smiles), 64)
+
+
+def test_max_tanimoto_matches_rdkit() -> None:
+    smiles = _nci_smiles(60)
+    fp = featurize_smiles(smiles).fingerprints
+    query, ref = fp[:20], fp[20:]
+    got = max_tanimoto(query, ref)
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=1024)
+    bvs = [gen.GetFingerprint(Chem.MolFromSmiles(s)) if Chem.MolFromSmiles(s) else None for s in smiles]
+    for i in range(20):
+        sims = [DataStructs.TanimotoSimilarity(bvs[i], b) for b in bvs[20:] if b is not None and bvs[i] is not None]
+        if sims:
+            assert got[i] == pytest.approx(max(sims), abs=1e-6)
+    assert np.array_equal(max_tanimoto(query, ref[:0]), np.zeros(20))
+    assert max_tanimoto(query[:1], query[:1])[0] == pytest.approx(1.0)
