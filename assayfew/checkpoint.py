@@ -1,0 +1,88 @@
+"""Model directories: `weights.safetensors` + `config.json` (no pickles), and the adaptation wrapper."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from assayfew.chem import FingerprintSpec
+from assayfew.io import atomic_write, read_json, write_json
+from assayfew.meta import MLP, build_learner
+from assayfew.meta.state import learner_state, load_learner_state
+from assayfew.scaling import fit_scaling
+
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def build_learner_from_config(config: dict[str, Any]) -> torch.nn.Module:
+    """A fresh learner with the architecture and algorithm a model config describes."""
+    arch = config["architecture"]
+    algo = config["algorithm"]
+    model = MLP(in_dim=int(arch["in_dim"]), hidden=tuple(arch["hidden"]), n_steps=int(algo["inner_steps"]),
+                negative_slope=float(arch.get("negative_slope", 0.01)))
+    return build_learner(algo["name"], model, inner_steps=int(algo["inner_steps"]),
+                         inner_lr=float(algo["inner_lr"]), **algo.get("options", {}))
+
+
+def save_model(model_dir: Path, learner: torch.nn.Module, config: dict[str, Any]) -> None:
+    """Write weights and config atomically (weights first, so a config never points at missing weights)."""
+    model_dir = Path(model_dir)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in learner_state(learner).items()}
+    atomic_write(model_dir / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
+    write_json(model_dir / CONFIG_FILE, config)
+
+
+@dataclass
+class MetaModel:
+    """A meta-trained learner ready to adapt to a new assay."""
+
+    learner: torch.nn.Module
+    config: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def spec(self) -> FingerprintSpec:
+        fp = self.config["fingerprint"]
+        return FingerprintSpec(radius=int(fp["radius"]), bits=int(fp["bits"]))
+
+    @property
+    def inner_steps(self) -> int:
+        return int(self.config["algorithm"]["inner_steps"])
+
+    def adapt_predict(self, support_x: np.ndarray, support_y: np.ndarray, query_x: np.ndarray, *,
+                      steps: int | None = None) -> np.ndarray:
+        """Adapt on one assay's measured compounds and predict `query_x`, in the task's own units.
+
+        Each query row's prediction is independent of the other query rows (batch-norm statistics come
+        from the support set only).
+        """
+        scaling_cfg = self.config.get("label_scaling", {"mode": "center"})
+        scaling = fit_scaling(support_y, scaling_cfg.get("mode", "center"), float(scaling_cfg.get("min_std", 0.5)))
+        if len(query_x) == 0:
+            return np.zeros(0, dtype=np.float64)
+        xs = torch.as_tensor(np.asarray(support_x, dtype=np.float32))
+        ys = torch.as_tensor(scaling.forward(support_y))
+        xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32))
+        self.learner.eval()
+        with torch.enable_grad():
+            pred = self.learner.adapt_and_predict(xs, ys, xq, steps=steps or self.inner_steps)
+        return scaling.inverse(pred.detach().cpu().numpy().reshape(-1))
+
+
+def load_model(model_dir: Path) -> MetaModel:
+    """Load a model directory written by `save_model` (safetensors only: nothing is unpickled)."""
+    model_dir = Path(model_dir)
+    missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (model_dir / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{model_dir} is not a model directory: missing {', '.join(missing)}")
+    config = read_json(model_dir / CONFIG_FILE)
+    learner = build_learner_from_config(config)
+    load_learner_state(learner, load_file(str(model_dir / WEIGHTS_FILE)))
+    learner.eval()
+    return MetaModel(learner=learner, config=config, path=model_dir)

@@ -1,0 +1,53 @@
+"""`assayfew evaluate`: adapt on each meta-test assay's support, score its query."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from assayfew.checkpoint import load_model
+from assayfew.cli._common import err, user_errors
+from assayfew.evaluate import evaluate_episodes, evaluation_episodes
+from assayfew.experiment import load_taskset, pqsar_group_split, pqsar_taskset, split_taskset
+from assayfew.paths import default_model_dir
+from assayfew.splits import Split
+
+
+def main(
+    model: Annotated[Optional[Path], typer.Option(help="Model directory (default: the shipped model).")] = None,
+    group: Annotated[Optional[int], typer.Option(help="pQSAR drug group 1-4 (needs --data-dir).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the pQSAR SI files.")] = None,
+    corpus: Annotated[Optional[list[Path]], typer.Option(help="Corpus or task cache (repeatable).")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="pqsar|long|dir|fsmol (auto).")] = None,
+    split: Annotated[Optional[Path], typer.Option(help="Split file; its 'test' side is evaluated.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Adaptation steps (default: the model's).")] = None,
+    support_k: Annotated[Optional[int], typer.Option(help="Draw K support compounds from TRN (default: all).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Per-assay CSV.")] = None,
+) -> None:
+    """Squared Pearson r per meta-test assay; prints one JSON line (mean, median, gt03, n, 95% CIs)."""
+    with user_errors():
+        loaded = load_model(model or default_model_dir())
+        if group is not None:
+            if data_dir is None:
+                raise ValueError("--group needs --data-dir (the folder with the pQSAR SI files)")
+            taskset, split_def = pqsar_taskset(data_dir, spec=loaded.spec), pqsar_group_split(group)
+        elif corpus:
+            if split is None:
+                raise ValueError("--corpus needs --split SPLIT.json")
+            taskset, split_def = load_taskset(corpus, format, spec=loaded.spec), Split.load(split)
+        else:
+            raise ValueError("give --group N --data-dir DIR, or --corpus SOURCE --split SPLIT.json")
+        test = split_taskset(taskset, split_def, seed=seed).test
+        if len(test) == 0:
+            raise ValueError("the split's test side has no assays in this corpus")
+        episodes = evaluation_episodes(test, support_k=support_k, seed=seed)
+        result = evaluate_episodes(episodes, lambda xs, ys, xq: loaded.adapt_predict(xs, ys, xq, steps=steps),
+                                   seed=seed)
+    if out is not None:
+        result.per_assay.to_csv(out, index=False)
+        err.print(f"wrote {out}")
+    print(json.dumps(result.summary))

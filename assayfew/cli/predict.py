@@ -1,0 +1,63 @@
+"""`assayfew predict`: adapt the model to your measured compounds and predict the rest."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from assayfew.metrics import r2_pearson
+from assayfew.predict import (InputError, PredictOptions, adapt_and_predict, example_assay, load_default_model,
+                              read_input_csv)
+
+err = Console(stderr=True)
+
+
+def main(
+    input_csv: Annotated[Optional[Path], typer.Argument(help="CSV with a SMILES column and an activity column; "
+                                                             "rows with an empty activity are predicted.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Model directory (default: the shipped model).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output CSV (default: standard output).")] = None,
+    smiles_col: Annotated[Optional[str], typer.Option(help="SMILES column (auto-detected).")] = None,
+    activity_col: Annotated[Optional[str], typer.Option(help="Activity column (auto-detected).")] = None,
+    units: Annotated[str, typer.Option(help="Activity units: p (pIC50/pKi...), nM or uM.")] = "p",
+    steps: Annotated[Optional[int], typer.Option(help="Gradient steps of adaptation (default: the model's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the ensemble and cross-validation draws.")] = 0,
+    example: Annotated[bool, typer.Option("--example", help="Run on RDKit's bundled ChEMBL assay "
+                                                            "CHEMBL2321810 (pIC50).")] = False,
+    n_measured: Annotated[int, typer.Option(help="With --example: how many compounds count as measured.")] = 32,
+) -> None:
+    """Predict activities for the unmeasured compounds of one assay."""
+    try:
+        loaded = load_default_model(model)
+        if example:
+            table, truth = example_assay(n_measured=n_measured, seed=seed)
+        elif input_csv is None:
+            raise InputError("give an INPUT_CSV, or --example")
+        else:
+            table, truth = read_input_csv(input_csv), None
+        with err.status("adapting…"):
+            result = adapt_and_predict(table, loaded, smiles_col=smiles_col, activity_col=activity_col,
+                                       units=units, options=PredictOptions(steps=steps, seed=seed))
+    except InputError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    if out is not None:
+        result.table.to_csv(out, index=False)
+    err.print(f"measured: {result.n_measured}   predicted: {result.n_predicted}   invalid rows: {result.n_invalid}")
+    err.print(f"cross-validated R² on the measured compounds: {result.cv_r2:.3f}")
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+    if truth is not None:
+        unmeasured = table["pIC50"].isna().to_numpy()
+        r2 = r2_pearson(truth[unmeasured], result.table["prediction"].to_numpy()[unmeasured])
+        err.print(f"example CHEMBL2321810: R² of predictions vs true pIC50 on the {int(unmeasured.sum())} "
+                  f"unmeasured compounds: [bold]{r2:.3f}[/bold]")
+    if out is None:
+        result.table.to_csv(sys.stdout, index=False)
+    else:
+        err.print(f"wrote {out}")

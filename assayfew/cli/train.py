@@ -1,0 +1,97 @@
+"""`assayfew train`: meta-train a model on the pQSAR groups or any corpus with a split file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from assayfew.cli._common import err, user_errors
+from assayfew.experiment import load_taskset, pqsar_group_split, pqsar_taskset, split_taskset
+from assayfew.io import read_toml
+from assayfew.splits import Split
+from assayfew.train import Reporter, TrainConfig, train
+
+
+class RichReporter(Reporter):
+    def __init__(self, progress: Progress):
+        self.progress, self.task, self.last_val = progress, None, float("nan")
+
+    def start(self, total_iters: int, done_iters: int) -> None:
+        self.task = self.progress.add_task("meta-training", total=total_iters, completed=done_iters, info="")
+
+    def iteration(self, epoch: int, loss: float) -> None:
+        self.progress.update(self.task, advance=1,
+                             info=f"epoch {epoch}  loss {loss:.3f}  val R² {self.last_val:.3f}")
+
+    def epoch(self, row: dict) -> None:
+        self.last_val = row["val_mean_r2"]
+        self.progress.console.print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  "
+                                    f"val mean R² {row['val_mean_r2']:.4f}  median {row['val_median_r2']:.4f}")
+
+
+def _csv_ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def main(
+    out: Annotated[Path, typer.Option(help="Run directory (config.toml, metrics.csv, model/).")],
+    group: Annotated[Optional[int], typer.Option(help="pQSAR drug group 1-4 (needs --data-dir).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the pQSAR SI files.")] = None,
+    corpus: Annotated[Optional[list[Path]], typer.Option(help="Corpus or task cache (repeatable).")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="pqsar|long|dir|fsmol (auto).")] = None,
+    split: Annotated[Optional[Path], typer.Option(help="Split file {train,val,test} for --corpus.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file of training options (flags override).")] = None,
+    algo: Annotated[Optional[str], typer.Option(help="maml|anil|anil++|metasgd|tnet")] = None,
+    mix: Annotated[Optional[str], typer.Option(help="none|metamix|mixup_ss|mixup_qq|cob")] = None,
+    alpha: Annotated[Optional[float], typer.Option()] = None,
+    beta: Annotated[Optional[float], typer.Option()] = None,
+    layers: Annotated[Optional[str], typer.Option(help="Candidate mixing layers, e.g. 1,2")] = None,
+    fixed_lambda: Annotated[Optional[float], typer.Option(help="Use a fixed λ instead of Beta draws.")] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    iters: Annotated[Optional[int], typer.Option(help="Meta-iterations per epoch.")] = None,
+    meta_batch: Annotated[Optional[int], typer.Option()] = None,
+    inner_steps: Annotated[Optional[int], typer.Option()] = None,
+    inner_lr: Annotated[Optional[float], typer.Option()] = None,
+    outer_lr: Annotated[Optional[float], typer.Option()] = None,
+    hidden: Annotated[Optional[str], typer.Option(help="Hidden widths, e.g. 500,500")] = None,
+    label_scaling: Annotated[Optional[str], typer.Option(help="none|center|standardize")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR from its last completed epoch.")] = False,
+) -> None:
+    """Meta-train ANIL++ (or another learner) with MetaMix (or another mixing strategy)."""
+    with user_errors():
+        values: dict = read_toml(config) if config else {}
+        flags = {"algo": algo, "mix": mix, "alpha": alpha, "beta": beta, "fixed_lambda": fixed_lambda,
+                 "epochs": epochs, "iters": iters, "meta_batch": meta_batch, "inner_steps": inner_steps,
+                 "inner_lr": inner_lr, "outer_lr": outer_lr, "label_scaling": label_scaling, "seed": seed,
+                 "device": device, "layers": _csv_ints(layers) if layers else None,
+                 "hidden": _csv_ints(hidden) if hidden else None}
+        if resume and (out / "config.toml").exists() and not config:
+            values = read_toml(out / "config.toml")
+        values |= {k: v for k, v in flags.items() if v is not None}
+        cfg = TrainConfig.from_dict(values)
+        if group is not None:
+            if data_dir is None:
+                raise ValueError("--group needs --data-dir (the folder with the pQSAR SI files)")
+            taskset, split_def = pqsar_taskset(data_dir), pqsar_group_split(group)
+        elif corpus:
+            if split is None:
+                raise ValueError("--corpus needs --split SPLIT.json")
+            taskset, split_def = load_taskset(corpus, format), Split.load(split)
+        else:
+            raise ValueError("give --group N --data-dir DIR, or --corpus SOURCE --split SPLIT.json")
+        data = split_taskset(taskset, split_def, seed=cfg.seed)
+        if len(data.train) == 0 or len(data.val) == 0:
+            raise ValueError(f"the split leaves {len(data.train)} training and {len(data.val)} validation assays")
+        out.mkdir(parents=True, exist_ok=True)
+        data.split.save(out / "split.json")
+        err.print(f"train {len(data.train)} assays, val {len(data.val)}, test {len(data.test)}")
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err) as progress:
+            result = train(cfg, data.train, data.val, out, resume=resume, reporter=RichReporter(progress),
+                           split_info={"source": str(split or f"pqsar group {group}")})
+    err.print(f"best epoch {result.best_epoch}: val mean R² {result.best_val:.4f}; model in {out / 'model'}")

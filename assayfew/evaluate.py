@@ -1,0 +1,62 @@
+"""Meta-test evaluation: adapt on each assay's support, score its query (squared Pearson r per assay)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from assayfew.metrics import mse, r2_pearson, summarize
+from assayfew.tasks import Task, TaskSet
+
+TRN, TST = 1, 2
+
+Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def evaluation_episodes(taskset: TaskSet, *, support_k: int | None = None, seed: int = 0,
+                        default_k: int = 32, min_query: int = 5) -> list[Task]:
+    """Fixed, seeded episodes for evaluation.
+
+    Assays with a TRN/TST split: support = TRN (or K drawn from TRN), query = TST.
+    Assays without: support = K random compounds (K = support_k or default_k), query = the rest.
+    Assays too small to leave `min_query` query compounds are skipped.
+    """
+    episodes: list[Task] = []
+    for i, assay_id in enumerate(taskset.assay_ids):
+        x, y, split = taskset.assay(i)
+        rng = np.random.default_rng([seed, i])
+        trn, tst = np.flatnonzero(split == TRN), np.flatnonzero(split == TST)
+        if len(trn) and len(tst):
+            support = trn if support_k is None or support_k >= len(trn) else rng.choice(trn, support_k, replace=False)
+            query = tst
+        else:
+            order = rng.permutation(len(y))
+            k = min(support_k or default_k, len(y) - min_query)
+            support, query = order[:k], order[k:]
+        if len(support) < 2 or len(query) < min_query:
+            continue
+        episodes.append(Task(assay_id=assay_id, support_x=x[support], support_y=y[support],
+                             query_x=x[query], query_y=y[query]))
+    return episodes
+
+
+@dataclass
+class EvaluationResult:
+    per_assay: pd.DataFrame
+    summary: dict
+
+
+def evaluate_episodes(episodes: Sequence[Task], predictor: Predictor, *, n_boot: int = 2000,
+                      seed: int = 0) -> EvaluationResult:
+    """Score a predictor (support_x, support_y, query_x) → query predictions on every episode."""
+    rows = []
+    for task in episodes:
+        pred = predictor(task.support_x, task.support_y, task.query_x)
+        rows.append({"assay_id": task.assay_id, "n_support": len(task.support_y), "n_query": len(task.query_y),
+                     "r2": r2_pearson(task.query_y, pred), "mse": mse(task.query_y, pred)})
+    per_assay = pd.DataFrame(rows, columns=["assay_id", "n_support", "n_query", "r2", "mse"])
+    return EvaluationResult(per_assay=per_assay, summary=summarize(per_assay["r2"].to_numpy(), n_boot=n_boot,
+                                                                   seed=seed))

@@ -1,0 +1,59 @@
+"""Assemble the data of an experiment: corpora → one TaskSet → train/val/test sides of a split."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from assayfew.chem import FingerprintSpec
+from assayfew.data.readers import PQSAR_FILES
+from assayfew.paths import assays_dir
+from assayfew.splits import Split
+from assayfew.tasks import TaskSet, build_taskset
+
+
+def load_taskset(sources: Sequence[Path], fmt: str | None = None, *, spec: FingerprintSpec = FingerprintSpec(),
+                 cache: bool = True) -> TaskSet:
+    """One TaskSet from task-cache directories (written by `assayfew tasks`) and/or raw corpora."""
+    sets = []
+    for source in sources:
+        source = Path(source)
+        if (source / "index.json").exists():
+            sets.append(TaskSet.load(source))
+        else:
+            sets.append(build_taskset(source, fmt, spec=spec, cache=cache)[0])
+    return sets[0] if len(sets) == 1 else TaskSet.concat(sets)
+
+
+@dataclass
+class SplitData:
+    train: TaskSet
+    val: TaskSet
+    test: TaskSet
+    split: Split
+
+
+def split_taskset(taskset: TaskSet, split: Split, *, seed: int = 0) -> SplitData:
+    """Resolve `split` against the TaskSet's assays and cut it into its three sides."""
+    resolved = split.resolve(taskset.assay_ids, seed=seed)
+    return SplitData(train=taskset.subset(resolved.train), val=taskset.subset(resolved.val),
+                     test=taskset.subset(resolved.test), split=resolved)
+
+
+def pqsar_group_split(group: int) -> Split:
+    """The paper's drug group `group` (1–4): published meta-test ids, 76 validation ids drawn with a fixed seed."""
+    if group not in (1, 2, 3, 4):
+        raise ValueError(f"--group must be 1, 2, 3 or 4, not {group}")
+    return Split.load(assays_dir() / "pqsar" / f"group{group}.json")
+
+
+def pqsar_taskset(data_dir: Path, *, spec: FingerprintSpec = FingerprintSpec(), cache: bool = True) -> TaskSet:
+    """The pQSAR SI files in `data_dir` as a TaskSet (clear error naming the files when they are missing)."""
+    missing = [name for name in PQSAR_FILES if not (Path(data_dir) / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"pQSAR data not found in {data_dir}: missing {', '.join(missing)}. These files are the Supporting "
+            "Information of Martin et al., J. Chem. Inf. Model. 59:4450 (2019), DOI 10.1021/acs.jcim.9b00375; "
+            "download them from the article page and pass their folder with --data-dir.")
+    return build_taskset(Path(data_dir), "pqsar", spec=spec, cache=cache)[0]
