@@ -183,7 +183,8 @@ def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path,
     for epoch in range(start_epoch, cfg.epochs):
         t_epoch = time.perf_counter()
         sampler = EpisodeSampler(train_set, support_range=(cfg.support_min, cfg.support_max),
-                                 query_range=(cfg.query_min, cfg.query_max), seed=cfg.seed * 1_000_003 + epoch)
+                                 query_range=(cfg.query_min, cfg.query_max), max_support=cfg.support_max,
+                                 max_query=cfg.query_max, seed=cfg.seed * 1_000_003 + epoch)
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 100_003 + epoch)
         learner.train()
         losses = []
