@@ -30,6 +30,8 @@ def summarize(r2: Sequence[float], *, threshold: float = 0.3, n_boot: int = 2000
     out["mean"] = float(values.mean())
     out["median"] = float(np.median(values))
     out["gt03"] = int((values > threshold).sum())
+    if n_boot <= 0:
+        return out
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, values.size, size=(n_boot, values.size))
     boot = values[idx]

@@ -18,8 +18,9 @@ def model(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def assay():
-    table, truth = example_assay(n_measured=12, seed=1)
-    return table.iloc[:60].reset_index(drop=True)
+    table, _ = example_assay(n_measured=12, seed=1)
+    keep = table["pIC50"].notna() | (table.index < 60)
+    return table[keep].reset_index(drop=True)
 
 
 def test_detects_common_columns_and_reports_ambiguity():

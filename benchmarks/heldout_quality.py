@@ -1,0 +1,80 @@
+"""Held-out quality: meta-learned models vs ridge on the same fingerprints and support compounds.
+
+Target-held-out split of the shared corpora (assays/shared_heldout.json): for each test target, K support
+compounds are drawn from its TRN split (K = 16, 32, 64; several seeds), query = its TST split. Prints a table of
+mean / median / #(R² > 0.3) per method and K, and one JSON line with everything.
+
+    python benchmarks/heldout_quality.py --model models/default --model runs/none/model [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from assayfew.baselines import ridge_predict
+from assayfew.checkpoint import load_model
+from assayfew.evaluate import evaluate_episodes, evaluation_episodes
+from assayfew.experiment import load_taskset, split_taskset
+from assayfew.paths import assays_dir, shared_data_dir
+from assayfew.splits import Split
+
+CORPORA = ("simpd_chembl32_ki", "chembl28_ycu", "kiba/kiba_long.csv.gz")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", action="append", default=[], help="model directory (repeatable)")
+    ap.add_argument("--blend", type=float, action="append", default=[],
+                    help="also score (1-w)·model + w·ridge for the first model (repeatable)")
+    ap.add_argument("--ks", default="16,32,64")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--split", default=str(assays_dir() / "shared_heldout.json"))
+    ap.add_argument("--side", default="test", choices=["test", "val"])
+    ap.add_argument("--cache", default="cache/shared_tasks", help="task cache dir (built when missing)")
+    args = ap.parse_args()
+
+    data_dir = shared_data_dir()
+    if not data_dir.exists():
+        sys.exit(f"shared data not found at {data_dir}")
+    cache = Path(args.cache)
+    if (cache / "index.json").exists():
+        taskset = load_taskset([cache])
+    else:
+        taskset = load_taskset([data_dir / c for c in CORPORA])
+        taskset.save(cache)
+    sides = split_taskset(taskset, Split.load(args.split))
+    held = getattr(sides, args.side)
+    models = {Path(m).parent.name if Path(m).name == "model" else Path(m).name: load_model(Path(m))
+              for m in args.model}
+    methods = {"ridge": lambda xs, ys, xq: ridge_predict(xs, ys, xq)}
+    for name, m in models.items():
+        methods[name] = m.adapt_predict
+    if models and args.blend:
+        first_name, first = next(iter(models.items()))
+        for w in args.blend:
+            methods[f"{first_name}+ridge(w={w:g})"] = (
+                lambda xs, ys, xq, w=w, m=first: (1 - w) * m.adapt_predict(xs, ys, xq) + w * ridge_predict(xs, ys, xq))
+    results: dict = {}
+    for k in (int(v) for v in args.ks.split(",")):
+        for name, fn in methods.items():
+            per_seed = []
+            for seed in range(args.seeds):
+                episodes = evaluation_episodes(held, support_k=k, seed=seed)
+                per_seed.append(evaluate_episodes(episodes, fn, n_boot=0).summary)
+            results.setdefault(name, {})[k] = {
+                "mean": float(np.mean([s["mean"] for s in per_seed])),
+                "median": float(np.mean([s["median"] for s in per_seed])),
+                "gt03": float(np.mean([s["gt03"] for s in per_seed])), "n": per_seed[0]["n"]}
+            r = results[name][k]
+            print(f"K={k:3d}  {name:28s} mean {r['mean']:.3f}  median {r['median']:.3f}  "
+                  f">0.3 {r['gt03']:.1f}/{r['n']}", flush=True)
+    print(json.dumps({"side": args.side, "seeds": args.seeds, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
