@@ -7,6 +7,7 @@ from assayfew.data.readers import (
     read_fsmol,
     read_long_csv,
     read_pqsar,
+    read_smiles_csv,
 )
 from assayfew.data.table import TABLE_COLUMNS, DataFormatError, Report
 
@@ -20,4 +21,5 @@ __all__ = [
     "read_fsmol",
     "read_long_csv",
     "read_pqsar",
+    "read_smiles_csv",
 ]

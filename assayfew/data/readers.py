@@ -23,6 +23,7 @@ __all__ = [
     "read_dir",
     "read_fsmol",
     "read_corpus",
+    "read_smiles_csv",
 ]
 
 PQSAR_FILES = {
@@ -504,3 +505,18 @@ def read_corpus(source: Path, fmt: str | None = None, **kw) -> tuple[pd.DataFram
     raise ValueError(f"unknown corpus format {fmt!r} (expected pqsar, long, dir or fsmol)")
 
 
+
+
+def read_smiles_csv(path: Path, smiles_col: str | None = None) -> tuple[list[str], str]:
+    """SMILES column of a CSV, one entry per row in file order ('' for empty cells), and the column used.
+
+    The column is auto-detected among smiles/SMILES/canonical_smiles/Smiles when not given.
+    """
+    path = Path(path)
+    frame = read_csv_strings(path)
+    columns = list(frame.columns)
+    column = smiles_col if smiles_col is not None else find_column(columns, SMILES_COLUMNS)
+    if column is None or column not in columns:
+        wanted = smiles_col or " / ".join(SMILES_COLUMNS)
+        raise DataFormatError(path, 1, wanted, f"SMILES column not found (header has: {', '.join(columns)})")
+    return frame[column].astype(str).tolist(), column

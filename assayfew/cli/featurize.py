@@ -1,0 +1,53 @@
+"""`assayfew featurize`: SMILES CSV → Morgan fingerprint npz."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from assayfew.chem import FingerprintSpec, featurize_smiles
+from assayfew.data import DataFormatError, read_smiles_csv
+
+
+def main(
+    input_csv: Path = typer.Argument(..., help="CSV file with a SMILES column."),
+    out: Path = typer.Option(..., "--out", help="Output .npz (fingerprints, valid, smiles)."),
+    smiles_col: str | None = typer.Option(None, "--smiles-col", help="SMILES column (default: auto-detect)."),
+    radius: int = typer.Option(2, "--radius", min=0, help="Morgan radius."),
+    bits: int = typer.Option(1024, "--bits", min=8, help="Fingerprint length."),
+    standardize: bool = typer.Option(False, "--standardize", help="Largest fragment + neutralise first."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the fingerprint cache."),
+) -> None:
+    """Featurize every row of INPUT_CSV (input order kept; invalid rows are all-zero with valid=False)."""
+    console = Console()
+    if not input_csv.is_file():
+        raise typer.BadParameter(f"file not found: {input_csv}", param_hint="INPUT_CSV")
+    try:
+        smiles, column = read_smiles_csv(input_csv, smiles_col)
+    except DataFormatError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--smiles-col") from exc
+    result = featurize_smiles(smiles, FingerprintSpec(radius=radius, bits=bits), standardize=standardize, cache=not no_cache)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, fingerprints=result.fingerprints, valid=result.valid, smiles=np.array(smiles, dtype=str))
+    n_bad = int((~result.valid).sum())
+    console.print(f"{len(smiles)} rows from column '{column}' → {out} ({n_bad} invalid)")
+    if n_bad:
+        counts = Counter(r for r in result.reasons if r)
+        table = Table(title="Invalid rows by reason")
+        table.add_column("reason")
+        table.add_column("count", justify="right")
+        for reason, count in counts.most_common():
+            table.add_row(reason, str(count))
+        console.print(table)
+        first = [i for i, ok in enumerate(result.valid) if not ok][:5]
+        examples = Table(title="First invalid rows (line numbers, header = 1)")
+        for name in ("row", "SMILES", "reason"):
+            examples.add_column(name)
+        for i in first:
+            examples.add_row(str(i + 2), smiles[i][:60], result.reasons[i])
+        console.print(examples)
