@@ -207,19 +207,21 @@ class TaskSet:
 
     # ------------------------------------------------------------------- disk
     def save(self, cache_dir: str | Path) -> None:
-        """Write ``arrays.npz`` (no pickles) and ``index.json`` into ``cache_dir``, each atomically."""
+        """Write ``arrays.npz`` (no pickles; fingerprints bit-packed) and ``index.json``, each atomically."""
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        arrays = {name: getattr(self, name) for name in _ARRAY_DTYPES}
+        from assayfew.splits import publish_atomic, write_json_atomic
+
+        arrays = {name: getattr(self, name) for name in _ARRAY_DTYPES if name != "fingerprints"}
+        arrays["fingerprints_packed"] = np.packbits(self.fingerprints.astype(bool), axis=1)
         fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{ARRAYS_FILE}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, **arrays)
-            os.replace(tmp, cache_dir / ARRAYS_FILE)
+            publish_atomic(Path(tmp), cache_dir / ARRAYS_FILE)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        from assayfew.splits import write_json_atomic
 
         index = {
             "version": CACHE_VERSION,
@@ -251,8 +253,10 @@ class TaskSet:
             )
         try:
             with np.load(arrays_path, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in _ARRAY_DTYPES}
+                arrays = {name: npz[name] for name in _ARRAY_DTYPES if name != "fingerprints"}
+                packed = npz["fingerprints_packed"]
             spec = FingerprintSpec(**index["spec"])
+            arrays["fingerprints"] = np.unpackbits(packed, axis=1, count=spec.bits)
             return cls(assay_ids=index["assay_ids"], families=index["families"], spec=spec, **arrays)
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise TaskCacheError(f"{cache_dir}: corrupt task cache ({exc})") from exc

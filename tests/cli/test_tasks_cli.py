@@ -1,0 +1,97 @@
+"""`assayfew tasks` on a tiny directory corpus written here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from assayfew.cli.tasks import main
+from assayfew.tasks import TaskSet
+
+SMILES = ["CCO", "CCN", "CCC", "c1ccccc1", "CC(=O)O", "CCCl", "CCBr", "CCOC", "CNC", "OCCO"]
+
+app = typer.Typer()
+app.command()(main)
+
+
+@pytest.fixture(autouse=True)
+def _private_fp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASSAYFEW_CACHE", str(tmp_path / "user_cache"))
+
+
+def _corpus(root: Path) -> Path:
+    corpus = root / "corpus"
+    corpus.mkdir()
+    lines = ["smiles,value,split"] + [f"{s},{5 + i * 0.1:.1f},{'train' if i < 7 else 'test'}" for i, s in enumerate(SMILES)]
+    lines[3] = "not_a_smiles,6.0,train"  # line 4 of a.csv: rejected
+    (corpus / "a.csv").write_text("\n".join(lines) + "\n")
+    b = ["smiles,value"] + [f"{s},{7 - i * 0.2:.1f}" for i, s in enumerate(SMILES[:6])]
+    b[2] = "CCN,"  # line 3 of b.csv: missing value
+    (corpus / "b.csv").write_text("\n".join(b) + "\n")
+    (corpus / "notes.txt").write_text("ignored\n")
+    return corpus
+
+
+def test_tasks_writes_cache_and_summary(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"test": ["b", "zzz"], "val": [], "made_by": "test"}))
+    out = tmp_path / "cache"
+    result = CliRunner().invoke(app, [str(corpus), "--format", "dir", "--out", str(out), "--bits", "256",
+                                      "--split", str(split), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_assays"] == 2
+    assert summary["n_measurements"] == 9 + 5
+    assert summary["n_compounds"] == len(set(SMILES) - {"CCN"}) + 1  # CCN only valid in a.csv
+    assert (summary["n_trn"], summary["n_tst"]) == (6, 3)
+    rejected = {(Path(r["file"]).name, r["row"]) for r in summary["rejected"]}
+    assert rejected == {("a.csv", 4), ("b.csv", 3)}
+    assert all(r["reason"] for r in summary["rejected"])
+    assert summary["config"]["seed"] == 3 and summary["config"]["spec"] == {"radius": 2, "bits": 256}
+    assert summary["split"]["unknown"] == ["zzz"] and summary["split"]["n_test"] == 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["seed"] == 3 and config["sources"] == [str(corpus)]
+    resolved = json.loads((out / "split.json").read_text())
+    assert resolved["test"] == ["b"] and resolved["train"] == ["a"]
+    taskset = TaskSet.load(out)
+    assert sorted(taskset.assay_ids) == ["a", "b"] and taskset.spec.bits == 256
+    assert "2 rejected rows" in result.output
+
+
+def test_tasks_concatenates_sources_and_prefixes_collisions(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    out = tmp_path / "cache"
+    result = CliRunner().invoke(app, [str(corpus), str(corpus / "a.csv"), "-f", "dir", "-o", str(out), "--bits", "64"])
+    assert result.exit_code == 0, result.output
+    taskset = TaskSet.load(out)
+    assert taskset.assay_ids == ["a", "b", "a/a"]
+    x1, y1, _ = taskset.assay(taskset.index("a"))
+    x2, y2, _ = taskset.assay(taskset.index("a/a"))
+    assert (y1 == y2).all() and (x1 == x2).all()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing_dir"], "no such file"),
+        (["CORPUS", "--format", "nope"], "unknown --format"),
+        (["CORPUS", "--split", "missing.json"], "not found"),
+        (["BAD"], "bad.csv"),
+    ],
+)
+def test_tasks_clear_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    corpus = _corpus(tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "bad.csv").write_text("foo,bar\n1,2\n")
+    args = [{"CORPUS": str(corpus), "BAD": str(bad)}.get(a, a) for a in args]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert message in result.output.replace("\n", "")
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "summary.json").exists()
