@@ -95,3 +95,33 @@ def test_tasks_clear_errors(tmp_path: Path, args: list[str], message: str) -> No
     assert message in result.output.replace("\n", "")
     assert "Traceback" not in result.output
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_tasks_pqsar_with_group_style_split(tmp_path: Path) -> None:
+    """pQSAR SI files + a partial split (test listed, val drawn by n_val/val_seed) -> split.json."""
+    data = tmp_path / "pqsar"
+    data.mkdir()
+    assays = [str(100 + a) for a in range(8)]
+    (data / "ci9b00375_si_001.txt").write_text(
+        "assay_id\tname\tsubfamily\tfamily\n" + "".join(f"{a}\tx\tsub\tKinase\n" for a in assays)
+    )
+    (data / "ci9b00375_si_003.txt").write_text(
+        "Table S3 SMILES\n" + "".join(f"CHEMBL{i},{s}\n" for i, s in enumerate(SMILES))
+    )
+    lines = ["compound_id assay_id pIC50_exp pIC50_pred split"]
+    for a in assays:
+        for i in range(len(SMILES)):
+            lines.append(f"CHEMBL{i} {a} {5 + i / 10:.2f} 6.0 {'TRN' if i < 6 else 'TST'}")
+    (data / "ci9b00375_si_002.txt").write_text("\n".join(lines) + "\n")
+    split = tmp_path / "group.json"
+    split.write_text(json.dumps({"train": [], "val": [], "test": ["100", "101"], "n_val": 2, "val_seed": 0}))
+    out = tmp_path / "cache"
+    result = CliRunner().invoke(app, [str(data), "-f", "pqsar", "-o", str(out), "--bits", "64", "--split", str(split)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n_assays"], summary["n_trn"], summary["n_tst"]) == (8, 48, 32)
+    resolved = json.loads((out / "split.json").read_text())
+    assert resolved["test"] == ["100", "101"] and len(resolved["val"]) == 2 and len(resolved["train"]) == 4
+    assert not set(resolved["val"]) & {"100", "101"}
+    taskset = TaskSet.load(out)
+    assert taskset.families == ["Kinase"] * 8

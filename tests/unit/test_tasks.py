@@ -164,3 +164,10 @@ def test_sampler_without_split_and_small_assays(taskset: TaskSet) -> None:
     assert taskset.index("tiny") not in sampler.eligible()
     with pytest.raises(ValueError):
         EpisodeSampler(taskset, support_range=(10, 5))
+
+
+def test_empty_subset_roundtrip(taskset: TaskSet, tmp_path: Path) -> None:
+    empty = taskset.subset([])
+    assert len(empty) == 0 and empty.fingerprints.shape == (0, SPEC.bits)
+    empty.save(tmp_path)
+    assert len(TaskSet.load(tmp_path)) == 0
