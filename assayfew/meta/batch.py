@@ -1,0 +1,89 @@
+"""Padded meta-batches: T tasks with variable support/query sizes, masks mark the real rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["TaskBatch", "pad_tasks"]
+
+
+@dataclass
+class TaskBatch:
+    """A padded meta-batch (all float tensors). Valid rows come first in each task; masks are 1.0/0.0.
+
+    xs (T, Ns, D), ys (T, Ns), ms (T, Ns): support; xq (T, Nq, D), yq (T, Nq), mq (T, Nq): query.
+    """
+
+    xs: Tensor
+    ys: Tensor
+    ms: Tensor
+    xq: Tensor
+    yq: Tensor
+    mq: Tensor
+
+    @property
+    def n_tasks(self) -> int:
+        return int(self.xs.shape[0])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TaskBatch:
+        def mv(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype)
+
+        return TaskBatch(mv(self.xs), mv(self.ys), mv(self.ms), mv(self.xq), mv(self.yq), mv(self.mq))
+
+
+def _as_tensor(a: np.ndarray | Tensor, what: str, task: int) -> Tensor:
+    t = a if isinstance(a, Tensor) else torch.from_numpy(np.asarray(a))
+    if not torch.is_floating_point(t) and t.dtype not in (torch.bool, torch.uint8, torch.int8, torch.int16,
+                                                          torch.int32, torch.int64):
+        raise ValueError(f"task {task}: {what} has unsupported dtype {t.dtype}")
+    t = t.detach().to(torch.float32)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"task {task}: {what} contains non-finite values")
+    return t
+
+
+def _pad(parts: list[Tensor], n: int) -> tuple[Tensor, Tensor]:
+    shape = (len(parts), n, *parts[0].shape[1:])
+    out = parts[0].new_zeros(shape)
+    mask = parts[0].new_zeros((len(parts), n))
+    for i, p in enumerate(parts):
+        out[i, : p.shape[0]] = p
+        mask[i, : p.shape[0]] = 1.0
+    return out, mask
+
+
+def pad_tasks(tasks: Sequence[tuple[np.ndarray | Tensor, ...]]) -> TaskBatch:
+    """Pad tasks [(xs, ys, xq, yq), ...] of variable sizes into one float32 `TaskBatch` (CPU)."""
+    if len(tasks) == 0:
+        raise ValueError("pad_tasks: no tasks given")
+    xs_l, ys_l, xq_l, yq_l = [], [], [], []
+    feat_shape: tuple[int, ...] | None = None
+    for i, task in enumerate(tasks):
+        if len(task) != 4:
+            raise ValueError(f"task {i}: expected (xs, ys, xq, yq), got {len(task)} items")
+        xs, ys, xq, yq = (_as_tensor(a, n, i) for a, n in zip(task, ("xs", "ys", "xq", "yq")))
+        for x, y, n in ((xs, ys, "support"), (xq, yq, "query")):
+            if x.dim() < 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+                raise ValueError(f"task {i}: {n} inputs {tuple(x.shape)} and labels {tuple(y.shape)} do not match")
+            if x.shape[0] == 0:
+                raise ValueError(f"task {i}: empty {n} set")
+        if xs.shape[1:] != xq.shape[1:]:
+            raise ValueError(f"task {i}: support/query feature shapes differ")
+        if feat_shape is None:
+            feat_shape = tuple(xs.shape[1:])
+        elif tuple(xs.shape[1:]) != feat_shape:
+            raise ValueError(f"task {i}: feature shape {tuple(xs.shape[1:])} != {feat_shape} of task 0")
+        xs_l.append(xs), ys_l.append(ys), xq_l.append(xq), yq_l.append(yq)
+    ns = max(x.shape[0] for x in xs_l)
+    nq = max(x.shape[0] for x in xq_l)
+    xs_p, ms = _pad(xs_l, ns)
+    ys_p, _ = _pad(ys_l, ns)
+    xq_p, mq = _pad(xq_l, nq)
+    yq_p, _ = _pad(yq_l, nq)
+    return TaskBatch(xs_p, ys_p, ms, xq_p, yq_p, mq)

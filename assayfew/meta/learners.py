@@ -1,0 +1,341 @@
+"""Gradient-based meta-learners (MAML, ANIL, ANIL++, Meta-SGD, T-Net) over a `FunctionalModel`.
+
+All learners run a whole padded meta-batch at once: adapted parameters carry a leading task dimension and
+one `torch.autograd.grad` call over the sum of per-task losses gives every task's inner gradient (tasks
+are independent, so that equals per-task gradients). Second order goes through the inner loop
+(`create_graph=True`). When only head parameters are adapted (ANIL family), the body is evaluated once
+per batch-norm parameter set and reused across inner steps; with per-step batch norm (ANIL++) the first
+block's linear map is still computed only once.
+
+Batch-norm statistics come from each task's valid support rows (see `assayfew.meta.model`).
+Labels are used as given: centre them outside, or set `MLP(out_bias=...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from assayfew.meta.batch import TaskBatch
+from assayfew.meta.mixing import Mixer
+from assayfew.meta.model import MLP, FunctionalModel, Stats
+
+__all__ = ["AdaptedParams", "MetaLearner", "MAML", "ANIL", "ANILPlusPlus", "MetaSGD", "TNet", "LEARNERS",
+           "build_learner"]
+
+
+@dataclass
+class AdaptedParams:
+    """Result of `MetaLearner.adapt`: per-task parameters, support statistics, batch-norm step index."""
+
+    params: dict[str, Tensor]
+    stats: Stats
+    bn_step: int
+    batched: bool  # True when adapt() got (T, N, D) inputs
+
+
+class _Body:
+    """Body (all blocks but the head) outputs under fixed body parameters, memoised per BN step."""
+
+    def __init__(self, model: FunctionalModel, params: dict[str, Tensor], xs: Tensor, ms: Tensor,
+                 xq: Tensor | None) -> None:
+        self.model, self.params, self.xs, self.ms, self.xq = model, params, xs, ms, xq
+        self._cs: dict = {}
+        self._cq: dict = {}
+        self._s: dict[int, tuple[list[Tensor], Stats]] = {}
+        self._q: dict[int, list[Tensor]] = {}
+
+    def support(self, b: int) -> tuple[list[Tensor], Stats]:
+        if b not in self._s:
+            self._s[b] = self.model.trace(self.params, self.xs, b, mask=self.ms,
+                                          stop=self.model.n_layers - 1, cache=self._cs)
+        return self._s[b]
+
+    def query(self, b: int) -> list[Tensor]:
+        if b not in self._q:
+            assert self.xq is not None
+            stats = self.support(b)[1]
+            self._q[b] = self.model.trace(self.params, self.xq, b, stats=stats,
+                                          stop=self.model.n_layers - 1, cache=self._cq)[0]
+        return self._q[b]
+
+
+class _View:
+    """The adapted network after one inner step (implements mixing.EvalView)."""
+
+    def __init__(self, learner: MetaLearner, params: dict[str, Tensor], b: int, batch: TaskBatch,
+                 body: _Body | None) -> None:
+        self.model = learner.model
+        self.params, self.b, self.body = params, b, body
+        self.xs, self.xq = batch.xs, batch.xq
+        self.ys, self.ms, self.yq, self.mq = batch.ys, batch.ms, batch.yq, batch.mq
+        self._s: list[Tensor] | None = None
+        self._q: list[Tensor] | None = None
+        self._stats: Stats | None = None
+
+    def _support(self) -> list[Tensor]:
+        if self._s is None:
+            if self.body is not None:
+                hs, self._stats = self.body.support(self.b)
+                head = self.model.trace(self.params, hs[-1], self.b, stats=self._stats,
+                                        start=self.model.n_layers - 1)[0][-1]
+                self._s = [*hs, head]
+            else:
+                self._s, self._stats = self.model.trace(self.params, self.xs, self.b, mask=self.ms)
+        return self._s
+
+    @property
+    def stats(self) -> Stats:
+        self._support()
+        assert self._stats is not None
+        return self._stats
+
+    def _query(self) -> list[Tensor]:
+        if self._q is None:
+            if self.body is not None:
+                hq = self.body.query(self.b)
+                head = self.model.trace(self.params, hq[-1], self.b, stats=self.stats,
+                                        start=self.model.n_layers - 1)[0][-1]
+                self._q = [*hq, head]
+            else:
+                self._q = self.model.trace(self.params, self.xq, self.b, stats=self.stats)[0]
+        return self._q
+
+    def hidden(self, which: str, position: int) -> Tensor:
+        hs = self._support() if which == "s" else self._query()
+        return hs[position]
+
+    def run_from(self, h: Tensor, position: int) -> Tensor:
+        pos = position % (self.model.n_layers + 1)
+        return self.model.trace(self.params, h, self.b, stats=self.stats, start=pos)[0][-1]
+
+    def loss(self, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        return self.model.loss(pred, y, mask)
+
+
+class MetaLearner(nn.Module):
+    """Holds all meta-parameters: the network initialisation (`params`) and learned inner rates (`lrs`).
+
+    lr_mode: "fixed" (scalar `inner_lr`), "per_step" (one learned rate per adapted tensor and step,
+    MAML++ LSLR), "per_param" (one learned rate per adapted scalar, Meta-SGD).
+    msl_epochs > 0: MAML++ multi-step loss; non-final step weights decay linearly from 1/n to 0 over
+    that many epochs. first_order_epochs: first-order inner loop during the first epochs.
+    """
+
+    name = "base"
+
+    def __init__(self, model: FunctionalModel, *, adapt: Sequence[str], inner_steps: int = 5,
+                 inner_lr: float = 0.01, lr_mode: str = "fixed", per_step_bn: bool = False,
+                 msl_epochs: int = 0, first_order_epochs: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        if inner_steps < 1:
+            raise ValueError("inner_steps must be >= 1")
+        if lr_mode not in ("fixed", "per_step", "per_param"):
+            raise ValueError(f"unknown lr_mode {lr_mode!r}")
+        self.model = model
+        init = model.init_params(torch.Generator().manual_seed(seed))
+        missing = [n for n in adapt if n not in init]
+        if missing:
+            raise ValueError(f"adapted parameters {missing} not in the model")
+        self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in init.items()})
+        self.adapt_names = tuple(adapt)
+        self.head_only = set(self.adapt_names) <= set(model.head_names)
+        self.inner_steps = int(inner_steps)
+        self.inner_lr = float(inner_lr)
+        self.lr_mode = lr_mode
+        self.per_step_bn = bool(per_step_bn)
+        self.msl_epochs = int(msl_epochs)
+        self.first_order_epochs = int(first_order_epochs)
+        self.epoch = 0
+        lrs: dict[str, nn.Parameter] = {}
+        for n in self.adapt_names:
+            if lr_mode == "per_step":
+                lrs[n] = nn.Parameter(torch.full((self.inner_steps,), self.inner_lr))
+            elif lr_mode == "per_param":
+                lrs[n] = nn.Parameter(torch.full_like(init[n], self.inner_lr))
+        self.lrs = nn.ParameterDict(lrs)
+
+    # ---- small pieces -------------------------------------------------------------------------
+    def bn_step(self, step: int) -> int:
+        return min(step, self.model.n_bn_sets - 1) if self.per_step_bn else 0
+
+    def lr(self, name: str, step: int) -> Tensor | float:
+        if self.lr_mode == "per_step":
+            rates = self.lrs[name]
+            return rates[min(step, rates.shape[0] - 1)]
+        if self.lr_mode == "per_param":
+            return self.lrs[name]
+        return self.inner_lr
+
+    def step_weights(self, epoch: int, steps: int) -> list[float]:
+        """Weights of the outer loss after each inner step (MAML++ multi-step loss annealing)."""
+        if self.msl_epochs <= 0 or epoch >= self.msl_epochs or steps == 1:
+            return [0.0] * (steps - 1) + [1.0]
+        w = (1.0 - epoch / self.msl_epochs) / steps
+        return [w] * (steps - 1) + [1.0 - (steps - 1) * w]
+
+    def epoch_end(self, epoch: int, n_epochs: int) -> None:
+        """Annealing hook: records the next epoch (used when `meta_loss` gets no explicit epoch)."""
+        self.epoch = epoch + 1
+
+    def _support_pred(self, params: dict[str, Tensor], xs: Tensor, ms: Tensor, b: int,
+                      body: _Body | None) -> tuple[Tensor, Stats]:
+        if body is not None:
+            hs, stats = body.support(b)
+            pred = self.model.trace(params, hs[-1], b, stats=stats, start=self.model.n_layers - 1)[0][-1]
+            return pred, stats
+        hs, stats = self.model.trace(params, xs, b, mask=ms)
+        return hs[-1], stats
+
+    def _inner(self, meta: dict[str, Tensor], xs: Tensor, ys: Tensor, ms: Tensor, steps: int, *,
+               create_graph: bool, body: _Body | None, leaf_each_step: bool = False,
+               on_step: Callable[[int, dict[str, Tensor], int], None] | None = None,
+               ) -> tuple[dict[str, Tensor], Tensor]:
+        """Batched inner loop; returns the adapted parameters (adapted ones with a leading T) and the
+        mean support loss before adaptation."""
+        t = xs.shape[0]
+        fast = {n: meta[n].unsqueeze(0).expand(t, *meta[n].shape) for n in self.adapt_names}
+        if leaf_each_step:
+            fast = {n: v.detach().clone().requires_grad_(True) for n, v in fast.items()}
+        loss0 = xs.new_zeros(())
+        for s in range(steps):
+            b = self.bn_step(s)
+            params = {**meta, **fast}
+            pred, _ = self._support_pred(params, xs, ms, b, body)
+            loss = self.model.loss(pred, ys, ms)
+            if s == 0:
+                loss0 = loss.detach().mean()
+            grads = torch.autograd.grad(loss.sum(), list(fast.values()), create_graph=create_graph)
+            fast = {n: fast[n] - self.lr(n, s) * g for n, g in zip(list(fast), grads)}
+            if leaf_each_step:
+                fast = {n: v.detach().requires_grad_(True) for n, v in fast.items()}
+            if on_step is not None:
+                on_step(s, {**meta, **fast}, b)
+        return {**meta, **fast}, loss0
+
+    # ---- public API ---------------------------------------------------------------------------
+    def meta_loss(self, batch: TaskBatch, mixer: Mixer, *, generator: torch.Generator, epoch: int | None = None,
+                  second_order: bool = True) -> tuple[Tensor, dict]:
+        """Scalar outer loss of a padded meta-batch (differentiable w.r.t. all meta-parameters) and info
+        {"support_loss": mean support loss before adaptation, "outer_loss": the returned loss, detached}."""
+        epoch = self.epoch if epoch is None else epoch
+        plan = mixer.sample(batch, self.model.n_layers, generator)
+        weights = self.step_weights(epoch, self.inner_steps)
+        create_graph = second_order and epoch >= self.first_order_epochs
+        meta = dict(self.params.items())
+        body = _Body(self.model, meta, batch.xs, batch.ms, batch.xq) if self.head_only else None
+        terms: list[Tensor] = []
+
+        def on_step(s: int, params: dict[str, Tensor], b: int) -> None:
+            if weights[s] > 0:
+                terms.append(weights[s] * mixer.loss(_View(self, params, b, batch, body), plan))
+
+        _, loss0 = self._inner(meta, batch.xs, batch.ys, batch.ms, self.inner_steps,
+                               create_graph=create_graph, body=body, on_step=on_step)
+        total = torch.stack(terms).sum() if len(terms) > 1 else terms[0]
+        return total, {"support_loss": loss0, "outer_loss": total.detach(), "layer": plan.layer}
+
+    def adapt(self, xs: Tensor, ys: Tensor, ms: Tensor | None = None, *, steps: int | None = None) -> AdaptedParams:
+        """Inference-time adaptation of one task (2-D xs) or a padded batch of tasks (3-D xs)."""
+        steps = self.inner_steps if steps is None else int(steps)
+        batched = xs.dim() == 3
+        if not batched:
+            xs, ys = xs.unsqueeze(0), ys.unsqueeze(0)
+            ms = None if ms is None else ms.unsqueeze(0)
+        if ms is None:
+            ms = torch.ones(xs.shape[:2], dtype=xs.dtype, device=xs.device)
+        meta = {k: v.detach() for k, v in self.params.items()}
+        with torch.enable_grad():
+            body = _Body(self.model, meta, xs, ms, None) if self.head_only else None
+            with torch.no_grad():
+                if body is not None:
+                    for s in range(steps):
+                        body.support(self.bn_step(s))
+            params, _ = self._inner(meta, xs, ys, ms, steps, create_graph=False, body=body,
+                                    leaf_each_step=True)
+        params = {k: v.detach() for k, v in params.items()}
+        b = self.bn_step(max(steps - 1, 0))
+        with torch.no_grad():
+            _, stats = self._support_pred(params, xs, ms, b, body)
+        stats = {k: (m.detach(), v.detach()) for k, (m, v) in stats.items()}
+        return AdaptedParams(params, stats, b, batched)
+
+    @torch.no_grad()
+    def predict(self, adapted: AdaptedParams, x: Tensor) -> Tensor:
+        """Predictions for x ((N, D) after a 2-D adapt, (T, N, D) after a batched one); rows independent."""
+        if not adapted.batched:
+            x = x.unsqueeze(0)
+        out = self.model.trace(adapted.params, x, adapted.bn_step, stats=adapted.stats)[0][-1]
+        if out.shape[-1] == 1:
+            out = out.squeeze(-1)
+        return out if adapted.batched else out.squeeze(0)
+
+    def adapt_and_predict(self, xs: Tensor, ys: Tensor, xq: Tensor, *, steps: int | None = None) -> Tensor:
+        return self.predict(self.adapt(xs, ys, steps=steps), xq)
+
+
+class MAML(MetaLearner):
+    name = "maml"
+
+    def __init__(self, model: FunctionalModel, **kw) -> None:
+        super().__init__(model, adapt=model.adaptable_names, **kw)
+
+
+class ANIL(MetaLearner):
+    name = "anil"
+
+    def __init__(self, model: FunctionalModel, **kw) -> None:
+        super().__init__(model, adapt=model.head_names, **kw)
+
+
+class ANILPlusPlus(MetaLearner):
+    """ANIL + MAML++: per-step BN parameters, learned per-step inner rates, multi-step loss annealing."""
+
+    name = "anil++"
+
+    def __init__(self, model: FunctionalModel, *, msl_epochs: int = 10, first_order_epochs: int = 0,
+                 per_step_bn: bool = True, **kw) -> None:
+        super().__init__(model, adapt=model.head_names, lr_mode="per_step", per_step_bn=per_step_bn,
+                         msl_epochs=msl_epochs, first_order_epochs=first_order_epochs, **kw)
+
+
+class MetaSGD(MetaLearner):
+    """Learned per-parameter inner rates; adapts `adapt` = "all" (default) or "head" parameters."""
+
+    name = "metasgd"
+
+    def __init__(self, model: FunctionalModel, *, adapt: str = "all", **kw) -> None:
+        names = model.adaptable_names if adapt == "all" else model.head_names
+        super().__init__(model, adapt=names, lr_mode="per_param", **kw)
+
+
+class TNet(MetaLearner):
+    """T-Net (Lee & Choi, 2018), simplified: meta-learned transformation matrices (identity at init) after
+    each linear map; the inner loop adapts the task weights of the head only (`adapt="all"`: all linear
+    weights and biases), never the transforms."""
+
+    name = "tnet"
+
+    def __init__(self, model: FunctionalModel, *, adapt: str = "head", **kw) -> None:
+        if not getattr(model, "transforms", False):
+            if not hasattr(model, "with_transforms"):
+                raise ValueError("tnet needs a model with transformation layers (with_transforms())")
+            model = model.with_transforms()  # type: ignore[attr-defined]
+        names = model.adaptable_names if adapt == "all" else model.head_names
+        super().__init__(model, adapt=names, **kw)
+
+
+LEARNERS: dict[str, type[MetaLearner]] = {c.name: c for c in (MAML, ANIL, ANILPlusPlus, MetaSGD, TNet)}
+
+
+def build_learner(name: str, model: FunctionalModel | None = None, *, inner_steps: int = 5,
+                  inner_lr: float = 0.01, **opts) -> MetaLearner:
+    """Learner by name (one of LEARNERS). `opts` go to the learner (e.g. msl_epochs, first_order_epochs,
+    per_step_bn, adapt, seed)."""
+    if name not in LEARNERS:
+        raise ValueError(f"unknown learner {name!r}; choose from {sorted(LEARNERS)}")
+    model = MLP() if model is None else model
+    return LEARNERS[name](model, inner_steps=inner_steps, inner_lr=inner_lr, **opts)

@@ -1,0 +1,198 @@
+"""Functional models for gradient-based meta-learning.
+
+A functional model holds no state: parameters live in a dict (owned by the learner) and are passed to
+`trace`. Every tensor is task-batched: inputs are (T, N, ...) and a parameter is either shared by all
+tasks (its natural shape) or task-specific with a leading T dimension (adapted parameters).
+
+Layer positions (used by the mixers): position 0 = the input, position k = the output of block k,
+position `n_layers` = the model output. Mixing may happen at positions 0 .. n_layers - 1.
+
+Batch norm: no running statistics. Statistics are always computed on the (masked, valid) support rows of
+each task, and the *same support statistics* normalise query rows, mixed rows and rows scored at
+prediction time. Hence a compound's prediction never depends on which other compounds are scored with it,
+and padding rows never affect the statistics. Per-step (MAML++) batch-norm weights/biases: one row per
+inner step, selected by the `step` index (clamped to the last row).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["Stats", "FunctionalModel", "MLP", "masked_mse", "masked_moments", "linear"]
+
+Stats = dict[int, tuple[Tensor, Tensor]]  # block index -> (mean, var), each broadcastable to (T, 1, H)
+
+
+@runtime_checkable
+class FunctionalModel(Protocol):
+    """What learners and mixers need from a model."""
+
+    n_layers: int  # number of blocks incl. the head; positions 0..n_layers
+    n_bn_sets: int  # rows of per-step normalisation parameters (>= 1)
+    head_names: tuple[str, ...]  # parameters of the last block (ANIL adapts these)
+    adaptable_names: tuple[str, ...]  # parameters sensible to adapt in an inner loop (MAML adapts these)
+
+    def init_params(self, generator: torch.Generator | None = None) -> dict[str, Tensor]: ...
+
+    def trace(self, params: dict[str, Tensor], h: Tensor, step: int, *, mask: Tensor | None = None,
+              stats: Stats | None = None, start: int = 0, stop: int | None = None,
+              cache: dict | None = None) -> tuple[list[Tensor], Stats]: ...
+
+    def loss(self, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor: ...
+
+
+def masked_mse(pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """Per-task mean squared error over valid rows: pred (T, N[, 1]), y/mask (T, N) -> (T,)."""
+    if pred.dim() == y.dim() + 1 and pred.shape[-1] == 1:
+        pred = pred.squeeze(-1)
+    err = (pred - y).square() * mask
+    return err.sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def masked_moments(z: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance over dim 1 (rows), using only rows with mask 1. z (T, N, H)."""
+    if mask is None:
+        mean = z.mean(1, keepdim=True)
+        return mean, (z - mean).square().mean(1, keepdim=True)
+    m = mask.reshape(*mask.shape[:2], *([1] * (z.dim() - 2)))
+    cnt = m.sum(1, keepdim=True).clamp_min(1.0)
+    mean = (z * m).sum(1, keepdim=True) / cnt
+    var = ((z - mean).square() * m).sum(1, keepdim=True) / cnt
+    return mean, var
+
+
+def linear(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """h (T, N, in) with w (out, in) shared or (T, out, in) per task; b (out,) or (T, out)."""
+    if w.dim() == 2:
+        out = F.linear(h, w)
+    else:
+        out = torch.matmul(h, w.transpose(-1, -2))
+    if b is not None:
+        out = out + (b.unsqueeze(-2) if b.dim() == 2 else b)
+    return out
+
+
+def _row(p: Tensor, idx: int) -> Tensor:
+    """Select step row `idx` of a (S, H) or task-batched (T, S, H) parameter, shaped to broadcast."""
+    r = p.select(-2, min(idx, p.shape[-2] - 1))
+    return r.unsqueeze(-2) if r.dim() == 2 else r
+
+
+class MLP:
+    """Fully-connected net: hidden block = Linear [-> transform] -> batch norm -> leaky ReLU; head = Linear.
+
+    Parameter names: block{k}_weight/_bias/_bn_weight/_bn_bias[/_transform] (k = 1..len(hidden)),
+    head_weight, head_bias [, head_transform]. `transforms=True` adds T-Net transformation matrices
+    (identity at init) after each linear map.
+    """
+
+    def __init__(self, in_dim: int = 1024, hidden: Sequence[int] = (500, 500), n_steps: int = 5,
+                 negative_slope: float = 0.01, *, out_dim: int = 1, transforms: bool = False,
+                 bn_eps: float = 1e-5, out_bias: float = 0.0) -> None:
+        if in_dim < 1 or out_dim < 1 or any(h < 1 for h in hidden) or n_steps < 1:
+            raise ValueError("MLP: dimensions and n_steps must be positive")
+        self.in_dim = int(in_dim)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.n_steps = int(n_steps)
+        self.negative_slope = float(negative_slope)
+        self.out_dim = int(out_dim)
+        self.transforms = bool(transforms)
+        self.bn_eps = float(bn_eps)
+        self.out_bias = float(out_bias)
+        self.n_layers = len(self.hidden) + 1
+        self.n_mix_layers = self.n_layers  # mixable positions 0 .. n_layers - 1
+        self.n_bn_sets = self.n_steps
+        self.head_names = ("head_weight", "head_bias")
+        names = []
+        for k in range(1, len(self.hidden) + 1):
+            names += [f"block{k}_weight", f"block{k}_bias"]
+        self.adaptable_names = tuple(names) + self.head_names
+
+    def config(self) -> dict:
+        return {"in_dim": self.in_dim, "hidden": list(self.hidden), "n_steps": self.n_steps,
+                "negative_slope": self.negative_slope, "out_dim": self.out_dim,
+                "transforms": self.transforms, "bn_eps": self.bn_eps, "out_bias": self.out_bias}
+
+    def with_transforms(self) -> MLP:
+        cfg = self.config()
+        cfg["transforms"] = True
+        return MLP(**cfg)
+
+    def init_params(self, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Kaiming-uniform linear weights (as torch.nn.Linear), BN weight 1 / bias 0, transforms = I."""
+        params: dict[str, Tensor] = {}
+        dims = (self.in_dim, *self.hidden)
+
+        def lin(fan_in: int, fan_out: int) -> tuple[Tensor, Tensor]:
+            bound = 1.0 / math.sqrt(fan_in)
+            w = (torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound
+            b = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
+            return w, b
+
+        for k in range(1, len(self.hidden) + 1):
+            w, b = lin(dims[k - 1], dims[k])
+            params[f"block{k}_weight"], params[f"block{k}_bias"] = w, b
+            params[f"block{k}_bn_weight"] = torch.ones(self.n_bn_sets, dims[k])
+            params[f"block{k}_bn_bias"] = torch.zeros(self.n_bn_sets, dims[k])
+            if self.transforms:
+                params[f"block{k}_transform"] = torch.eye(dims[k])
+        w, b = lin(dims[-1], self.out_dim)
+        params["head_weight"], params["head_bias"] = w, torch.full_like(b, self.out_bias)
+        if self.transforms:
+            params["head_transform"] = torch.eye(self.out_dim)
+        return params
+
+    def _block(self, params: dict[str, Tensor], h: Tensor, k: int, step: int, mask: Tensor | None,
+               stats: Stats, cache: dict | None) -> Tensor:
+        key = f"lin{k}"
+        if cache is not None and key in cache:
+            z = cache[key]
+        else:
+            z = linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"])
+            if self.transforms:
+                z = linear(z, params[f"block{k}_transform"], None)
+            if cache is not None:
+                cache[key] = z
+        if k not in stats:
+            stats[k] = masked_moments(z, mask)
+        mean, var = stats[k]
+        zn = (z - mean) * torch.rsqrt(var + self.bn_eps)
+        zn = zn * _row(params[f"block{k}_bn_weight"], step) + _row(params[f"block{k}_bn_bias"], step)
+        return F.leaky_relu(zn, self.negative_slope)
+
+    def trace(self, params: dict[str, Tensor], h: Tensor, step: int, *, mask: Tensor | None = None,
+              stats: Stats | None = None, start: int = 0, stop: int | None = None,
+              cache: dict | None = None) -> tuple[list[Tensor], Stats]:
+        """Run positions start -> stop (default: output). Returns the hiddens at positions start..stop and
+        the batch-norm statistics (given ones reused; missing ones computed from `h`'s masked rows).
+
+        `cache` (optional, per input tensor) memoises the first block's linear output across inner steps;
+        only valid while that block's parameters are unchanged (the learner guarantees it)."""
+        stop = self.n_layers if stop is None else stop
+        if not 0 <= start <= stop <= self.n_layers:
+            raise ValueError(f"MLP.trace: invalid positions start={start}, stop={stop}")
+        stats = dict(stats) if stats else {}
+        out = [h]
+        for k in range(start + 1, stop + 1):
+            if k < self.n_layers:
+                h = self._block(params, h, k, step, mask, stats, cache if k == 1 and start == 0 else None)
+            else:
+                h = linear(h, params["head_weight"], params["head_bias"])
+                if self.transforms:
+                    h = linear(h, params["head_transform"], None)
+            out.append(h)
+        return out, stats
+
+    def forward_from(self, params: dict[str, Tensor], h: Tensor, start_layer: int, step: int,
+                     stats: Stats | None = None) -> Tensor:
+        """Model output from the hidden `h` at position `start_layer` (given support statistics)."""
+        return self.trace(params, h, step, stats=stats, start=start_layer)[0][-1]
+
+    def loss(self, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        return masked_mse(pred, y, mask)

@@ -1,0 +1,61 @@
+"""pad_tasks validation, device/dtype moves, safetensors round trip of learner state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from assayfew.meta import LEARNERS, MLP, build_learner, learner_state, load_learner_state, pad_tasks
+from assayfew.meta.synthetic import random_fingerprint_tasks
+
+
+def test_pad_tasks_shapes_and_masks():
+    tasks = random_fingerprint_tasks([(3, 5), (6, 2)], dim=8)
+    tasks[0] = tuple(t.numpy() for t in tasks[0])  # numpy accepted too
+    b = pad_tasks(tasks)
+    assert b.xs.shape == (2, 6, 8) and b.xq.shape == (2, 5, 8) and b.xs.dtype == torch.float32
+    assert b.ms.sum(1).tolist() == [3, 6] and b.mq.sum(1).tolist() == [5, 2]
+    assert torch.equal(b.ys[1, :6], tasks[1][1]) and float(b.ys[0, 3:].abs().sum()) == 0
+    assert b.to(dtype=torch.float64).xs.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("task", "match"),
+    [
+        ((np.zeros((3, 4)), np.zeros(2), np.zeros((1, 4)), np.zeros(1)), "task 0: support"),
+        ((np.zeros((0, 4)), np.zeros(0), np.zeros((1, 4)), np.zeros(1)), "empty support"),
+        ((np.zeros((2, 4)), np.array([1.0, np.nan]), np.zeros((1, 4)), np.zeros(1)), "non-finite"),
+        ((np.zeros((2, 4)), np.zeros(2), np.zeros((1, 5)), np.zeros(1)), "feature shapes"),
+    ],
+)
+def test_pad_tasks_rejects_bad_tasks(task, match):
+    with pytest.raises(ValueError, match=match):
+        pad_tasks([task])
+
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_state_round_trip_through_safetensors(tmp_path, name):
+    model = MLP(16, (8, 8), n_steps=2)
+    a = build_learner(name, model, inner_steps=2, seed=0)
+    b = build_learner(name, model, inner_steps=2, seed=1)
+    xs, ys, xq, _ = random_fingerprint_tasks([(6, 4)], dim=16)[0]
+    assert not torch.allclose(a.adapt_and_predict(xs, ys, xq), b.adapt_and_predict(xs, ys, xq))
+    save_file(learner_state(a), str(tmp_path / "m.safetensors"))
+    load_learner_state(b, load_file(str(tmp_path / "m.safetensors")))
+    assert torch.equal(a.adapt_and_predict(xs, ys, xq), b.adapt_and_predict(xs, ys, xq))
+
+
+def test_load_rejects_mismatched_state():
+    a = build_learner("anil", MLP(16, (8,)))
+    b = build_learner("anil", MLP(16, (9,)))
+    with pytest.raises(ValueError, match="shape"):
+        load_learner_state(b, learner_state(a))
+    with pytest.raises(ValueError, match="missing"):
+        load_learner_state(build_learner("anil++", MLP(16, (8,))), learner_state(a))
+
+
+def test_unknown_learner():
+    with pytest.raises(ValueError, match="unknown learner"):
+        build_learner("reptile", MLP(4, (2,)))

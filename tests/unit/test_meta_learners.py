@@ -1,0 +1,179 @@
+"""Batched learners: meta-gradients vs a per-task loop, adaptation scope, learned rates, invariances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from assayfew.meta import MLP, TaskBatch, build_learner, build_mixer, masked_mse, pad_tasks
+from assayfew.meta.reference import reference_meta_loss
+from assayfew.meta.synthetic import random_fingerprint_tasks
+
+DIM = 24
+
+
+def random_tasks(sizes, dim: int = DIM, seed: int = 0, offset: float = 6.5):
+    return random_fingerprint_tasks(sizes, dim, seed=seed, offset=offset)
+
+
+def random_batch(sizes=((9, 6), (4, 11), (7, 7)), dim: int = DIM, seed: int = 0) -> TaskBatch:
+    return pad_tasks(random_tasks(sizes, dim, seed))
+
+
+def grads(module: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    named = list(module.named_parameters())
+    gs = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named, gs)}
+
+
+def _learner(name: str, **kw):
+    return build_learner(name, MLP(DIM, (16, 12), n_steps=3), inner_steps=3, inner_lr=0.05, seed=1, **kw).double()
+
+
+@pytest.mark.parametrize(
+    ("learner", "mixer", "epoch", "opts"),
+    [
+        ("anil++", "metamix", 3, {"msl_epochs": 10}),
+        ("anil++", "metamix", 12, {"msl_epochs": 10}),
+        ("maml", "metamix", 0, {}),
+        ("maml", "none", 0, {}),
+        ("anil", "cob", 0, {}),
+        ("metasgd", "mixup_ss", 0, {}),
+        ("tnet", "mixup_qq", 0, {}),
+    ],
+)
+def test_batched_meta_gradient_matches_per_task_loop(learner, mixer, epoch, opts):
+    torch.manual_seed(0)
+    lrn = _learner(learner, **opts)
+    with torch.no_grad():  # move off the symmetric init so every parameter matters
+        for p in lrn.params.values():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = random_batch(dim=DIM).to(dtype=torch.float64)
+    mix = build_mixer(mixer, layers=(0, 1, 2))
+    loss, _ = lrn.meta_loss(batch, mix, generator=torch.Generator().manual_seed(5), epoch=epoch)
+    ref = reference_meta_loss(lrn, batch, mix, generator=torch.Generator().manual_seed(5), epoch=epoch)
+    assert torch.allclose(loss, ref, rtol=1e-9, atol=1e-9)
+    g_batched, g_loop = grads(lrn, loss), grads(lrn, ref)
+    assert sum(float(g.abs().sum()) for g in g_batched.values()) > 0
+    for name in g_loop:
+        assert torch.allclose(g_batched[name], g_loop[name], atol=1e-5, rtol=1e-5), name
+
+
+def test_reference_detects_a_wrong_plan():
+    """The comparison can fail: a different random plan gives a different loss."""
+    lrn = _learner("anil++")
+    batch = random_batch(dim=DIM).to(dtype=torch.float64)
+    mix = build_mixer("metamix", layers=(0, 1, 2))
+    loss, _ = lrn.meta_loss(batch, mix, generator=torch.Generator().manual_seed(5))
+    ref = reference_meta_loss(lrn, batch, mix, generator=torch.Generator().manual_seed(6))
+    assert not torch.allclose(loss, ref)
+
+
+def test_anil_adapts_only_the_head():
+    lrn = _learner("anil")
+    xs, ys, _, _ = random_tasks([(10, 5)], dim=DIM)[0]
+    adapted = lrn.adapt(xs.double(), ys.double())
+    for name, meta in lrn.params.items():
+        new = adapted.params[name]
+        changed = not torch.equal(new.reshape(meta.shape) if new.numel() == meta.numel() else new, meta)
+        assert changed == (name in ("head_weight", "head_bias")), name
+
+
+def test_tnet_never_adapts_transforms():
+    lrn = _learner("tnet")
+    assert "block1_transform" in lrn.params and "head_transform" in lrn.params
+    xs, ys, _, _ = random_tasks([(10, 5)], dim=DIM)[0]
+    adapted = lrn.adapt(xs.double(), ys.double())
+    assert torch.equal(adapted.params["block1_transform"], lrn.params["block1_transform"])
+    assert not torch.equal(adapted.params["head_weight"][0], lrn.params["head_weight"])
+
+
+@pytest.mark.parametrize("name", ["anil++", "metasgd"])
+def test_learned_inner_rates_get_gradients(name):
+    lrn = _learner(name)
+    batch = random_batch(dim=DIM).to(dtype=torch.float64)
+    loss, _ = lrn.meta_loss(batch, build_mixer("metamix"), generator=torch.Generator().manual_seed(0), epoch=20)
+    loss.backward()
+    assert len(lrn.lrs) > 0
+    for n, p in lrn.lrs.items():
+        assert p.grad is not None and float(p.grad.abs().min() if name == "anil++" else p.grad.abs().max()) > 0, n
+
+
+def test_first_order_epochs_cut_second_order_terms():
+    lrn = _learner("maml", first_order_epochs=2)
+    batch = random_batch(dim=DIM).to(dtype=torch.float64)
+    mix = build_mixer("none")
+    g = torch.Generator
+    first = grads(lrn, lrn.meta_loss(batch, mix, generator=g().manual_seed(0), epoch=0)[0])
+    second = grads(lrn, lrn.meta_loss(batch, mix, generator=g().manual_seed(0), epoch=2)[0])
+    fo_ref = grads(lrn, reference_meta_loss(lrn, batch, mix, generator=g().manual_seed(0), epoch=0,
+                                            second_order=False))
+    assert all(torch.allclose(first[n], fo_ref[n], atol=1e-8) for n in first)
+    assert not all(torch.allclose(first[n], second[n], atol=1e-8) for n in first)
+
+
+def test_msl_weights_anneal():
+    lrn = _learner("anil++", msl_epochs=10)
+    w0, w5, w10 = (lrn.step_weights(e, 3) for e in (0, 5, 10))
+    assert w0 == pytest.approx([1 / 3] * 3)
+    assert w5[0] == pytest.approx(1 / 6) and sum(w5) == pytest.approx(1.0)
+    assert w10 == [0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("name", ["anil++", "maml", "tnet"])
+def test_prediction_of_a_row_does_not_depend_on_other_rows(name):
+    lrn = _learner(name)
+    xs, ys, xq, _ = random_tasks([(12, 9)], dim=DIM, seed=3)[0]
+    xs, ys, xq = xs.double(), ys.double(), xq.double()
+    adapted = lrn.adapt(xs, ys)
+    full = lrn.predict(adapted, xq)
+    alone = torch.stack([lrn.predict(adapted, xq[i : i + 1])[0] for i in range(len(xq))])
+    other = torch.cat([xq[:1], (torch.rand(5, DIM, dtype=torch.float64) < 0.5).double()])
+    with_others = lrn.predict(adapted, other)[0]
+    assert torch.allclose(full, alone, atol=1e-6, rtol=0)
+    assert abs(float(with_others - full[0])) < 1e-6
+    assert float(full.std()) > 0  # predictions are not trivially constant
+
+
+@pytest.mark.parametrize("mixer", ["none", "metamix", "cob", "mixup_ss", "mixup_qq"])
+def test_padding_rows_change_nothing(mixer):
+    lrn = _learner("anil++")
+    batch = random_batch(dim=DIM).to(dtype=torch.float64)
+    g = torch.Generator().manual_seed(11)
+    extra_s, extra_q = 3, 4
+
+    def pad(x, m, n, fill):
+        shape = (x.shape[0], n, *x.shape[2:])
+        return torch.cat([x, fill(shape)], 1)
+
+    junk = lambda shape: 50 * torch.randn(shape, generator=g, dtype=torch.float64)  # noqa: E731
+    zeros = lambda shape: torch.zeros(shape, dtype=torch.float64)  # noqa: E731
+    padded = TaskBatch(pad(batch.xs, batch.ms, extra_s, junk), pad(batch.ys, batch.ms, extra_s, junk),
+                       pad(batch.ms, batch.ms, extra_s, zeros), pad(batch.xq, batch.mq, extra_q, junk),
+                       pad(batch.yq, batch.mq, extra_q, junk), pad(batch.mq, batch.mq, extra_q, zeros))
+    mix = build_mixer(mixer, layers=(0, 1, 2))
+    a, _ = lrn.meta_loss(batch, mix, generator=torch.Generator().manual_seed(2), epoch=4)
+    b, _ = lrn.meta_loss(padded, mix, generator=torch.Generator().manual_seed(2), epoch=4)
+    assert torch.allclose(a, b, atol=1e-10)
+    ga, gb = grads(lrn, a), grads(lrn, b)
+    for n in ga:
+        assert torch.allclose(ga[n], gb[n], atol=1e-8), n
+
+
+def test_batched_adapt_matches_single_task_adapt():
+    lrn = _learner("anil++")
+    tasks = random_tasks([(9, 6), (4, 11)], dim=DIM)
+    batch = random_batch(((9, 6), (4, 11)), dim=DIM).to(dtype=torch.float64)
+    pred = lrn.predict(lrn.adapt(batch.xs, batch.ys, batch.ms), batch.xq)
+    for t, (xs, ys, xq, yq) in enumerate(tasks):
+        single = lrn.adapt_and_predict(xs.double(), ys.double(), xq.double())
+        assert torch.allclose(pred[t, : len(xq)], single, atol=1e-8)
+        assert float(masked_mse(single[None], yq.double()[None], torch.ones(1, len(yq), dtype=torch.float64))) >= 0
+
+
+def test_adaptation_reduces_support_loss():
+    lrn = build_learner("anil", MLP(DIM, (16,)), inner_steps=10, inner_lr=0.1, seed=0)
+    xs, ys, _, _ = random_tasks([(20, 5)], dim=DIM, offset=0.0)[0]
+    before = lrn.predict(lrn.adapt(xs, ys, steps=0), xs)
+    after = lrn.predict(lrn.adapt(xs, ys), xs)
+    assert float((after - ys).square().mean()) < 0.8 * float((before - ys).square().mean())
