@@ -35,7 +35,8 @@ def main(
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, fingerprints=result.fingerprints, valid=result.valid, smiles=np.array(smiles, dtype=str))
     n_bad = int((~result.valid).sum())
-    console.print(f"{len(smiles)} rows from column '{column}' → {out} ({n_bad} invalid)")
+    console.print(f"{len(smiles)} rows from column '{column}' written to {out}")
+    console.print(f"{n_bad} invalid rows", soft_wrap=True)
     if n_bad:
         counts = Counter(r for r in result.reasons if r)
         table = Table(title="Invalid rows by reason")
