@@ -1,0 +1,55 @@
+"""`assayfew app` (registered from this module as "app"): launch the Streamlit dashboard (bound to 127.0.0.1 unless told otherwise)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from assayfew.paths import REPO_DIR, default_model_dir
+
+err = Console(stderr=True)
+MAX_UPLOAD_MB = 10
+
+
+def app_file() -> Path:
+    return REPO_DIR / "app" / "streamlit_app.py"
+
+
+def streamlit_command(script: Path, host: str, port: int) -> list[str]:
+    """The `streamlit run` command line the launcher executes."""
+    return [sys.executable, "-m", "streamlit", "run", str(script),
+            "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+            "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--browser.gatherUsageStats", "false"]
+
+
+def main(
+    host: Annotated[str, typer.Option(help="Address to bind (default: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8501,
+    model: Annotated[Optional[Path], typer.Option(help="Model directory (default: the shipped model).")] = None,
+) -> None:
+    """Open the dashboard: upload an assay, adapt the model, browse and download predictions."""
+    script = app_file()
+    if not script.is_file():
+        err.print(f"[red]error:[/red] the dashboard is not installed: {script} is missing "
+                  "(run from a source checkout of assayfew)")
+        raise typer.Exit(2)
+    env = dict(os.environ)
+    if model is not None:
+        if not model.is_dir():
+            err.print(f"[red]error:[/red] model directory {model} not found")
+            raise typer.Exit(2)
+        env["ASSAYFEW_MODEL_DIR"] = str(model.resolve())
+    elif "ASSAYFEW_MODEL_DIR" not in env and not default_model_dir().is_dir():
+        err.print(f"[yellow]warning:[/yellow] no shipped model at {default_model_dir()}; pass --model DIR")
+    err.print(f"assayfew dashboard on http://{host}:{port}  (Ctrl-C to stop)")
+    try:
+        code = subprocess.run(streamlit_command(script, host, port), env=env, check=False).returncode
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
