@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+typer_app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 # Each subcommand lives in assayfew/cli/<module>.py and exposes `main`.
 _COMMANDS = {
@@ -25,9 +25,9 @@ for _name, _module in _COMMANDS.items():
         if exc.name != f"assayfew.cli.{_module}":
             raise
         continue
-    app.command(_name)(_mod.main)
+    typer_app.command(_name)(_mod.main)
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    typer_app()
