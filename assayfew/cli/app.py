@@ -1,4 +1,4 @@
-"""`assayfew app` (registered from this module as "app"): launch the Streamlit dashboard (bound to 127.0.0.1 unless told otherwise)."""
+"""`assayfew app`: launch the Streamlit dashboard (bound to 127.0.0.1 unless told otherwise)."""
 
 from __future__ import annotations
 
