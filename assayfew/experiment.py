@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assayfew.chem import FingerprintSpec
-from assayfew.data.readers import PQSAR_FILES
 from assayfew.paths import assays_dir
 from assayfew.splits import Split
 from assayfew.tasks import TaskSet, build_taskset
@@ -49,11 +48,5 @@ def pqsar_group_split(group: int) -> Split:
 
 
 def pqsar_taskset(data_dir: Path, *, spec: FingerprintSpec = FingerprintSpec(), cache: bool = True) -> TaskSet:
-    """The pQSAR SI files in `data_dir` as a TaskSet (clear error naming the files when they are missing)."""
-    missing = [name for name in PQSAR_FILES if not (Path(data_dir) / name).exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"pQSAR data not found in {data_dir}: missing {', '.join(missing)}. These files are the Supporting "
-            "Information of Martin et al., J. Chem. Inf. Model. 59:4450 (2019), DOI 10.1021/acs.jcim.9b00375; "
-            "download them from the article page and pass their folder with --data-dir.")
+    """The pQSAR SI files in `data_dir` as a TaskSet (the reader names any missing file and where to get it)."""
     return build_taskset(Path(data_dir), "pqsar", spec=spec, cache=cache)[0]
