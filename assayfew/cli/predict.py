@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from assayfew.metrics import r2_pearson
 from assayfew.predict import (InputError, PredictOptions, adapt_and_predict, example_assay, load_default_model,
@@ -57,7 +58,22 @@ def main(
         r2 = r2_pearson(truth[unmeasured], result.table["prediction"].to_numpy()[unmeasured])
         err.print(f"example CHEMBL2321810: R² of predictions vs true pIC50 on the {int(unmeasured.sum())} "
                   f"unmeasured compounds: [bold]{r2:.3f}[/bold]")
-    if out is None:
-        result.table.to_csv(sys.stdout, index=False)
-    else:
+    if out is not None:
         err.print(f"wrote {out}")
+    elif example:
+        _print_top(result.table, truth)
+    else:
+        result.table.to_csv(sys.stdout, index=False)
+
+
+def _print_top(table, truth, n: int = 10) -> None:
+    """The example's best-predicted unmeasured compounds, next to their true values."""
+    view = table.assign(true_pIC50=truth)
+    view = view[view["pIC50"].isna() & (view["status"] == "ok")].nlargest(n, "prediction")
+    grid = Table(title=f"top {n} predicted (unmeasured) compounds")
+    for col in ("compound_id", "prediction", "uncertainty", "in_domain", "true_pIC50"):
+        grid.add_column(col)
+    for _, row in view.iterrows():
+        grid.add_row(str(row["compound_id"]), f"{row['prediction']:.2f}", f"{row['uncertainty']:.2f}",
+                     str(bool(row["in_domain"])), f"{row['true_pIC50']:.2f}")
+    Console().print(grid)
