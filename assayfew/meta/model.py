@@ -60,6 +60,10 @@ def masked_moments(z: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     if mask is None:
         mean = z.mean(1, keepdim=True)
         return mean, (z - mean).square().mean(1, keepdim=True)
+    if z.dim() == 3:  # (T, N, H): weighted row sums as batched products (no (T, N, H) temporaries)
+        wts = (mask / mask.sum(1, keepdim=True).clamp_min(1.0)).unsqueeze(1)  # (T, 1, N)
+        mean = torch.matmul(wts, z)
+        return mean, torch.matmul(wts, (z - mean).square())
     m = mask.reshape(*mask.shape[:2], *([1] * (z.dim() - 2)))
     cnt = m.sum(1, keepdim=True).clamp_min(1.0)
     mean = (z * m).sum(1, keepdim=True) / cnt
@@ -68,11 +72,11 @@ def masked_moments(z: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
 
 
 def linear(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    """h (T, N, in) with w (out, in) shared or (T, out, in) per task; b (out,) or (T, out)."""
-    if w.dim() == 2:
-        out = F.linear(h, w)
+    """h (T, N, in) @ w, w (in, out) shared or (T, in, out) per task; plus b (out,) or (T, out)."""
+    if w.dim() == 3 and w.shape[-1] == 1:  # per-task single-output head: mul-sum beats a batched matvec
+        out = (h * w.transpose(-1, -2)).sum(-1, keepdim=True)
     else:
-        out = torch.matmul(h, w.transpose(-1, -2))
+        out = torch.matmul(h, w)
     if b is not None:
         out = out + (b.unsqueeze(-2) if b.dim() == 2 else b)
     return out
@@ -87,16 +91,22 @@ def _row(p: Tensor, idx: int) -> Tensor:
 class MLP:
     """Fully-connected net: hidden block = Linear [-> transform] -> batch norm -> leaky ReLU; head = Linear.
 
-    Parameter names: block{k}_weight/_bias/_bn_weight/_bn_bias[/_transform] (k = 1..len(hidden)),
+    Parameter names (weights are stored (in, out)): block{k}_weight/_bias/_bn_weight/_bn_bias[/_transform] (k = 1..len(hidden)),
     head_weight, head_bias [, head_transform]. `transforms=True` adds T-Net transformation matrices
-    (identity at init) after each linear map.
+    (identity at init) after each linear map. `per_step_blocks`: which blocks get per-step batch-norm
+    parameters ("all", as MAML++, or only the "last" hidden block: then the body before it is
+    step-independent and computed once per task by ANIL-type learners). `sparse_input`: use a sparse
+    product for block 1 (None = automatically on CPU when <= 25% of the inputs are non-zero).
     """
 
     def __init__(self, in_dim: int = 1024, hidden: Sequence[int] = (500, 500), n_steps: int = 5,
                  negative_slope: float = 0.01, *, out_dim: int = 1, transforms: bool = False,
-                 bn_eps: float = 1e-5, out_bias: float = 0.0) -> None:
+                 bn_eps: float = 1e-5, out_bias: float = 0.0, per_step_blocks: str = "all",
+                 sparse_input: bool | None = None) -> None:
         if in_dim < 1 or out_dim < 1 or any(h < 1 for h in hidden) or n_steps < 1:
             raise ValueError("MLP: dimensions and n_steps must be positive")
+        if per_step_blocks not in ("all", "last"):
+            raise ValueError("MLP: per_step_blocks must be 'all' or 'last'")
         self.in_dim = int(in_dim)
         self.hidden = tuple(int(h) for h in hidden)
         self.n_steps = int(n_steps)
@@ -105,6 +115,8 @@ class MLP:
         self.transforms = bool(transforms)
         self.bn_eps = float(bn_eps)
         self.out_bias = float(out_bias)
+        self.per_step_blocks = per_step_blocks
+        self.sparse_input = sparse_input
         self.n_layers = len(self.hidden) + 1
         self.n_mix_layers = self.n_layers  # mixable positions 0 .. n_layers - 1
         self.n_bn_sets = self.n_steps
@@ -117,7 +129,8 @@ class MLP:
     def config(self) -> dict:
         return {"in_dim": self.in_dim, "hidden": list(self.hidden), "n_steps": self.n_steps,
                 "negative_slope": self.negative_slope, "out_dim": self.out_dim,
-                "transforms": self.transforms, "bn_eps": self.bn_eps, "out_bias": self.out_bias}
+                "transforms": self.transforms, "bn_eps": self.bn_eps, "out_bias": self.out_bias,
+                "per_step_blocks": self.per_step_blocks, "sparse_input": self.sparse_input}
 
     def with_transforms(self) -> MLP:
         cfg = self.config()
@@ -125,21 +138,22 @@ class MLP:
         return MLP(**cfg)
 
     def init_params(self, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Kaiming-uniform linear weights (as torch.nn.Linear), BN weight 1 / bias 0, transforms = I."""
+        """Linear weights (in, out), uniform(±1/sqrt(fan_in)) as torch.nn.Linear; BN weight 1 / bias 0;
+        transforms = I."""
         params: dict[str, Tensor] = {}
         dims = (self.in_dim, *self.hidden)
 
         def lin(fan_in: int, fan_out: int) -> tuple[Tensor, Tensor]:
             bound = 1.0 / math.sqrt(fan_in)
-            w = (torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound
+            w = (torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound
             b = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
             return w, b
 
         for k in range(1, len(self.hidden) + 1):
             w, b = lin(dims[k - 1], dims[k])
             params[f"block{k}_weight"], params[f"block{k}_bias"] = w, b
-            params[f"block{k}_bn_weight"] = torch.ones(self.n_bn_sets, dims[k])
-            params[f"block{k}_bn_bias"] = torch.zeros(self.n_bn_sets, dims[k])
+            params[f"block{k}_bn_weight"] = torch.ones(self.bn_rows(k), dims[k])
+            params[f"block{k}_bn_bias"] = torch.zeros(self.bn_rows(k), dims[k])
             if self.transforms:
                 params[f"block{k}_transform"] = torch.eye(dims[k])
         w, b = lin(dims[-1], self.out_dim)
@@ -148,13 +162,32 @@ class MLP:
             params["head_transform"] = torch.eye(self.out_dim)
         return params
 
+    def bn_rows(self, k: int) -> int:
+        """Rows of per-step batch-norm parameters of block k (1 = shared by all steps)."""
+        return self.n_bn_sets if self.per_step_blocks == "all" or k == len(self.hidden) else 1
+
+    def _first_linear(self, h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        """Block-1 linear map; sparse (COO) product on CPU for sparse constant inputs (fingerprints)."""
+        use_sparse = self.sparse_input
+        if use_sparse is None:
+            use_sparse = (h.device.type == "cpu" and w.dim() == 2 and not h.requires_grad
+                          and h.numel() > 0 and int(torch.count_nonzero(h)) <= 0.25 * h.numel())
+        if not use_sparse or w.dim() != 2 or h.requires_grad:
+            return linear(h, w, b)
+        flat = h.reshape(-1, h.shape[-1]).to_sparse()
+        # (in, out) weights are contiguous here: sparse.mm with a transposed view is ~10x slower
+        return torch.sparse.mm(flat, w).reshape(*h.shape[:-1], w.shape[-1]) + b
+
     def _block(self, params: dict[str, Tensor], h: Tensor, k: int, step: int, mask: Tensor | None,
                stats: Stats, cache: dict | None) -> Tensor:
         key = f"lin{k}"
         if cache is not None and key in cache:
             z = cache[key]
         else:
-            z = linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"])
+            if k == 1:
+                z = self._first_linear(h, params["block1_weight"], params["block1_bias"])
+            else:
+                z = linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"])
             if self.transforms:
                 z = linear(z, params[f"block{k}_transform"], None)
             if cache is not None:
@@ -162,9 +195,9 @@ class MLP:
         if k not in stats:
             stats[k] = masked_moments(z, mask)
         mean, var = stats[k]
-        zn = (z - mean) * torch.rsqrt(var + self.bn_eps)
-        zn = zn * _row(params[f"block{k}_bn_weight"], step) + _row(params[f"block{k}_bn_bias"], step)
-        return F.leaky_relu(zn, self.negative_slope)
+        scale = torch.rsqrt(var + self.bn_eps) * _row(params[f"block{k}_bn_weight"], step)
+        shift = _row(params[f"block{k}_bn_bias"], step) - mean * scale
+        return F.leaky_relu(torch.addcmul(shift, z, scale), self.negative_slope)
 
     def trace(self, params: dict[str, Tensor], h: Tensor, step: int, *, mask: Tensor | None = None,
               stats: Stats | None = None, start: int = 0, stop: int | None = None,
@@ -172,16 +205,26 @@ class MLP:
         """Run positions start -> stop (default: output). Returns the hiddens at positions start..stop and
         the batch-norm statistics (given ones reused; missing ones computed from `h`'s masked rows).
 
-        `cache` (optional, per input tensor) memoises the first block's linear output across inner steps;
-        only valid while that block's parameters are unchanged (the learner guarantees it)."""
+        `cache` (optional, one dict per input tensor) memoises step-independent work across inner steps
+        (block 1's linear map; whole blocks without per-step parameters); only valid while the body
+        parameters are unchanged and, for a query input, the support statistics are the same (the
+        learner guarantees both)."""
         stop = self.n_layers if stop is None else stop
         if not 0 <= start <= stop <= self.n_layers:
             raise ValueError(f"MLP.trace: invalid positions start={start}, stop={stop}")
         stats = dict(stats) if stats else {}
         out = [h]
+        invariant = cache is not None and start == 0  # still on a step-independent prefix of blocks
         for k in range(start + 1, stop + 1):
             if k < self.n_layers:
-                h = self._block(params, h, k, step, mask, stats, cache if k == 1 and start == 0 else None)
+                input_invariant = invariant
+                invariant = invariant and self.bn_rows(k) == 1
+                if invariant and ("h", k) in cache:  # type: ignore[operator]
+                    h, stats[k] = cache[("h", k)], cache[("s", k)]  # type: ignore[index]
+                else:
+                    h = self._block(params, h, k, step, mask, stats, cache if input_invariant else None)
+                    if invariant:
+                        cache[("h", k)], cache[("s", k)] = h, stats[k]  # type: ignore[index]
             else:
                 h = linear(h, params["head_weight"], params["head_bias"])
                 if self.transforms:
