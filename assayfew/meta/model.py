@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from assayfew.meta.sparse import SparseRows, spmm
+
 __all__ = ["Stats", "FunctionalModel", "MLP", "masked_mse", "masked_moments", "linear"]
 
 Stats = dict[int, tuple[Tensor, Tensor]]  # block index -> (mean, var), each broadcastable to (T, 1, H)
@@ -167,16 +169,15 @@ class MLP:
         return self.n_bn_sets if self.per_step_blocks == "all" or k == len(self.hidden) else 1
 
     def _first_linear(self, h: Tensor, w: Tensor, b: Tensor) -> Tensor:
-        """Block-1 linear map; sparse (COO) product on CPU for sparse constant inputs (fingerprints)."""
+        """Block-1 linear map; sparse (embedding-bag) product on CPU for sparse constant inputs (fingerprints)."""
         use_sparse = self.sparse_input
         if use_sparse is None:
             use_sparse = (h.device.type == "cpu" and w.dim() == 2 and not h.requires_grad
                           and h.numel() > 0 and int(torch.count_nonzero(h)) <= 0.25 * h.numel())
         if not use_sparse or w.dim() != 2 or h.requires_grad:
             return linear(h, w, b)
-        flat = h.reshape(-1, h.shape[-1]).to_sparse()
-        # (in, out) weights are contiguous here: sparse.mm with a transposed view is ~10x slower
-        return torch.sparse.mm(flat, w).reshape(*h.shape[:-1], w.shape[-1]) + b
+        rows = SparseRows.from_dense(h.reshape(-1, h.shape[-1]))
+        return spmm(rows, w).reshape(*h.shape[:-1], w.shape[-1]) + b
 
     def _block(self, params: dict[str, Tensor], h: Tensor, k: int, step: int, mask: Tensor | None,
                stats: Stats, cache: dict | None) -> Tensor:

@@ -26,8 +26,10 @@ def grads(module: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor
     return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named, gs)}
 
 
-def _learner(name: str, **kw):
-    return build_learner(name, MLP(DIM, (16, 12), n_steps=3), inner_steps=3, inner_lr=0.05, seed=1, **kw).double()
+def _learner(name: str, model_opts: dict | None = None, **kw):
+    opts = {"hidden": (16, 12), **(model_opts or {})}
+    model = MLP(DIM, n_steps=3, **opts)
+    return build_learner(name, model, inner_steps=3, inner_lr=0.05, seed=1, **kw).double()
 
 
 @pytest.mark.parametrize(
@@ -35,6 +37,9 @@ def _learner(name: str, **kw):
     [
         ("anil++", "metamix", 3, {"msl_epochs": 10}),
         ("anil++", "metamix", 12, {"msl_epochs": 10}),
+        ("anil++", "metamix", 12, {"model_opts": {"per_step_blocks": "last"}}),
+        ("anil++", "mixup_qq", 1, {"model_opts": {"sparse_input": False}}),
+        ("anil", "metamix", 0, {"model_opts": {"hidden": (16, 12, 8)}}),
         ("maml", "metamix", 0, {}),
         ("maml", "none", 0, {}),
         ("anil", "cob", 0, {}),

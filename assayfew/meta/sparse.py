@@ -1,0 +1,71 @@
+"""Sparse-input linear map for fingerprint batches: X (N, D) sparse constant, W (D, out) dense.
+
+`SparseRows.from_dense(x)` stores X once in row-major and column-major form; `spmm(rows, w)` computes
+X @ W with `embedding_bag` (sum mode). Its backward is the same operation with the transposed
+structure, so it is differentiable any number of times (needed for second-order meta-gradients).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["SparseRows", "spmm"]
+
+
+@dataclass(frozen=True)
+class _Bags:
+    indices: Tensor  # column (or row) ids, grouped by bag
+    offsets: Tensor  # start of each bag
+    weights: Tensor | None  # values (None when all ones)
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    n_rows: int
+    n_cols: int
+    by_row: _Bags  # X as bags of columns
+    by_col: _Bags  # X^T as bags of rows
+
+    @staticmethod
+    def from_dense(x: Tensor) -> SparseRows:
+        n, d = x.shape
+        nz = x.nonzero()
+        rows, cols = nz[:, 0], nz[:, 1]
+        vals = x[rows, cols]
+        binary = bool((vals == 1).all())
+        row_off = torch.cumsum(torch.bincount(rows, minlength=n), 0) - torch.bincount(rows, minlength=n)
+        order = torch.argsort(cols, stable=True)
+        col_counts = torch.bincount(cols, minlength=d)
+        col_off = torch.cumsum(col_counts, 0) - col_counts
+        return SparseRows(n, d, _Bags(cols, row_off, None if binary else vals),
+                          _Bags(rows[order], col_off, None if binary else vals[order]))
+
+    def transposed(self) -> SparseRows:
+        return SparseRows(self.n_cols, self.n_rows, self.by_col, self.by_row)
+
+
+def _bag_sum(bags: _Bags, dense: Tensor) -> Tensor:
+    w = None if bags.weights is None else bags.weights.to(dense.dtype)
+    return F.embedding_bag(bags.indices, dense, bags.offsets, mode="sum", per_sample_weights=w)
+
+
+class _SpMM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, dense: Tensor, x: SparseRows) -> Tensor:  # type: ignore[override]
+        ctx.x = x
+        return _bag_sum(x.by_row, dense)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return _SpMM.apply(grad.contiguous(), ctx.x.transposed()), None
+
+
+def spmm(x: SparseRows, w: Tensor) -> Tensor:
+    """X @ W for a constant sparse X (N, D) and dense W (D, out); differentiable in W to any order."""
+    if w.shape[0] != x.n_cols:
+        raise ValueError(f"spmm: X has {x.n_cols} columns, W has {w.shape[0]} rows")
+    return _SpMM.apply(w, x)

@@ -1,0 +1,63 @@
+"""Functional MLP and the sparse first-layer product."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from assayfew.meta import MLP, FunctionalModel
+from assayfew.meta.model import masked_moments
+from assayfew.meta.sparse import SparseRows, spmm
+
+
+def test_spmm_matches_dense_to_second_order():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(9, 30, generator=g) < 0.2).double()
+    x[2] = 0.0  # an empty row
+    x[4, 3] = 2.5  # a non-binary value
+    w = torch.randn(30, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    v = torch.randn(4, 1, dtype=torch.float64, generator=g, requires_grad=True)
+    rows = SparseRows.from_dense(x)
+    assert torch.allclose(spmm(rows, w), x @ w)
+
+    def second(z):
+        gw, = torch.autograd.grad(((z.tanh() @ v) ** 2).sum(), w, create_graph=True)
+        return torch.autograd.grad((gw ** 2).sum(), (w, v))
+
+    for a, b in zip(second(spmm(rows, w)), second(x @ w)):
+        assert torch.allclose(a, b)
+    with pytest.raises(ValueError, match="columns"):
+        spmm(rows, w[:5])
+
+
+def test_sparse_and_dense_first_layer_agree():
+    x = (torch.rand(3, 10, 64) < 0.05).double()
+    mask = torch.ones(3, 10, dtype=torch.float64)
+    sparse, dense = MLP(64, (8, 8), sparse_input=True), MLP(64, (8, 8), sparse_input=False)
+    params = {k: v.double() for k, v in sparse.init_params(torch.Generator().manual_seed(0)).items()}
+    a = sparse.trace(params, x, 0, mask=mask)[0][-1]
+    b = dense.trace(params, x, 0, mask=mask)[0][-1]
+    assert torch.allclose(a, b)
+
+
+def test_mlp_layout_and_protocol():
+    m = MLP(32, (16, 8), n_steps=4, per_step_blocks="last")
+    assert isinstance(m, FunctionalModel)
+    p = m.init_params()
+    assert p["block1_weight"].shape == (32, 16) and p["head_weight"].shape == (8, 1)
+    assert p["block1_bn_weight"].shape == (1, 16) and p["block2_bn_weight"].shape == (4, 8)
+    assert m.n_layers == 3 and m.head_names == ("head_weight", "head_bias")
+    hs, stats = m.trace(p, torch.rand(2, 5, 32), 3, mask=torch.ones(2, 5))
+    assert [h.shape[-1] for h in hs] == [32, 16, 8, 1] and set(stats) == {1, 2}
+    with pytest.raises(ValueError):
+        MLP(32, (16,), per_step_blocks="first")
+
+
+def test_masked_moments_ignore_padding():
+    z = torch.randn(2, 6, 5, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.float64)
+    mean, var = masked_moments(z, mask)
+    assert torch.allclose(mean[0, 0], z[0, :3].mean(0)) and torch.allclose(var[0, 0], z[0, :3].var(0, unbiased=False))
+    z4 = z.unsqueeze(-1)  # generic (T, N, C, 1) path agrees
+    m4, v4 = masked_moments(z4, mask)
+    assert torch.allclose(m4.squeeze(-1), mean) and torch.allclose(v4.squeeze(-1), var)
