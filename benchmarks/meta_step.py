@@ -2,9 +2,11 @@
 
 8 tasks, ~40 support / ~30 query rows, 1024-bit random binary fingerprints (bit probability 0.05, about
 Morgan density), MLP 1024-500-500-1, 5 inner steps, second order, forward + backward + Adam step.
+The two are timed alternately (same machine load); medians over --iters rounds after warm-up.
 Prints one JSON line at the end: {"ms_per_iter", "loop_ms_per_iter", "ratio", ...}.
 
-    python benchmarks/meta_step.py [--threads 2] [--iters 30] [--epoch 20] [--no-per-step-bn] [--device cpu]
+    python benchmarks/meta_step.py [--threads 2] [--iters 30] [--epoch 20] [--no-per-step-bn]
+        [--per-step-blocks all|last] [--dense] [--learner anil++] [--device cpu]
 """
 
 from __future__ import annotations
@@ -21,29 +23,38 @@ from assayfew.meta.reference import reference_meta_loss
 from assayfew.meta.synthetic import random_fingerprint_tasks
 
 
-def _time(step, iters: int, warmup: int, device: torch.device) -> float:
+def _clock(step, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _time_interleaved(steps: dict, iters: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
+    """Alternate the variants round by round so both see the same (shared-machine) load."""
     for _ in range(warmup):
-        step()
-    times = []
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        for k, step in steps.items():
+            times[k].append(_clock(step, device))
+    return times
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--loop-iters", type=int, default=None, help="iterations for the per-task loop")
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--epoch", type=int, default=20, help=">= msl_epochs: final-step loss only; 0: all steps")
-    ap.add_argument("--no-per-step-bn", action="store_true")
+    ap.add_argument("--no-per-step-bn", action="store_true", help="ANIL++ without per-step batch norm")
+    ap.add_argument("--per-step-blocks", choices=("all", "last"), default="all",
+                    help="hidden blocks with per-step batch-norm parameters")
+    ap.add_argument("--dense", action="store_true", help="dense first layer (no sparse product)")
     ap.add_argument("--learner", default="anil++")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
@@ -57,7 +68,8 @@ def main() -> None:
              for _ in range(8)]
     batch = pad_tasks(random_fingerprint_tasks(sizes, 1024, seed=args.seed, density=0.05)).to(device)
     opts = {"per_step_bn": False} if args.no_per_step_bn and args.learner == "anil++" else {}
-    learner = build_learner(args.learner, MLP(1024, (500, 500), n_steps=5), inner_steps=5, inner_lr=0.01,
+    learner = build_learner(args.learner, MLP(1024, (500, 500), n_steps=5, per_step_blocks=args.per_step_blocks,
+                                                sparse_input=False if args.dense else None), inner_steps=5, inner_lr=0.01,
                             seed=args.seed, **opts).to(device)
     mixer = build_mixer("metamix", alpha=0.5, beta=0.5, layers=(1, 2))
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3, fused=device.type in ("cpu", "cuda"))
@@ -75,11 +87,13 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    ms = _time(batched_step, args.iters, args.warmup, device)
-    loop_ms = _time(loop_step, args.loop_iters or args.iters, 2, device)
+    times = _time_interleaved({"batched": batched_step, "loop": loop_step}, args.iters, args.warmup, device)
+    ms, loop_ms = statistics.median(times["batched"]), statistics.median(times["loop"])
     print(json.dumps({"ms_per_iter": round(ms, 2), "loop_ms_per_iter": round(loop_ms, 2),
-                      "ratio": round(loop_ms / ms, 2), "learner": args.learner, "epoch": args.epoch,
-                      "per_step_bn": not args.no_per_step_bn, "threads": args.threads,
+                      "ratio": round(loop_ms / ms, 2), "min_ms": round(min(times["batched"]), 2),
+                      "loop_min_ms": round(min(times["loop"]), 2), "learner": args.learner, "epoch": args.epoch,
+                      "per_step_bn": "none" if args.no_per_step_bn else args.per_step_blocks,
+                      "sparse_first_layer": not args.dense, "threads": args.threads,
                       "device": str(device), "sizes": sizes}))
 
 

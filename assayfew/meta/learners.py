@@ -220,7 +220,9 @@ class MetaLearner(nn.Module):
     def meta_loss(self, batch: TaskBatch, mixer: Mixer, *, generator: torch.Generator, epoch: int | None = None,
                   second_order: bool = True) -> tuple[Tensor, dict]:
         """Scalar outer loss of a padded meta-batch (differentiable w.r.t. all meta-parameters) and info
-        {"support_loss": mean support loss before adaptation, "outer_loss": the returned loss, detached}."""
+        {"support_loss": mean support loss before adaptation, "outer_loss": the returned loss (detached),
+        "layer": the mixing position drawn}. The mixer's random plan (layer, λ, pairs) is drawn once and
+        shared by all multi-step-loss terms. `epoch=None` uses the epoch recorded by `epoch_end`."""
         epoch = self.epoch if epoch is None else epoch
         plan = mixer.sample(batch, self.model.n_layers, generator)
         weights = self.step_weights(epoch, self.inner_steps)

@@ -57,7 +57,7 @@ class MixPlan:
 
 def numpy_rng(generator: torch.Generator) -> np.random.Generator:
     """A numpy generator seeded from a torch generator (keeps runs reproducible from one seed)."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
     return np.random.default_rng(seed)
 
 

@@ -235,7 +235,8 @@ class MLP:
 
     def forward_from(self, params: dict[str, Tensor], h: Tensor, start_layer: int, step: int,
                      stats: Stats | None = None) -> Tensor:
-        """Model output from the hidden `h` at position `start_layer` (given support statistics)."""
+        """Model output from the hidden `h` at position `start_layer`. Pass the support `stats` (without
+        them the statistics of `h` itself are used, which makes rows depend on each other)."""
         return self.trace(params, h, step, stats=stats, start=start_layer)[0][-1]
 
     def loss(self, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
