@@ -11,6 +11,15 @@ from assayfew.meta import LEARNERS, MLP, build_learner, learner_state, load_lear
 from assayfew.meta.synthetic import random_fingerprint_tasks
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread avoids OpenMP spin-wait stalls on the shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_pad_tasks_shapes_and_masks():
     tasks = random_fingerprint_tasks([(3, 5), (6, 2)], dim=8)
     tasks[0] = tuple(t.numpy() for t in tasks[0])  # numpy accepted too
