@@ -1,4 +1,12 @@
-"""Chemistry: SMILES parsing, Morgan fingerprints (bulk, parallel, cached), Tanimoto similarity."""
+"""Chemistry: SMILES parsing, Morgan fingerprints (bulk, parallel, cached), Tanimoto similarity.
+
+Speed notes (see benchmarks/featurize.py): canonical SMILES are optional (they cost about as much as
+the fingerprint); without them and without standardisation, SMILES that cannot hold hydrogen atoms
+are parsed without sanitisation and then sanitised (this skips the stereo perception and H removal
+that `Chem.MolFromSmiles` adds, neither of which changes a non-chiral Morgan fingerprint); bits are
+taken from the bit vector's raw bytes; large inputs are split over forked worker processes that
+receive SMILES strings and return packed bits.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +14,16 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
-from rdkit import Chem, rdBase
+from rdkit import Chem, DataStructs, rdBase
 from rdkit.Chem import rdFingerprintGenerator
 from rdkit.Chem.MolStandardize import rdMolStandardize
 
@@ -28,8 +38,14 @@ __all__ = [
 ]
 
 #: Inputs smaller than this are featurized in-process (a pool costs more than it saves).
-_PARALLEL_MIN = 4000
-_CACHE_VERSION = 1
+_PARALLEL_MIN = 3000
+#: Work is handed to the pool in chunks of this many SMILES (bounds), so busy cores balance out.
+_CHUNK_MIN, _CHUNK_MAX = 250, 2000
+#: v2: packed bits are little-endian within each byte (RDKit's raw bit-vector layout).
+_CACHE_VERSION = 2
+#: SMILES that may hold explicit hydrogen atoms (removed by MolFromSmiles), a CXSMILES extension or
+#: surrounding text take the reference parser; all others may take the fast path.
+_NEEDS_FULL_PARSE = re.compile(r"[\s|]|\[\d*H")
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,7 @@ class Featurized:
     fingerprints: np.ndarray  # (n, bits) uint8 of 0/1, zeros for invalid rows
     valid: np.ndarray  # (n,) bool
     reasons: list[str]  # "" when valid, else why not
-    canonical: list[str]  # canonical SMILES, "" when invalid
+    canonical: list[str] | None  # canonical SMILES, "" when invalid; None when not requested
 
 
 def parse_smiles(smiles: str, standardize: bool = False) -> tuple[Chem.Mol | None, str]:
@@ -84,6 +100,23 @@ def _parse(smiles: str, standardize: bool) -> tuple[Chem.Mol | None, str]:
     return mol, ""
 
 
+def _parse_for_fingerprint(smiles: str) -> tuple[Chem.Mol | None, str]:
+    """Like _parse(smiles, False) but cheaper: same graph, aromaticity, ring and H-count perception,
+    hence the same non-chiral Morgan fingerprint and the same reasons, without stereo perception."""
+    if not isinstance(smiles, str) or not smiles or _NEEDS_FULL_PARSE.search(smiles):
+        return _parse(smiles, False)
+    mol = Chem.MolFromSmiles(smiles, sanitize=False)
+    if mol is None:
+        return None, "unparsable SMILES"
+    try:
+        Chem.SanitizeMol(mol)
+    except Exception as exc:  # RDKit raises several sanitisation exception types
+        return None, f"sanitization failed: {_first_line(exc)}"
+    if mol.GetNumAtoms() == 0:
+        return None, "empty SMILES"
+    return mol, ""
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -111,24 +144,66 @@ def _standardizer() -> _Standardizer:
     return _STANDARDIZER
 
 
+# --------------------------------------------------------------------------- fingerprints
+
+
+@lru_cache(maxsize=8)
+def _generator(radius: int, bits: int) -> rdFingerprintGenerator.FingerprintGenerator64:
+    return rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=bits)
+
+
+@lru_cache(maxsize=8)
+def _fingerprint_bytes(radius: int, bits: int) -> Callable[[Chem.Mol], bytes]:
+    """mol → ceil(bits/8) bytes, bit i at byte i//8, position i%8 (little-endian bit order).
+
+    Uses the bit vector's raw serialisation when a self-check shows it has exactly that layout,
+    else a slower numpy route.
+    """
+    generator = _generator(radius, bits)
+    nbytes = (bits + 7) // 8
+
+    def raw(mol: Chem.Mol) -> bytes:
+        return DataStructs.BitVectToBinaryText(generator.GetFingerprint(mol))
+
+    def via_numpy(mol: Chem.Mol) -> bytes:
+        return np.packbits(generator.GetFingerprintAsNumPy(mol).astype(bool), bitorder="little").tobytes()
+
+    probe = Chem.MolFromSmiles("CC(=O)Nc1ccc(O)cc1C(F)(F)F")
+    data = raw(probe)
+    expected = generator.GetFingerprintAsNumPy(probe).astype(np.uint8)
+    ok = len(data) == nbytes and np.array_equal(
+        np.unpackbits(np.frombuffer(data, np.uint8), count=bits, bitorder="little"), expected
+    )
+    return raw if ok else via_numpy
+
+
+_Chunk = tuple[np.ndarray, list[str], list[str] | None]
+
+
 def _featurize_chunk(
-    smiles: Sequence[str], radius: int, bits: int, standardize: bool
-) -> tuple[np.ndarray, list[str], list[str]]:
-    """Featurize unique SMILES serially: (packed bits (n, bits/8), reasons, canonical)."""
-    generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=bits)
+    smiles: Sequence[str], radius: int, bits: int, standardize: bool, canonical: bool
+) -> _Chunk:
+    """Featurize unique SMILES serially: (packed bits (n, ceil(bits/8)) little-endian, reasons,
+    canonical SMILES or None)."""
+    to_bytes = _fingerprint_bytes(radius, bits)
     n = len(smiles)
-    unpacked = np.zeros((n, bits), dtype=np.uint8)
+    zero = bytes((bits + 7) // 8)
+    rows: list[bytes] = []
     reasons = [""] * n
-    canonical = [""] * n
+    canon: list[str] | None = [""] * n if canonical else None
+    fast = not (standardize or canonical)  # canonical SMILES need the reference parser's stereo
     with rdBase.BlockLogs():
         for i, smi in enumerate(smiles):
-            mol, reason = _parse(smi, standardize)
+            mol, reason = _parse_for_fingerprint(smi) if fast else _parse(smi, standardize)
             if mol is None:
                 reasons[i] = reason
+                rows.append(zero)
                 continue
-            unpacked[i] = generator.GetFingerprintAsNumPy(mol)
-            canonical[i] = Chem.MolToSmiles(mol)
-    return np.packbits(unpacked, axis=1), reasons, canonical
+            rows.append(to_bytes(mol))
+            if canon is not None:
+                canon[i] = Chem.MolToSmiles(mol)
+    packed = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(n, len(zero))
+    return packed, reasons, canon
 
 
 def _pool_context() -> mp.context.BaseContext:
@@ -136,42 +211,40 @@ def _pool_context() -> mp.context.BaseContext:
     return mp.get_context("fork" if "fork" in methods else "spawn")
 
 
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _featurize_unique(
-    smiles: list[str], spec: FingerprintSpec, standardize: bool, n_jobs: int | None
-) -> tuple[np.ndarray, list[str], list[str]]:
-    jobs = n_jobs if n_jobs is not None else (os.cpu_count() or 1)
-    jobs = max(1, min(jobs, len(smiles) // (_PARALLEL_MIN // 2) or 1))
-    if jobs == 1 or len(smiles) < _PARALLEL_MIN:
-        return _featurize_chunk(smiles, spec.radius, spec.bits, standardize)
-    n_chunks = jobs * 4
-    bounds = np.linspace(0, len(smiles), n_chunks + 1).astype(int)
-    chunks = [smiles[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    smiles: list[str], spec: FingerprintSpec, standardize: bool, canonical: bool, n_jobs: int | None
+) -> _Chunk:
+    work = partial(_featurize_chunk, radius=spec.radius, bits=spec.bits, standardize=standardize, canonical=canonical)
+    n = len(smiles)
+    jobs = n_jobs if n_jobs is not None else _available_cores()
+    jobs = max(1, min(jobs, n // (_PARALLEL_MIN // 2) or 1))
+    if jobs == 1 or n < _PARALLEL_MIN:
+        return work(smiles)
+    size = max(_CHUNK_MIN, min(_CHUNK_MAX, -(-n // (jobs * 8))))
+    chunks = [smiles[a : a + size] for a in range(0, n, size)]
     with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
-        results = list(
-            pool.map(
-                _featurize_chunk,
-                chunks,
-                [spec.radius] * n_chunks,
-                [spec.bits] * n_chunks,
-                [standardize] * n_chunks,
-            )
-        )
+        results = list(pool.map(work, chunks))
     packed = np.concatenate([r[0] for r in results], axis=0)
     reasons = [x for r in results for x in r[1]]
-    canonical = [x for r in results for x in r[2]]
-    return packed, reasons, canonical
+    canon = [x for r in results for x in r[2]] if canonical else None
+    return packed, reasons, canon
 
 
 # --------------------------------------------------------------------------- cache
 
 
-def _cache_key(unique: list[str], spec: FingerprintSpec, standardize: bool) -> str:
-    digest = hashlib.sha256()
+def _cache_key(text: str, spec: FingerprintSpec, standardize: bool) -> str:
+    """text: json.dumps(unique SMILES) (ASCII, unambiguous)."""
     header = {"v": _CACHE_VERSION, "rdkit": rdBase.rdkitVersion, "std": standardize, **spec.to_dict()}
-    digest.update(json.dumps(header, sort_keys=True).encode())
-    for smi in unique:
-        digest.update(smi.encode("utf-8", "surrogatepass"))
-        digest.update(b"\0")
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    digest.update(text.encode("ascii"))
     return digest.hexdigest()
 
 
@@ -181,49 +254,50 @@ def _cache_dir(cache: bool | Path) -> Path | None:
     return paths.cache_dir() / "fingerprints" if cache is True else Path(cache)
 
 
-def _cache_load(
-    path: Path, unique: list[str], bits: int
-) -> tuple[np.ndarray, list[str], list[str]] | None:
-    """Load a shard; None (and remove it) when missing, corrupt or not matching the input."""
+def _cache_load(path: Path, text: str, n: int, bits: int, canonical: bool) -> _Chunk | None:
+    """Load a shard; None when missing or lacking requested canonical SMILES; corrupt or
+    mismatching shards are removed."""
     if not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
+            if canonical and "canonical" not in data.files:
+                return None  # featurized without canonical SMILES: redo, then overwrite
             stored = data["smiles"]
             packed = data["packed"]
             reasons = data["reasons"].tolist()
-            canonical = data["canonical"].tolist()
+            canon = data["canonical"].tolist() if canonical else None
         ok = (
-            stored.shape == (len(unique),)
-            and packed.shape == (len(unique), (bits + 7) // 8)
+            packed.shape == (n, (bits + 7) // 8)
             and packed.dtype == np.uint8
-            and len(reasons) == len(canonical) == len(unique)
-            and stored.tolist() == unique
+            and len(reasons) == n
+            and (canon is None or len(canon) == n)
+            and stored.dtype == np.uint8
+            and stored.tobytes() == text.encode("ascii")
         )
     except Exception:
         ok = False
     if not ok:
         path.unlink(missing_ok=True)
         return None
-    return packed, reasons, canonical
+    return packed, reasons, canon
 
 
-def _cache_store(
-    path: Path, unique: list[str], packed: np.ndarray, reasons: list[str], canonical: list[str]
-) -> None:
+def _cache_store(path: Path, text: str, packed: np.ndarray, reasons: list[str], canon: list[str] | None) -> None:
     """Write a shard atomically (temp file + rename); cache failures never break featurization."""
+    arrays = {
+        "smiles": np.frombuffer(text.encode("ascii"), dtype=np.uint8),
+        "packed": packed,
+        "reasons": np.array(reasons, dtype=str),
+    }
+    if canon is not None:
+        arrays["canonical"] = np.array(canon, dtype=str)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.savez(
-                    handle,
-                    smiles=np.array(unique, dtype=str),
-                    packed=packed,
-                    reasons=np.array(reasons, dtype=str),
-                    canonical=np.array(canonical, dtype=str),
-                )
+                np.savez(handle, **arrays)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -242,37 +316,44 @@ def featurize_smiles(
     standardize: bool = False,
     n_jobs: int | None = None,
     cache: bool | Path = False,
+    canonical: bool = True,
 ) -> Featurized:
     """SMILES → Morgan bit matrix, one row per input (duplicates featurized once).
 
-    n_jobs: worker processes (None = all cores; small inputs run in-process).
+    n_jobs: worker processes (None = all available cores; small inputs run in-process).
     cache: False, True (paths.cache_dir()/"fingerprints") or a directory for on-disk shards.
+    canonical: also compute canonical SMILES (costs about as much as the fingerprint); when False,
+    `Featurized.canonical` is None and fingerprints and reasons are unchanged.
     """
     items = ["" if s is None or (isinstance(s, float) and s != s) else str(s) for s in smiles]
     index: dict[str, int] = {}
     inverse = np.fromiter((index.setdefault(s, len(index)) for s in items), dtype=np.int64, count=len(items))
     unique = list(index)
+    nbytes = (spec.bits + 7) // 8
 
     directory = _cache_dir(cache)
-    shard = directory / f"{_cache_key(unique, spec, standardize)}.npz" if directory else None
-    loaded = _cache_load(shard, unique, spec.bits) if shard is not None else None
+    text = json.dumps(unique) if directory is not None else ""
+    shard = directory / f"{_cache_key(text, spec, standardize)}.npz" if directory is not None else None
+    loaded = _cache_load(shard, text, len(unique), spec.bits, canonical) if shard is not None else None
     if loaded is None:
         loaded = (
-            _featurize_unique(unique, spec, standardize, n_jobs)
+            _featurize_unique(unique, spec, standardize, canonical, n_jobs)
             if unique
-            else (np.zeros((0, (spec.bits + 7) // 8), np.uint8), [], [])
+            else (np.zeros((0, nbytes), np.uint8), [], [] if canonical else None)
         )
         if shard is not None:
-            _cache_store(shard, unique, *loaded)
-    packed, reasons_u, canonical_u = loaded
+            _cache_store(shard, text, *loaded)
+    packed_u, reasons_u, canonical_u = loaded
 
-    fingerprints = np.unpackbits(packed, axis=1, count=spec.bits)[inverse] if len(items) else np.zeros(
-        (0, spec.bits), np.uint8
-    )
-    reasons = [reasons_u[i] for i in inverse]
-    canonical = [canonical_u[i] for i in inverse]
-    valid = np.array([r == "" for r in reasons], dtype=bool)
-    return Featurized(fingerprints=fingerprints, valid=valid, reasons=reasons, canonical=canonical)
+    if len(unique) == len(items):  # no duplicates: inverse is the identity
+        packed, reasons, canon = packed_u, list(reasons_u), canonical_u
+    else:
+        packed = packed_u[inverse]
+        reasons = [reasons_u[i] for i in inverse]
+        canon = [canonical_u[i] for i in inverse] if canonical_u is not None else None
+    fingerprints = np.unpackbits(packed, axis=1, count=spec.bits, bitorder="little")
+    valid = np.fromiter((not r for r in reasons), dtype=bool, count=len(reasons))
+    return Featurized(fingerprints=fingerprints, valid=valid, reasons=reasons, canonical=canon if canonical else None)
 
 
 def max_tanimoto(query: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -9,7 +9,18 @@ import pytest
 from rdkit import Chem, DataStructs, RDConfig
 from rdkit.Chem import rdFingerprintGenerator
 
+from assayfew import chem
 from assayfew.chem import FingerprintSpec, featurize_smiles, max_tanimoto, parse_smiles
+
+#: SMILES that exercise the fast parse path's edges: explicit/isotopic H atoms, stereo, CXSMILES,
+#: surrounding whitespace, charges, dative bonds, organometallics, and several kinds of failure.
+_TRICKY = [
+    "[H]C([H])([H])O", "[2H]C([2H])([2H])O", "[H][H]", "[H+]", "B1([H])OC(C)O1", "C[C@H](N)C(=O)O",
+    "C[C@@H](C)C", "[C@@H]", "F/C=C/F", "F/C=C\\F", "C/C=C/C=C/C", "C[S@](=O)CC", "C1CC[C@@H]2CCCC[C@H]2C1",
+    "OC[C@@H](O)[C@@H](O)[C@H](O)[C@H](O)C=O", "C1=CC=CC=C1 |c:0,2,4|", "CCO ethanol", " CCO", "CCO\t",
+    "[NH4+].[Cl-]", "c1ccc2[nH]ccc2c1", "O=[N+]([O-])c1ccccc1", "[O-][n+]1ccccc1", "CC[Hg]CC", "[Na]Cl",
+    "N->[Fe]", "[13CH3]C", "*C", "C%10CC%10", "[CH2]C", "c1cccc1", "C1CC", "CN(C)(C)(C)C", "Nope", "[Zz]C", "",
+]
 
 
 def _nci_smiles(n: int) -> list[str]:
@@ -38,12 +49,38 @@ def test_fingerprints_bit_equal_to_rdkit_reference(spec: FingerprintSpec) -> Non
     assert result.fingerprints.dtype == np.uint8 and result.fingerprints.shape == (200, spec.bits)
 
 
-def test_parallel_equals_serial() -> None:
-    smiles = _nci_smiles(600) * 8  # > parallel threshold, with duplicates
-    smiles = [f"{s}.C" if i % 7 == 0 else s for i, s in enumerate(smiles)]
-    parallel = featurize_smiles(smiles, n_jobs=2)
-    serial = featurize_smiles(smiles, n_jobs=1)
+@pytest.mark.parametrize("spec", [FingerprintSpec(), FingerprintSpec(radius=1, bits=1000)])
+def test_without_canonical_matches_reference_parser(spec: FingerprintSpec) -> None:
+    """canonical=False takes a cheaper parse; bits and reasons must equal MolFromSmiles + generator."""
+    smiles = _nci_smiles(300) + _TRICKY
+    fast = featurize_smiles(smiles, spec, canonical=False)
+    assert fast.canonical is None
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=spec.radius, fpSize=spec.bits)
+    for i, smi in enumerate(smiles):
+        mol, reason = parse_smiles(smi)
+        assert fast.reasons[i] == reason, smi
+        assert bool(fast.valid[i]) == (mol is not None), smi
+        expected = gen.GetFingerprintAsNumPy(mol) if mol is not None else np.zeros(spec.bits, np.uint8)
+        assert np.array_equal(fast.fingerprints[i], expected), smi
+    assert not fast.valid[-6:].any() and fast.valid[:-6].all()  # only the failures ending _TRICKY
+    full = featurize_smiles(smiles, spec)
+    assert np.array_equal(full.fingerprints, fast.fingerprints) and full.reasons == fast.reasons
+
+
+@pytest.mark.parametrize("canonical", [True, False])
+def test_parallel_equals_serial(monkeypatch: pytest.MonkeyPatch, canonical: bool) -> None:
+    smiles = _nci_smiles(600) * 3  # with duplicates
+    smiles = [f"{s}.C" if i % 7 == 0 else s for i, s in enumerate(smiles)] + _TRICKY
+    monkeypatch.setattr(chem, "_PARALLEL_MIN", 200)  # ~900 unique SMILES: make sure the pool runs
+    started = []
+    real_pool = chem.ProcessPoolExecutor
+    monkeypatch.setattr(chem, "ProcessPoolExecutor", lambda *a, **k: started.append(1) or real_pool(*a, **k))
+    parallel = featurize_smiles(smiles, n_jobs=2, canonical=canonical)
+    assert started
+    serial = featurize_smiles(smiles, n_jobs=1, canonical=canonical)
+    assert len(started) == 1
     assert np.array_equal(parallel.fingerprints, serial.fingerprints)
+    assert np.array_equal(parallel.valid, serial.valid)
     assert parallel.reasons == serial.reasons and parallel.canonical == serial.canonical
 
 
@@ -92,6 +129,24 @@ def test_cache_identical_and_robust(tmp_path: Path) -> None:
     assert np.array_equal(rebuilt.fingerprints, first.fingerprints)
     with np.load(shards[0], allow_pickle=False) as data:
         assert data["packed"].shape == (len(smiles), 64)
+
+
+def test_cache_adds_canonical_when_asked(tmp_path: Path) -> None:
+    smiles = _nci_smiles(100) + ["bad(", "CCO", "CCO"]
+    bits_only = featurize_smiles(smiles, cache=tmp_path, canonical=False)
+    assert bits_only.canonical is None
+    (shard,) = tmp_path.glob("*.npz")
+    with np.load(shard, allow_pickle=False) as data:
+        assert "canonical" not in data.files
+    with_canonical = featurize_smiles(smiles, cache=tmp_path)  # shard lacks them: computed, shard rewritten
+    assert with_canonical.canonical == featurize_smiles(smiles).canonical
+    assert with_canonical.canonical[-1] == "CCO" and with_canonical.canonical[-3] == ""
+    assert [p.name for p in tmp_path.glob("*.npz")] == [shard.name]
+    with np.load(shard, allow_pickle=False) as data:
+        assert data["canonical"].tolist()[-1] == "CCO"
+    again = featurize_smiles(smiles, cache=tmp_path, canonical=False)
+    assert again.canonical is None
+    assert np.array_equal(again.fingerprints, bits_only.fingerprints) and again.reasons == bits_only.reasons
 
 
 def test_max_tanimoto_matches_rdkit() -> None:
