@@ -150,6 +150,8 @@ class MetaLearner(nn.Module):
         self.msl_epochs = int(msl_epochs)
         self.first_order_epochs = int(first_order_epochs)
         self.epoch = 0
+        self.build_options: dict = {}  # set by build_learner (for learner_config)
+        self.built_from: FunctionalModel = model
         lrs: dict[str, nn.Parameter] = {}
         for n in self.adapt_names:
             if lr_mode == "per_step":
@@ -340,4 +342,7 @@ def build_learner(name: str, model: FunctionalModel | None = None, *, inner_step
     if name not in LEARNERS:
         raise ValueError(f"unknown learner {name!r}; choose from {sorted(LEARNERS)}")
     model = MLP() if model is None else model
-    return LEARNERS[name](model, inner_steps=inner_steps, inner_lr=inner_lr, **opts)
+    learner = LEARNERS[name](model, inner_steps=inner_steps, inner_lr=inner_lr, **opts)
+    learner.build_options = {"inner_steps": inner_steps, "inner_lr": inner_lr, **opts}
+    learner.built_from = model
+    return learner

@@ -1,13 +1,16 @@
-"""pad_tasks validation, device/dtype moves, safetensors round trip of learner state."""
+"""pad_tasks validation, dtype moves, safetensors/JSON round trips of learners."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from assayfew.meta import LEARNERS, MLP, build_learner, learner_state, load_learner_state, pad_tasks
+from assayfew.meta import (LEARNERS, MLP, build_learner, learner_config, learner_from_config, learner_state,
+                           load_learner_state, pad_tasks)
 from assayfew.meta.synthetic import random_fingerprint_tasks
 
 
@@ -68,3 +71,16 @@ def test_load_rejects_mismatched_state():
 def test_unknown_learner():
     with pytest.raises(ValueError, match="unknown learner"):
         build_learner("reptile", MLP(4, (2,)))
+
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_config_round_trip_rebuilds_the_same_learner(tmp_path, name):
+    a = build_learner(name, MLP(16, (8, 8), n_steps=3, out_bias=6.5), inner_steps=3, inner_lr=0.02, seed=3)
+    cfg = json.loads(json.dumps(learner_config(a)))
+    b = learner_from_config(cfg)
+    load_learner_state(b, learner_state(a))
+    xs, ys, xq, _ = random_fingerprint_tasks([(6, 4)], dim=16)[0]
+    assert torch.equal(a.adapt_and_predict(xs, ys, xq), b.adapt_and_predict(xs, ys, xq))
+    assert b.inner_steps == 3 and b.name == name
+    with pytest.raises(ValueError, match="missing"):
+        learner_from_config({"learner": name})
