@@ -242,8 +242,13 @@ class MetaLearner(nn.Module):
         total = torch.stack(terms).sum() if len(terms) > 1 else terms[0]
         return total, {"support_loss": loss0, "outer_loss": total.detach(), "layer": plan.layer}
 
-    def adapt(self, xs: Tensor, ys: Tensor, ms: Tensor | None = None, *, steps: int | None = None) -> AdaptedParams:
-        """Inference-time adaptation of one task (2-D xs) or a padded batch of tasks (3-D xs)."""
+    def adapt(self, xs: Tensor, ys: Tensor, ms: Tensor | None = None, *, steps: int | None = None,
+              ridge_alpha: float | None = None) -> AdaptedParams:
+        """Inference-time adaptation of one task (2-D xs) or a padded batch of tasks (3-D xs).
+
+        ridge_alpha: instead of gradient steps, fit the head in closed form (ridge regression with an
+        unpenalised intercept on the penultimate features, batch norm of the last inner step);
+        head-only learners with a plain linear head only."""
         steps = self.inner_steps if steps is None else int(steps)
         batched = xs.dim() == 3
         if not batched:
@@ -252,6 +257,9 @@ class MetaLearner(nn.Module):
         if ms is None:
             ms = torch.ones(xs.shape[:2], dtype=xs.dtype, device=xs.device)
         meta = {k: v.detach() for k, v in self.params.items()}
+        if ridge_alpha is not None:
+            return self._ridge_adapt(meta, xs, ys, ms, self.bn_step(max(steps - 1, 0)), float(ridge_alpha),
+                                     batched)
         with torch.enable_grad():
             body = _Body(self.model, meta, xs, ms, None) if self.head_only else None
             with torch.no_grad():
@@ -268,6 +276,33 @@ class MetaLearner(nn.Module):
         return AdaptedParams(params, stats, b, batched)
 
     @torch.no_grad()
+    def _ridge_adapt(self, meta: dict[str, Tensor], xs: Tensor, ys: Tensor, ms: Tensor, b: int, alpha: float,
+                     batched: bool) -> AdaptedParams:
+        head = meta.get("head_weight")
+        if (not self.head_only or head is None or head.dim() != 2 or head.shape[1] != 1
+                or set(self.model.head_names) != {"head_weight", "head_bias"} or "head_transform" in meta):
+            raise ValueError(f"ridge head: needs a head-only learner with a plain single-output linear head "
+                             f"({self.name} does not qualify)")
+        if alpha <= 0:
+            raise ValueError("ridge head: ridge_alpha must be > 0")
+        feats, stats = self.model.trace(meta, xs, b, mask=ms, stop=self.model.n_layers - 1)
+        f, m = feats[-1], ms.unsqueeze(-1)
+        cnt = m.sum(1, keepdim=True).clamp_min(1.0)
+        f_mean = (f * m).sum(1, keepdim=True) / cnt  # (T, 1, H)
+        y_mean = (ys.unsqueeze(-1) * m).sum(1, keepdim=True) / cnt  # (T, 1, 1)
+        fc, yc = (f - f_mean) * m, (ys.unsqueeze(-1) - y_mean) * m
+        n, h = f.shape[1], f.shape[2]
+        if n <= h:  # dual form: w = Fc^T (Fc Fc^T + alpha I)^-1 yc; padding rows get zero coefficients
+            gram = fc @ fc.transpose(1, 2) + alpha * torch.eye(n, dtype=f.dtype, device=f.device)
+            w = fc.transpose(1, 2) @ torch.linalg.solve(gram, yc)
+        else:
+            gram = fc.transpose(1, 2) @ fc + alpha * torch.eye(h, dtype=f.dtype, device=f.device)
+            w = torch.linalg.solve(gram, fc.transpose(1, 2) @ yc)
+        bias = (y_mean - f_mean @ w).reshape(-1, 1)
+        params = {**meta, "head_weight": w, "head_bias": bias}
+        return AdaptedParams(params, {k: (a.detach(), v.detach()) for k, (a, v) in stats.items()}, b, batched)
+
+    @torch.no_grad()
     def predict(self, adapted: AdaptedParams, x: Tensor) -> Tensor:
         """Predictions for x ((N, D) after a 2-D adapt, (T, N, D) after a batched one); rows independent."""
         if not adapted.batched:
@@ -277,8 +312,9 @@ class MetaLearner(nn.Module):
             out = out.squeeze(-1)
         return out if adapted.batched else out.squeeze(0)
 
-    def adapt_and_predict(self, xs: Tensor, ys: Tensor, xq: Tensor, *, steps: int | None = None) -> Tensor:
-        return self.predict(self.adapt(xs, ys, steps=steps), xq)
+    def adapt_and_predict(self, xs: Tensor, ys: Tensor, xq: Tensor, *, steps: int | None = None,
+                          ridge_alpha: float | None = None) -> Tensor:
+        return self.predict(self.adapt(xs, ys, steps=steps, ridge_alpha=ridge_alpha), xq)
 
 
 class MAML(MetaLearner):

@@ -224,3 +224,31 @@ def test_meta_training_improves_adapted_query_error(name):
         loss.backward()
         opt.step()
     assert query_mse() < 0.4 * before
+
+
+def test_ridge_head_matches_closed_form_per_task():
+    lrn = _learner("anil++")
+    batch = random_batch(dim=DIM).to(dtype=torch.float64)
+    alpha = 3.0
+    pred = lrn.predict(lrn.adapt(batch.xs, batch.ys, batch.ms, ridge_alpha=alpha), batch.xq)
+    b = lrn.bn_step(lrn.inner_steps - 1)
+    params = dict(lrn.params.items())
+    for t in range(batch.n_tasks):
+        s_ok, q_ok = batch.ms[t] > 0, batch.mq[t] > 0
+        fs, stats = lrn.model.trace(params, batch.xs[t][s_ok][None], b, stop=2)
+        fq = lrn.model.trace(params, batch.xq[t][q_ok][None], b, stats=stats, stop=2)[0][-1][0]
+        f, y = fs[-1][0].detach(), batch.ys[t][s_ok]
+        fm, ym = f.mean(0), y.mean()
+        w = torch.linalg.solve((f - fm).T @ (f - fm) + alpha * torch.eye(f.shape[1], dtype=f.dtype), (f - fm).T @ (y - ym))
+        expected = (fq.detach() - fm) @ w + ym
+        assert torch.allclose(pred[t][q_ok], expected, atol=1e-8)
+    single = lrn.adapt_and_predict(batch.xs[0][:9], batch.ys[0][:9], batch.xq[0][:1], ridge_alpha=alpha)
+    assert torch.allclose(single, pred[0][:1], atol=1e-8)  # row-independent, same as batched
+
+
+def test_ridge_head_refused_where_it_does_not_apply():
+    xs, ys, _, _ = random_tasks([(6, 3)])[0]
+    with pytest.raises(ValueError, match="ridge head"):
+        _learner("maml").adapt(xs.double(), ys.double(), ridge_alpha=1.0)
+    with pytest.raises(ValueError, match="ridge head"):
+        _learner("tnet").adapt(xs.double(), ys.double(), ridge_alpha=1.0)
