@@ -38,7 +38,10 @@ class TaskBatch:
 
 
 def _as_tensor(a: np.ndarray | Tensor, what: str, task: int) -> Tensor:
-    t = a if isinstance(a, Tensor) else torch.from_numpy(np.asarray(a))
+    try:
+        t = a if isinstance(a, Tensor) else torch.from_numpy(np.asarray(a))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"task {task}: {what} is not a numeric array ({e})") from e
     if not torch.is_floating_point(t) and t.dtype not in (torch.bool, torch.uint8, torch.int8, torch.int16,
                                                           torch.int32, torch.int64):
         raise ValueError(f"task {task}: {what} has unsupported dtype {t.dtype}")
