@@ -169,15 +169,21 @@ class MLP:
         return self.n_bn_sets if self.per_step_blocks == "all" or k == len(self.hidden) else 1
 
     def _first_linear(self, h: Tensor, w: Tensor, b: Tensor) -> Tensor:
-        """Block-1 linear map; sparse (embedding-bag) product on CPU for sparse constant inputs (fingerprints)."""
+        """Block-1 linear map; sparse (embedding-bag) product on CPU for sparse constant inputs
+        (fingerprints). Per-task weights (T, in, out) use the block-diagonal form of the batch."""
         use_sparse = self.sparse_input
         if use_sparse is None:
-            use_sparse = (h.device.type == "cpu" and w.dim() == 2 and not h.requires_grad
-                          and h.numel() > 0 and int(torch.count_nonzero(h)) <= 0.25 * h.numel())
-        if not use_sparse or w.dim() != 2 or h.requires_grad:
+            use_sparse = (h.device.type == "cpu" and h.numel() > 0
+                          and int(torch.count_nonzero(h)) <= 0.25 * h.numel())
+        if not use_sparse or h.requires_grad or h.dim() != 3 or w.dim() not in (2, 3):
             return linear(h, w, b)
-        rows = SparseRows.from_dense(h.reshape(-1, h.shape[-1]))
-        return spmm(rows, w).reshape(*h.shape[:-1], w.shape[-1]) + b
+        bias = b.unsqueeze(-2) if b.dim() == 2 else b
+        if w.dim() == 2:
+            rows = SparseRows.from_dense(h.reshape(-1, h.shape[-1]))
+            return spmm(rows, w).reshape(*h.shape[:-1], w.shape[-1]) + bias
+        rows = SparseRows.from_batched(h)
+        out = spmm(rows, w.reshape(-1, w.shape[-1]))
+        return out.reshape(*h.shape[:-1], w.shape[-1]) + bias
 
     def _block(self, params: dict[str, Tensor], h: Tensor, k: int, step: int, mask: Tensor | None,
                stats: Stats, cache: dict | None) -> Tensor:

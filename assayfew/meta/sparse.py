@@ -32,12 +32,26 @@ class SparseRows:
 
     @staticmethod
     def from_dense(x: Tensor) -> SparseRows:
+        """X (N, D)."""
         n, d = x.shape
         nz = x.nonzero()
-        rows, cols = nz[:, 0], nz[:, 1]
-        vals = x[rows, cols]
+        return SparseRows._build(nz[:, 0], nz[:, 1], x[nz[:, 0], nz[:, 1]], n, d)
+
+    @staticmethod
+    def from_batched(x: Tensor) -> SparseRows:
+        """X (T, N, D) as the block-diagonal (T*N, T*D) matrix: spmm with W (T*D, out) applies each
+        task's own weights W[t] to its rows (per-task adapted first layers)."""
+        t, n, d = x.shape
+        nz = x.nonzero()
+        vals = x[nz[:, 0], nz[:, 1], nz[:, 2]]
+        return SparseRows._build(nz[:, 0] * n + nz[:, 1], nz[:, 0] * d + nz[:, 2], vals, t * n, t * d)
+
+    @staticmethod
+    def _build(rows: Tensor, cols: Tensor, vals: Tensor, n: int, d: int) -> SparseRows:
+        """From coordinates sorted by row (as `nonzero` returns them)."""
         binary = bool((vals == 1).all())
-        row_off = torch.cumsum(torch.bincount(rows, minlength=n), 0) - torch.bincount(rows, minlength=n)
+        row_counts = torch.bincount(rows, minlength=n)
+        row_off = torch.cumsum(row_counts, 0) - row_counts
         order = torch.argsort(cols, stable=True)
         col_counts = torch.bincount(cols, minlength=d)
         col_off = torch.cumsum(col_counts, 0) - col_counts

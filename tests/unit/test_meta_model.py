@@ -70,3 +70,16 @@ def test_masked_moments_ignore_padding():
     z4 = z.unsqueeze(-1)  # generic (T, N, C, 1) path agrees
     m4, v4 = masked_moments(z4, mask)
     assert torch.allclose(m4.squeeze(-1), mean) and torch.allclose(v4.squeeze(-1), var)
+
+
+def test_block_diagonal_spmm_applies_per_task_weights():
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(3, 5, 12, generator=g) < 0.3).double()
+    w = torch.randn(3, 12, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    rows = SparseRows.from_batched(x)
+    out = spmm(rows, w.reshape(-1, 4)).reshape(3, 5, 4)
+    assert torch.allclose(out, torch.bmm(x, w))
+    ga, = torch.autograd.grad((out.sin() ** 2).sum(), w, create_graph=True)
+    gb, = torch.autograd.grad((torch.bmm(x, w).sin() ** 2).sum(), w, create_graph=True)
+    assert torch.allclose(ga, gb)
+    assert torch.allclose(torch.autograd.grad(ga.square().sum(), w)[0], torch.autograd.grad(gb.square().sum(), w)[0])
