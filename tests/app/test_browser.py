@@ -24,6 +24,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run"]
 SERVER_START_S = 60
 RESULT_WAIT_MS = 90_000
+TOP_PATTERN = re.compile(r"Top prediction:\s*(\S+)\s+(-?\d+\.\d+)")
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")]
@@ -48,6 +49,18 @@ def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
             pass
         time.sleep(0.5)
     pytest.fail(f"streamlit did not answer on {url} within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+
+
+def describe_difference(downloaded: bytes, cli_out: Path) -> str:
+    """Where the app's download and the CLI's file differ (for a useful failure message)."""
+    import io
+
+    ours, theirs = pd.read_csv(io.BytesIO(downloaded)), pd.read_csv(cli_out)
+    if ours.shape != theirs.shape or list(ours.columns) != list(theirs.columns):
+        return f"shape/columns differ: {ours.shape} {list(ours.columns)} vs {theirs.shape} {list(theirs.columns)}"
+    numeric = ours.select_dtypes("number").columns
+    gaps = {c: float((ours[c] - theirs[c]).abs().max()) for c in numeric}
+    return f"download differs from the CLI output; max abs difference per column: {gaps}"
 
 
 @pytest.fixture
@@ -97,9 +110,9 @@ def test_browser_upload_adapt_matches_cli(server, tiny_model_dir, tmp_path):
             adapt.wait_for(state="visible")
             adapt.click()
             top = page.locator(".st-key-top_prediction")
-            top.wait_for(state="visible", timeout=RESULT_WAIT_MS)
+            sync_api.expect(top).to_contain_text(TOP_PATTERN, timeout=RESULT_WAIT_MS)
             page.locator("[data-testid='stDataFrame']:visible").first.wait_for(state="visible")
-            match = re.search(r"Top prediction:\s*(\S+)\s+(-?\d+\.\d+)", top.inner_text())
+            match = TOP_PATTERN.search(top.inner_text())
             assert match, top.inner_text()
             assert match.group(1) == str(best["compound_id"])
             assert match.group(2) == f"{best['prediction']:.3f}"
@@ -107,7 +120,7 @@ def test_browser_upload_adapt_matches_cli(server, tiny_model_dir, tmp_path):
             with page.expect_download(timeout=30_000) as info:
                 page.get_by_test_id("stDownloadButton").locator("button").click()
             downloaded = Path(info.value.path()).read_bytes()
-            assert downloaded == cli_out.read_bytes()
+            assert downloaded == cli_out.read_bytes(), describe_difference(downloaded, cli_out)
 
             page.get_by_test_id("stImage").first.wait_for(state="visible")
             page.locator("[data-testid='stVegaLiteChart']").first.wait_for(state="visible")
