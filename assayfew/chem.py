@@ -221,7 +221,9 @@ def _available_cores() -> int:
 def _featurize_unique(
     smiles: list[str], spec: FingerprintSpec, standardize: bool, canonical: bool, n_jobs: int | None
 ) -> _Chunk:
-    work = partial(_featurize_chunk, radius=spec.radius, bits=spec.bits, standardize=standardize, canonical=canonical)
+    work = partial(
+        _featurize_chunk, radius=spec.radius, bits=spec.bits, standardize=standardize, canonical=canonical
+    )
     n = len(smiles)
     jobs = n_jobs if n_jobs is not None else _available_cores()
     jobs = max(1, min(jobs, n // (_PARALLEL_MIN // 2) or 1))
@@ -353,7 +355,7 @@ def featurize_smiles(
         canon = [canonical_u[i] for i in inverse] if canonical_u is not None else None
     fingerprints = np.unpackbits(packed, axis=1, count=spec.bits, bitorder="little")
     valid = np.fromiter((not r for r in reasons), dtype=bool, count=len(reasons))
-    return Featurized(fingerprints=fingerprints, valid=valid, reasons=reasons, canonical=canon if canonical else None)
+    return Featurized(fingerprints=fingerprints, valid=valid, reasons=reasons, canonical=canon)
 
 
 def max_tanimoto(query: np.ndarray, reference: np.ndarray) -> np.ndarray:

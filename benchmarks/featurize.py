@@ -93,7 +93,8 @@ def main() -> None:
     print(f"{n} SMILES from {source}; load average {load_before:.2f} on {os.cpu_count()} cores", file=sys.stderr)
 
     # correctness first: the fast path must give the reference bits
-    if not np.array_equal(featurize_smiles(smiles, spec, n_jobs=args.jobs, canonical=False).fingerprints, serial(smiles, spec)):
+    check = featurize_smiles(smiles, spec, n_jobs=args.jobs, canonical=False)
+    if not np.array_equal(check.fingerprints, serial(smiles, spec)):
         raise SystemExit("featurize_smiles disagrees with the serial RDKit reference")
 
     fast, slow = [], []
