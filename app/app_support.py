@@ -110,7 +110,7 @@ def cv_chart(result: PredictionResult) -> alt.Chart:
                          "cross-validated (p)": to_p(table["cv_prediction"].to_numpy(dtype=float), result.units),
                          "compound": table[label_column(result.table, result.smiles_col)].astype(str).to_numpy()})
     data = data.dropna()
-    title = f"Measured vs cross-validated prediction — support CV R² = {result.cv_r2:.2f}"
+    title = f"Measured vs cross-validated (support CV R² = {result.cv_r2:.2f})"
     lo = float(np.nanmin(data[["measured (p)", "cross-validated (p)"]].to_numpy())) if len(data) else 0.0
     hi = float(np.nanmax(data[["measured (p)", "cross-validated (p)"]].to_numpy())) if len(data) else 1.0
     scale = alt.Scale(domain=[lo - 0.2, hi + 0.2], zero=False)
@@ -118,7 +118,8 @@ def cv_chart(result: PredictionResult) -> alt.Chart:
         x=alt.X("measured (p):Q", scale=scale), y=alt.Y("cross-validated (p):Q", scale=scale),
         tooltip=["compound", "measured (p)", "cross-validated (p)"])
     diagonal = alt.Chart(pd.DataFrame({"a": [lo - 0.2, hi + 0.2]})).mark_line(
-        color="gray", strokeDash=[4, 4]).encode(x="a:Q", y="a:Q")
+        color="gray", strokeDash=[4, 4]).encode(x=alt.X("a:Q", title="measured (p)"),
+                                                y=alt.Y("a:Q", title="cross-validated (p)"))
     return (diagonal + points).properties(title=title, height=340)
 
 
