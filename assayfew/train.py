@@ -44,6 +44,7 @@ class TrainConfig:
     min_outer_lr: float = 0.0
     grad_clip: float = 10.0
     hidden: tuple[int, ...] = (500, 500)
+    per_step_blocks: str = "last"
     label_scaling: str = "center"
     min_std: float = 0.5
     support_min: int = 16
@@ -86,7 +87,8 @@ def model_config(cfg: TrainConfig, spec: FingerprintSpec, train_set: TaskSet, ex
         algo_options = {"msl_epochs": cfg.msl_epochs, "first_order_epochs": cfg.first_order_epochs}
     return {
         "format": "assayfew-model/1",
-        "architecture": {"type": "mlp", "in_dim": spec.bits, "hidden": list(cfg.hidden), "negative_slope": 0.01},
+        "architecture": {"type": "mlp", "in_dim": spec.bits, "hidden": list(cfg.hidden), "negative_slope": 0.01,
+                         "per_step_blocks": cfg.per_step_blocks},
         "fingerprint": spec.to_dict(),
         "label_scaling": {"mode": cfg.label_scaling, "min_std": cfg.min_std},
         "algorithm": {"name": cfg.algo, "inner_steps": cfg.inner_steps, "inner_lr": cfg.inner_lr,
