@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from assayfew.baselines import ridge_predict
 from assayfew.chem import FingerprintSpec
 from assayfew.io import atomic_write, read_json, write_json
 from assayfew.meta import MLP, build_learner
@@ -17,6 +18,10 @@ from assayfew.meta.state import learner_state, load_learner_state
 from assayfew.scaling import fit_scaling
 
 WEIGHTS_FILE = "weights.safetensors"
+#: Prediction settings a model's config may override: the head fitted at adaptation ("gd": the inner-loop
+#: gradient steps; "ridge": closed form on the penultimate features) and a blend with fingerprint ridge.
+PREDICTION_DEFAULTS: dict[str, Any] = {"head": "gd", "head_ridge_alpha": 10.0, "fp_ridge_weight": 0.0,
+                                       "fp_ridge_alpha": 10.0}
 CONFIG_FILE = "config.json"
 
 
@@ -56,24 +61,47 @@ class MetaModel:
     def inner_steps(self) -> int:
         return int(self.config["algorithm"]["inner_steps"])
 
+    @property
+    def prediction(self) -> dict[str, Any]:
+        """How this model predicts a new assay (see PREDICTION_DEFAULTS)."""
+        return PREDICTION_DEFAULTS | self.config.get("prediction", {})
+
+    def with_prediction(self, **overrides: Any) -> MetaModel:
+        """The same weights with other prediction settings (for comparing variants)."""
+        unknown = set(overrides) - set(PREDICTION_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown prediction setting(s): {', '.join(sorted(unknown))}")
+        config = self.config | {"prediction": self.prediction | overrides}
+        return MetaModel(learner=self.learner, config=config, path=self.path)
+
     def adapt_predict(self, support_x: np.ndarray, support_y: np.ndarray, query_x: np.ndarray, *,
                       steps: int | None = None) -> np.ndarray:
         """Adapt on one assay's measured compounds and predict `query_x`, in the task's own units.
 
         Each query row's prediction is independent of the other query rows (batch-norm statistics come
-        from the support set only).
+        from the support set only). Head: `steps` gradient steps (default: the model's), or a closed-form
+        ridge head when the model's prediction setting says so; optionally blended with ridge regression on
+        the fingerprints.
         """
-        scaling_cfg = self.config.get("label_scaling", {"mode": "center"})
-        scaling = fit_scaling(support_y, scaling_cfg.get("mode", "center"), float(scaling_cfg.get("min_std", 0.5)))
         if len(query_x) == 0:
             return np.zeros(0, dtype=np.float64)
+        settings = self.prediction
+        scaling_cfg = self.config.get("label_scaling", {"mode": "center"})
+        scaling = fit_scaling(support_y, scaling_cfg.get("mode", "center"), float(scaling_cfg.get("min_std", 0.5)))
         xs = torch.as_tensor(np.asarray(support_x, dtype=np.float32))
         ys = torch.as_tensor(scaling.forward(support_y))
         xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32))
+        ridge_alpha = float(settings["head_ridge_alpha"]) if settings["head"] == "ridge" else None
         self.learner.eval()
         with torch.enable_grad():
-            pred = self.learner.adapt_and_predict(xs, ys, xq, steps=steps or self.inner_steps)
-        return scaling.inverse(pred.detach().cpu().numpy().reshape(-1))
+            pred = self.learner.adapt_and_predict(xs, ys, xq, steps=steps or self.inner_steps,
+                                                  ridge_alpha=ridge_alpha)
+        out = scaling.inverse(pred.detach().cpu().numpy().reshape(-1))
+        weight = float(settings["fp_ridge_weight"])
+        if weight > 0:
+            out = (1 - weight) * out + weight * ridge_predict(support_x, support_y, query_x,
+                                                              alpha=float(settings["fp_ridge_alpha"]))
+        return out
 
 
 def load_model(model_dir: Path) -> MetaModel:

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from assayfew.baselines import ridge_predict
 from assayfew.checkpoint import MetaModel, load_model
 from assayfew.chem import featurize_smiles, max_tanimoto
 from assayfew.metrics import r2_pearson
@@ -41,7 +40,7 @@ class PredictOptions:
     seed: int = 0
     n_ensemble: int = 8
     cv_folds: int = 5
-    ridge_weight: float | None = None  # None: the model's own setting
+    ridge_weight: float | None = None  # blend with fingerprint ridge; None: the model's own setting
     in_domain_similarity: float = IN_DOMAIN_SIMILARITY
 
 
@@ -105,19 +104,6 @@ def from_p(values: np.ndarray, units: str) -> np.ndarray:
     return 10.0 ** ((9.0 if units == "nM" else 6.0) - values)
 
 
-class _Adapter:
-    """Meta-model adaptation (optionally blended with ridge) on a fixed measured set."""
-
-    def __init__(self, model: MetaModel, steps: int | None, ridge_weight: float):
-        self.model, self.steps, self.ridge_weight = model, steps, ridge_weight
-
-    def __call__(self, xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
-        pred = self.model.adapt_predict(xs, ys, xq, steps=self.steps)
-        if self.ridge_weight > 0:
-            pred = (1 - self.ridge_weight) * pred + self.ridge_weight * ridge_predict(xs, ys, xq)
-        return pred
-
-
 def _folds(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
     return [f for f in np.array_split(rng.permutation(n), min(k, n)) if len(f)]
 
@@ -151,9 +137,12 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
     query = np.flatnonzero(feats.valid)
     xq = feats.fingerprints[query].astype(np.float32)
 
-    ridge_weight = options.ridge_weight if options.ridge_weight is not None else float(
-        model.config.get("prediction", {}).get("ridge_weight", 0.0))
-    adapter = _Adapter(model, options.steps, ridge_weight)
+    if options.ridge_weight is not None:
+        model = model.with_prediction(fp_ridge_weight=options.ridge_weight)
+
+    def adapter(x_support: np.ndarray, y_support: np.ndarray, x_query: np.ndarray) -> np.ndarray:
+        return model.adapt_predict(x_support, y_support, x_query, steps=options.steps)
+
     rng = np.random.default_rng([options.seed, len(measured)])
 
     report(0.15, "adapting on the measured compounds")

@@ -23,14 +23,18 @@ from assayfew.experiment import load_taskset, split_taskset
 from assayfew.paths import assays_dir, shared_data_dir
 from assayfew.splits import Split
 
+VARIANTS = {
+    "gd+fp0.5": {"head": "gd", "fp_ridge_weight": 0.5},
+    "ridgehead": {"head": "ridge", "fp_ridge_weight": 0.0},
+    "ridgehead+fp0.5": {"head": "ridge", "fp_ridge_weight": 0.5},
+}
 CORPORA = ("simpd_chembl32_ki", "chembl28_ycu", "kiba/kiba_long.csv.gz")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", action="append", default=[], help="model directory (repeatable)")
-    ap.add_argument("--blend", type=float, action="append", default=[],
-                    help="also score (1-w)·model + w·ridge for the first model (repeatable)")
+    ap.add_argument("--variants", action="store_true", help="also score each model's prediction variants")
     ap.add_argument("--ks", default="16,32,64")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--split", default=str(assays_dir() / "shared_heldout.json"))
@@ -54,11 +58,12 @@ def main() -> None:
     methods = {"ridge": lambda xs, ys, xq: ridge_predict(xs, ys, xq)}
     for name, m in models.items():
         methods[name] = m.adapt_predict
-    if models and args.blend:
-        first_name, first = next(iter(models.items()))
-        for w in args.blend:
-            methods[f"{first_name}+ridge(w={w:g})"] = (
-                lambda xs, ys, xq, w=w, m=first: (1 - w) * m.adapt_predict(xs, ys, xq) + w * ridge_predict(xs, ys, xq))
+        if args.variants:
+            for label, settings in VARIANTS.items():
+                methods[f"{name}:{label}"] = m.with_prediction(**settings).adapt_predict
+    if len(models) > 1:
+        members = list(models.values())
+        methods["ensemble"] = lambda xs, ys, xq: np.mean([m.adapt_predict(xs, ys, xq) for m in members], axis=0)
     results: dict = {}
     for k in (int(v) for v in args.ks.split(",")):
         for name, fn in methods.items():
