@@ -13,15 +13,15 @@ Other keys (``seed``, ``made_by``, ``excluded``, ...) are kept in :attr:`Split.i
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from assayfew.io import write_json
 
 SIDES = ("train", "val", "test")
 _KNOWN_KEYS = {*SIDES, "n_val", "val_seed", "unknown", "unassigned"}
@@ -114,7 +114,7 @@ class Split:
 
     def save(self, path: str | Path) -> None:
         """Write as indented JSON, atomically."""
-        write_json_atomic(Path(path), self.to_dict())
+        write_json(Path(path), self.to_dict())
 
     # ------------------------------------------------------------- queries
     def side_of(self) -> dict[str, str]:
@@ -168,28 +168,6 @@ class Split:
             unassigned=list(dict.fromkeys(unassigned)),
             info=dict(self.info),
         )
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        publish_atomic(Path(tmp), path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def publish_atomic(tmp: Path, path: Path) -> None:
-    """Give a finished temporary file the usual permissions (umask) and rename it onto ``path``."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------ splitting

@@ -7,8 +7,6 @@ fingerprints stored once). :class:`EpisodeSampler` turns assays into support/que
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from assayfew.chem import FingerprintSpec
+from assayfew.io import atomic_write, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from assayfew.data.prepare import PreparedCorpus
@@ -210,18 +209,14 @@ class TaskSet:
         """Write ``arrays.npz`` (no pickles; fingerprints bit-packed) and ``index.json``, each atomically."""
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        from assayfew.splits import publish_atomic, write_json_atomic
-
         arrays = {name: getattr(self, name) for name in _ARRAY_DTYPES if name != "fingerprints"}
         arrays["fingerprints_packed"] = np.packbits(self.fingerprints.astype(bool), axis=1)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{ARRAYS_FILE}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
+
+        def write_arrays(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
-            publish_atomic(Path(tmp), cache_dir / ARRAYS_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(cache_dir / ARRAYS_FILE, write_arrays)
 
         index = {
             "version": CACHE_VERSION,
@@ -232,7 +227,7 @@ class TaskSet:
             "assay_ids": self.assay_ids,
             "families": self.families,
         }
-        write_json_atomic(cache_dir / INDEX_FILE, index)
+        write_json(cache_dir / INDEX_FILE, index)
 
     @classmethod
     def load(cls, cache_dir: str | Path) -> TaskSet:

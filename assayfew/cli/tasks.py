@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from assayfew.chem import FingerprintSpec
-from assayfew.splits import Split, SplitError, write_json_atomic
+from assayfew.io import write_json
+from assayfew.splits import Split, SplitError
 from assayfew.tasks import TaskSet, build_taskset, taskset_summary
 
 FORMATS = ("pqsar", "long", "dir", "fsmol")
@@ -123,8 +124,8 @@ def main(
         elif (out / "split.json").exists():
             (out / "split.json").unlink()  # a stale split from an earlier run would mislead
         summary["seconds"] = round(time.perf_counter() - started, 2)
-        write_json_atomic(out / "config.json", config)
-        write_json_atomic(out / "summary.json", summary)
+        write_json(out / "config.json", config)
+        write_json(out / "summary.json", summary)
     except OSError as exc:
         raise _fail(f"{out}: cannot write the cache ({exc})") from None
     _print_summary(summary, out)
