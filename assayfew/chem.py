@@ -40,7 +40,7 @@ __all__ = [
 #: Inputs smaller than this are featurized in-process (a pool costs more than it saves).
 _PARALLEL_MIN = 3000
 #: Work is handed to the pool in chunks of this many SMILES (bounds), so busy cores balance out.
-_CHUNK_MIN, _CHUNK_MAX = 250, 2000
+_CHUNK_MIN, _CHUNK_MAX = 200, 1000
 #: v2: packed bits are little-endian within each byte (RDKit's raw bit-vector layout).
 _CACHE_VERSION = 2
 #: SMILES that may hold explicit hydrogen atoms (removed by MolFromSmiles), a CXSMILES extension or
@@ -229,7 +229,7 @@ def _featurize_unique(
     jobs = max(1, min(jobs, n // (_PARALLEL_MIN // 2) or 1))
     if jobs == 1 or n < _PARALLEL_MIN:
         return work(smiles)
-    size = max(_CHUNK_MIN, min(_CHUNK_MAX, -(-n // (jobs * 8))))
+    size = max(_CHUNK_MIN, min(_CHUNK_MAX, -(-n // (jobs * 16))))
     chunks = [smiles[a : a + size] for a in range(0, n, size)]
     with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
         results = list(pool.map(work, chunks))
