@@ -9,9 +9,12 @@ One library function, `adapt_and_predict`, serves the CLI and the app. Rules it 
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -199,18 +202,47 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
                             n_invalid=int((~feats.valid).sum()), cv_r2=cv_r2, warnings=warnings)
 
 
-def read_input_csv(source: str | Path, *, max_rows: int | None = None) -> pd.DataFrame:
-    """Read a user's CSV as text columns (nothing is coerced or dropped)."""
-    name = getattr(source, "name", source)
+def read_input_csv(source: str | Path | IO, *, max_rows: int | None = None) -> pd.DataFrame:
+    """Read a user's CSV (a path or an open file) as text columns: nothing coerced, nothing dropped.
+
+    Every non-blank line after the header is a row. A line with more fields than the header is an error
+    naming the file and line (pandas would silently shift such rows into an index).
+    """
+    name = str(getattr(source, "name", source))
     try:
-        table = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""], skip_blank_lines=False)
+        if isinstance(source, (str, Path)):
+            text = Path(source).read_text(encoding="utf-8-sig")
+        else:
+            raw = source.read()
+            text = raw.decode("utf-8-sig") if isinstance(raw, bytes) else str(raw)
     except FileNotFoundError as exc:
         raise InputError(f"{name}: file not found") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{name}: not a readable CSV ({str(exc).splitlines()[0]})") from exc
-    if max_rows is not None and len(table) > max_rows:
-        raise InputError(f"{name}: {len(table)} rows is more than the limit of {max_rows}")
-    return table
+    except IsADirectoryError as exc:
+        raise InputError(f"{name}: is a directory, not a CSV file") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name}: not a UTF-8 text file") from exc
+    reader = csv.reader(io.StringIO(text), strict=True)
+    try:
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise InputError(f"{name}: empty file (no header line)")
+        header = [h.strip() for h in header]
+        duplicated = sorted({h for h in header if header.count(h) > 1})
+        if duplicated:
+            raise InputError(f"{name}: duplicate column name(s) in the header: {', '.join(duplicated)}")
+        rows = []
+        for fields in reader:
+            if not fields:
+                continue
+            if len(fields) > len(header) and any(f.strip() for f in fields[len(header):]):
+                raise InputError(f"{name}, line {reader.line_num}: {len(fields)} fields but the header has "
+                                 f"{len(header)}")
+            rows.append((fields + [""] * len(header))[: len(header)])
+            if max_rows is not None and len(rows) > max_rows:
+                raise InputError(f"{name}: more than the limit of {max_rows} rows")
+    except csv.Error as exc:
+        raise InputError(f"{name}, line {reader.line_num}: not a readable CSV ({exc})") from exc
+    return pd.DataFrame(rows, columns=header, dtype=object).replace("", np.nan)
 
 
 def load_default_model(model_dir: Path | None = None) -> MetaModel:
