@@ -64,10 +64,14 @@ class TaskSet:
     split: np.ndarray  # (n_measurements,) int8: 0 none, 1 TRN, 2 TST
     censored: np.ndarray  # (n_measurements,) bool
     spec: FingerprintSpec
+    sources: list[str] | None = None  # corpus each assay came from (e.g. for balanced sampling)
 
     def __post_init__(self) -> None:
         self.assay_ids = [str(a) for a in self.assay_ids]
         self.families = [str(f) for f in self.families]
+        self.sources = [""] * len(self.assay_ids) if self.sources is None else [str(s) for s in self.sources]
+        if len(self.sources) != len(self.assay_ids):
+            raise ValueError("inconsistent TaskSet: sources and assay_ids differ in length")
         for name, dtype in _ARRAY_DTYPES.items():
             setattr(self, name, np.ascontiguousarray(getattr(self, name), dtype=dtype))
         self._check()
@@ -137,6 +141,7 @@ class TaskSet:
             split=self.split[take],
             censored=self.censored[take],
             spec=self.spec,
+            sources=[self.sources[i] for i in order],
         )
 
     # ---------------------------------------------------------- construction
@@ -202,6 +207,7 @@ class TaskSet:
             split=np.concatenate([s.split for s in sets]),
             censored=np.concatenate([s.censored for s in sets]),
             spec=spec,
+            sources=[src for s in sets for src in s.sources],
         )
 
     # ------------------------------------------------------------------- disk
@@ -226,6 +232,7 @@ class TaskSet:
             "n_measurements": self.n_measurements,
             "assay_ids": self.assay_ids,
             "families": self.families,
+            "sources": self.sources,
         }
         write_json(cache_dir / INDEX_FILE, index)
 
@@ -252,7 +259,8 @@ class TaskSet:
                 packed = npz["fingerprints_packed"]
             spec = FingerprintSpec(**index["spec"])
             arrays["fingerprints"] = np.unpackbits(packed, axis=1, count=spec.bits)
-            return cls(assay_ids=index["assay_ids"], families=index["families"], spec=spec, **arrays)
+            return cls(assay_ids=index["assay_ids"], families=index["families"], spec=spec,
+                       sources=index.get("sources"), **arrays)
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise TaskCacheError(f"{cache_dir}: corrupt task cache ({exc})") from exc
 
@@ -277,6 +285,7 @@ class EpisodeSampler:
         max_query: int | None = None,
         use_split: bool = True,
         min_query: int = 4,
+        weights: Sequence[float] | None = None,
         seed: int = 0,
     ) -> None:
         for name, (lo, hi) in (("support_range", support_range), ("query_range", query_range)):
@@ -294,6 +303,14 @@ class EpisodeSampler:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._eligible = [i for i in range(len(taskset)) if self._mode(i) is not None]
+        self._p = None
+        if weights is not None:
+            if len(weights) != len(taskset):
+                raise ValueError(f"{len(weights)} weights for {len(taskset)} assays")
+            w = np.array([float(weights[i]) for i in self._eligible])
+            if np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+                raise ValueError("assay weights must be finite, non-negative and not all zero")
+            self._p = w / w.sum()
 
     def _has_split(self, i: int) -> bool:
         s = self.taskset.split[self.taskset.offsets[i] : self.taskset.offsets[i + 1]]
@@ -345,10 +362,13 @@ class EpisodeSampler:
         )
 
     def sample(self, n_tasks: int) -> list[Task]:
-        """``n_tasks`` episodes of uniformly random eligible assays (sampler's own seeded rng)."""
+        """``n_tasks`` episodes of random eligible assays (uniform, or by ``weights``; own seeded rng)."""
         if not self._eligible:
             raise ValueError("no assay is big enough to form an episode")
-        picks = self._rng.integers(0, len(self._eligible), size=n_tasks)
+        if self._p is None:
+            picks = self._rng.integers(0, len(self._eligible), size=n_tasks)
+        else:
+            picks = self._rng.choice(len(self._eligible), size=n_tasks, p=self._p)
         return [self.episode(self._eligible[int(j)], self._rng) for j in picks]
 
 
@@ -403,6 +423,8 @@ def build_taskset(
     table, report = read_corpus(Path(source), fmt)
     prepared = prepare_corpus(table, report, spec, standardize=standardize, cache=cache)
     taskset = TaskSet.from_prepared(prepared)
+    name = Path(source).name
+    taskset.sources = [name.split(".")[0] if Path(source).is_file() else name] * len(taskset)
     summary = taskset_summary(taskset, prepared.report)
     summary["config"] = {
         "source": str(source),

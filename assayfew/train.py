@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -50,6 +51,7 @@ class TrainConfig:
     support_max: int = 64
     query_min: int = 16
     query_max: int = 64
+    source_balance: float = 0.0  # assay sampling weight ∝ (assays in its corpus)^-source_balance; 1 = corpora equal
     val_support_k: int | None = None
     val_max_assays: int = 200
     msl_epochs: int = 10
@@ -178,6 +180,8 @@ def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path,
 
     val_eps = evaluation_episodes(val_set.subset(val_set.assay_ids[: cfg.val_max_assays]),
                                   support_k=cfg.val_support_k, seed=cfg.seed)
+    counts = Counter(train_set.sources)
+    weights = [counts[s] ** -cfg.source_balance for s in train_set.sources] if cfg.source_balance else None
     total = cfg.epochs * cfg.iters
     reporter.start(total, start_epoch * cfg.iters)
     t0 = time.perf_counter()
@@ -185,7 +189,7 @@ def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path,
         t_epoch = time.perf_counter()
         sampler = EpisodeSampler(train_set, support_range=(cfg.support_min, cfg.support_max),
                                  query_range=(cfg.query_min, cfg.query_max), max_support=cfg.support_max,
-                                 max_query=cfg.query_max, seed=cfg.seed * 1_000_003 + epoch)
+                                 max_query=cfg.query_max, weights=weights, seed=cfg.seed * 1_000_003 + epoch)
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 100_003 + epoch)
         learner.train()
         losses = []

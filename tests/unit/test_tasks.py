@@ -171,3 +171,22 @@ def test_empty_subset_roundtrip(taskset: TaskSet, tmp_path: Path) -> None:
     assert len(empty) == 0 and empty.fingerprints.shape == (0, SPEC.bits)
     empty.save(tmp_path)
     assert len(TaskSet.load(tmp_path)) == 0
+
+
+def test_sampler_weights_steer_assay_choice_and_sources_survive_subset_concat_save(tmp_path):
+    from collections import Counter
+
+    from assayfew.tasks import EpisodeSampler, TaskSet
+    from tests.conftest import make_synthetic_taskset
+
+    a, b = make_synthetic_taskset(n_assays=4, seed=1), make_synthetic_taskset(n_assays=2, seed=2)
+    a.sources, b.sources = ["big"] * 4, ["small"] * 2
+    both = TaskSet.concat([a, b], prefixes=["a", "b"])
+    assert both.sources == ["big"] * 4 + ["small"] * 2
+    both.save(tmp_path / "c")
+    assert TaskSet.load(tmp_path / "c").sources == both.sources
+    assert both.subset(["b/A1", "a/A0"]).sources == ["small", "big"]
+    weights = [0.0] * 4 + [1.0] * 2
+    picked = Counter(t.assay_id for t in EpisodeSampler(both, support_range=(8, 16), weights=weights,
+                                                        seed=0).sample(50))
+    assert set(picked) <= {"b/A0", "b/A1"} and len(picked) == 2
