@@ -8,7 +8,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from assayfew.chem import FingerprintSpec, featurize_smiles
-from assayfew.cli import app
+from assayfew.cli import typer_app as app
 
 runner = CliRunner()
 
