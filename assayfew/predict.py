@@ -122,7 +122,7 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
     smiles = ["" if pd.isna(s) else str(s) for s in table[smiles_col].tolist()]
 
     report(0.05, "featurizing")
-    feats = featurize_smiles(smiles, model.spec)
+    feats = featurize_smiles(smiles, model.spec, canonical=False)
     for i, ok in enumerate(feats.valid):
         if not ok:
             status[i] = f"invalid SMILES: {feats.reasons[i]}"

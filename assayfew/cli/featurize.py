@@ -31,7 +31,8 @@ def main(
         smiles, column = read_smiles_csv(input_csv, smiles_col)
     except DataFormatError as exc:
         raise typer.BadParameter(str(exc), param_hint="--smiles-col") from exc
-    result = featurize_smiles(smiles, FingerprintSpec(radius=radius, bits=bits), standardize=standardize, cache=not no_cache)
+    result = featurize_smiles(smiles, FingerprintSpec(radius=radius, bits=bits), standardize=standardize,
+                              cache=not no_cache, canonical=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, fingerprints=result.fingerprints, valid=result.valid, smiles=np.array(smiles, dtype=str))
     n_bad = int((~result.valid).sum())
