@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--epoch", type=int, default=20, help=">= msl_epochs: final-step loss only; 0: all steps")
     ap.add_argument("--no-per-step-bn", action="store_true", help="ANIL++ without per-step batch norm")
-    ap.add_argument("--per-step-blocks", choices=("all", "last"), default="all",
+    ap.add_argument("--per-step-blocks", choices=("all", "last"), default="last",
                     help="hidden blocks with per-step batch-norm parameters")
     ap.add_argument("--dense", action="store_true", help="dense first layer (no sparse product)")
     ap.add_argument("--learner", default="anil++")
