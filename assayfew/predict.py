@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from assayfew.checkpoint import MetaModel, load_model
-from assayfew.chem import featurize_smiles, max_tanimoto
+from assayfew.baselines import ridge_predict
+from assayfew.chem import FingerprintSpec, featurize_smiles, max_tanimoto
 from assayfew.metrics import r2_pearson
 from assayfew.paths import default_model_dir, rdkit_example_dir
 
@@ -274,3 +275,14 @@ def example_assay(n_measured: int = 32, seed: int = 0) -> tuple[pd.DataFrame, np
     table = pd.DataFrame({"compound_id": merged["compound_id"], "smiles": merged["smiles"],
                           "pIC50": np.where(measured, truth, np.nan)})
     return table, truth
+
+
+def ridge_baseline_r2(table: pd.DataFrame, truth: np.ndarray, spec: FingerprintSpec,
+                      activity_col: str = "pIC50", smiles_col: str = "smiles") -> float:
+    """R² on the unmeasured rows of ridge regression fitted on the measured rows (the example's yardstick)."""
+    feats = featurize_smiles(table[smiles_col].tolist(), spec, canonical=False)
+    measured = table[activity_col].notna().to_numpy() & feats.valid
+    unmeasured = ~table[activity_col].notna().to_numpy() & feats.valid
+    x = feats.fingerprints.astype(np.float32)
+    pred = ridge_predict(x[measured], truth[measured], x[unmeasured])
+    return r2_pearson(truth[unmeasured], pred)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from assayfew.metrics import r2_pearson
 from assayfew.predict import (InputError, PredictOptions, adapt_and_predict, example_assay, load_default_model,
-                              read_input_csv)
+                              read_input_csv, ridge_baseline_r2)
 
 err = Console(stderr=True)
 
@@ -56,8 +56,10 @@ def main(
     if truth is not None:
         unmeasured = table["pIC50"].isna().to_numpy()
         r2 = r2_pearson(truth[unmeasured], result.table["prediction"].to_numpy()[unmeasured])
+        ridge = ridge_baseline_r2(table, truth, loaded.spec)
         err.print(f"example CHEMBL2321810: R² of predictions vs true pIC50 on the {int(unmeasured.sum())} "
-                  f"unmeasured compounds: [bold]{r2:.3f}[/bold]")
+                  f"unmeasured compounds: [bold]{r2:.3f}[/bold] (ridge regression on the same "
+                  f"{result.n_measured} measured compounds: {ridge:.3f})")
     if out is not None:
         err.print(f"wrote {out}")
     elif example:
