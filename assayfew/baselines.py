@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import Ridge
 
 
 def ridge_predict(support_x: np.ndarray, support_y: np.ndarray, query_x: np.ndarray, *,
                   alpha: float = 10.0) -> np.ndarray:
-    """Ridge regression on fingerprint bits, fitted on the support only."""
-    model = Ridge(alpha=alpha)
-    model.fit(np.asarray(support_x, dtype=np.float32), np.asarray(support_y, dtype=np.float64))
-    return model.predict(np.asarray(query_x, dtype=np.float32))
+    """Ridge regression on fingerprint bits with an unpenalised intercept, fitted on the support only.
+
+    Same model as scikit-learn's `Ridge(alpha)`, solved in closed form (dual form when there are fewer
+    compounds than bits), without importing scikit-learn at start-up.
+    """
+    x = np.asarray(support_x, dtype=np.float64)
+    y = np.asarray(support_y, dtype=np.float64)
+    x_mean, y_mean = x.mean(axis=0), y.mean()
+    xc, yc = x - x_mean, y - y_mean
+    n, d = xc.shape
+    if n <= d:
+        w = xc.T @ np.linalg.solve(xc @ xc.T + alpha * np.eye(n), yc)
+    else:
+        w = np.linalg.solve(xc.T @ xc + alpha * np.eye(d), xc.T @ yc)
+    return (np.asarray(query_x, dtype=np.float64) - x_mean) @ w + y_mean
