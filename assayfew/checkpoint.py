@@ -46,9 +46,13 @@ def save_model(model_dir: Path, learner: torch.nn.Module, config: dict[str, Any]
 
 @dataclass
 class MetaModel:
-    """A meta-trained learner ready to adapt to a new assay."""
+    """One meta-trained learner, or an ensemble of them, ready to adapt to a new assay.
 
-    learner: torch.nn.Module
+    Ensemble members share architecture, fingerprints and label scaling; each adapts to the assay on its
+    own and their predictions are averaged.
+    """
+
+    learners: list[torch.nn.Module]
     config: dict[str, Any]
     path: Path | None = None
 
@@ -72,7 +76,7 @@ class MetaModel:
         if unknown:
             raise ValueError(f"unknown prediction setting(s): {', '.join(sorted(unknown))}")
         config = self.config | {"prediction": self.prediction | overrides}
-        return MetaModel(learner=self.learner, config=config, path=self.path)
+        return MetaModel(learners=self.learners, config=config, path=self.path)
 
     def adapt_predict(self, support_x: np.ndarray, support_y: np.ndarray, query_x: np.ndarray, *,
                       steps: int | None = None) -> np.ndarray:
@@ -92,11 +96,13 @@ class MetaModel:
         ys = torch.as_tensor(scaling.forward(support_y))
         xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32))
         ridge_alpha = float(settings["head_ridge_alpha"]) if settings["head"] == "ridge" else None
-        self.learner.eval()
-        with torch.enable_grad():
-            pred = self.learner.adapt_and_predict(xs, ys, xq, steps=steps or self.inner_steps,
-                                                  ridge_alpha=ridge_alpha)
-        out = scaling.inverse(pred.detach().cpu().numpy().reshape(-1))
+        preds = []
+        for learner in self.learners:
+            learner.eval()
+            with torch.enable_grad():
+                pred = learner.adapt_and_predict(xs, ys, xq, steps=steps or self.inner_steps, ridge_alpha=ridge_alpha)
+            preds.append(pred.detach().cpu().numpy().reshape(-1))
+        out = scaling.inverse(np.mean(preds, axis=0))
         weight = float(settings["fp_ridge_weight"])
         if weight > 0:
             out = (1 - weight) * out + weight * ridge_predict(support_x, support_y, query_x,
@@ -104,9 +110,11 @@ class MetaModel:
         return out
 
 
-def load_model(model_dir: Path) -> MetaModel:
-    """Load a model directory written by `save_model` (safetensors only: nothing is unpickled)."""
-    model_dir = Path(model_dir)
+#: Keys that must agree between ensemble members (they are adapted and averaged in one label space).
+SHARED_KEYS = ("architecture", "fingerprint", "label_scaling", "algorithm")
+
+
+def _load_learner(model_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (model_dir / name).exists()]
     if missing:
         raise FileNotFoundError(f"{model_dir} is not a model directory: missing {', '.join(missing)}")
@@ -114,4 +122,27 @@ def load_model(model_dir: Path) -> MetaModel:
     learner = build_learner_from_config(config)
     load_learner_state(learner, load_file(str(model_dir / WEIGHTS_FILE)))
     learner.eval()
-    return MetaModel(learner=learner, config=config, path=model_dir)
+    return learner, config
+
+
+def load_model(model_dir: Path) -> MetaModel:
+    """Load a model directory (safetensors only: nothing is unpickled).
+
+    Either a single model (`weights.safetensors` + `config.json`, as training writes it) or an ensemble: a
+    `config.json` whose `members` lists sub-directories that are single models.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{model_dir} is not a model directory: missing {CONFIG_FILE}")
+    config = read_json(model_dir / CONFIG_FILE)
+    if "members" not in config:
+        learner, config = _load_learner(model_dir)
+        return MetaModel(learners=[learner], config=config, path=model_dir)
+    learners = []
+    for name in config["members"]:
+        learner, member = _load_learner(model_dir / name)
+        differing = [k for k in SHARED_KEYS if member.get(k) != config.get(k)]
+        if differing:
+            raise ValueError(f"{model_dir / name}: ensemble member differs from the ensemble in {differing}")
+        learners.append(learner)
+    return MetaModel(learners=learners, config=config, path=model_dir)

@@ -208,7 +208,7 @@ def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path,
             reporter.iteration(epoch, losses[-1])
         learner.epoch_end(epoch, cfg.epochs)
 
-        current = MetaModel(learner=learner, config=mconf)
+        current = MetaModel(learners=[learner], config=mconf)
         val = evaluate_episodes(val_eps, current.adapt_predict, n_boot=0).summary if val_eps else {}
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_mean_r2": val.get("mean", float("nan")),
                "val_median_r2": val.get("median", float("nan")), "val_gt03": val.get("gt03", 0), "lr": lr,

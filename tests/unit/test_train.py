@@ -79,3 +79,25 @@ def test_training_improves_validation_r2_over_the_untrained_model(tmp_path):
     base_r2 = evaluate_episodes(episodes, load_model(tmp_path / "untrained" / "model").adapt_predict).summary["mean"]
     assert trained_r2 > base_r2
     assert result.best_val == pytest.approx(max(r["val_mean_r2"] for r in result.history))
+
+
+def test_ensemble_directory_averages_its_members(tmp_path):
+    import json
+    import shutil
+
+    tr, va = _data()
+    for seed in (0, 1):
+        train(TrainConfig(**TINY_CONFIG | {"epochs": 1, "seed": seed}), tr, va, tmp_path / f"run{seed}")
+    ens = tmp_path / "ensemble"
+    for seed in (0, 1):
+        shutil.copytree(tmp_path / f"run{seed}" / "model", ens / f"m{seed}")
+    config = json.loads((ens / "m0" / "config.json").read_text()) | {"members": ["m0", "m1"]}
+    (ens / "config.json").write_text(json.dumps(config))
+    x, y, _ = va.assay(0)
+    members = [load_model(ens / f"m{s}").adapt_predict(x[:20], y[:20], x[20:]) for s in (0, 1)]
+    np.testing.assert_allclose(load_model(ens).adapt_predict(x[:20], y[:20], x[20:]), np.mean(members, axis=0),
+                               atol=1e-5)
+    config["label_scaling"] = {"mode": "none"}
+    (ens / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="differs from the ensemble"):
+        load_model(ens)
