@@ -15,6 +15,7 @@ from assayfew.chem import FingerprintSpec
 from assayfew.io import atomic_write, read_json, write_json
 from assayfew.meta import MLP, build_learner
 from assayfew.meta.state import learner_state, load_learner_state
+from assayfew.provenance import stamp
 from assayfew.scaling import fit_scaling
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -146,3 +147,32 @@ def load_model(model_dir: Path) -> MetaModel:
             raise ValueError(f"{model_dir / name}: ensemble member differs from the ensemble in {differing}")
         learners.append(learner)
     return MetaModel(learners=learners, config=config, path=model_dir)
+
+
+def save_ensemble(member_dirs: list[Path], out_dir: Path, *, prediction: dict[str, Any] | None = None) -> None:
+    """Assemble single-model directories into an ensemble directory (members copied as m0, m1, ...)."""
+    import shutil
+
+    if not member_dirs:
+        raise ValueError("an ensemble needs at least one member")
+    out_dir = Path(out_dir)
+    configs = [_load_learner(Path(m))[1] for m in member_dirs]  # validates every member first
+    for m, c in zip(member_dirs[1:], configs[1:]):
+        differing = [k for k in SHARED_KEYS if c.get(k) != configs[0].get(k)]
+        if differing:
+            raise ValueError(f"{m}: cannot join an ensemble with {member_dirs[0]}: they differ in {differing}")
+    unknown = set(prediction or {}) - set(PREDICTION_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown prediction setting(s): {', '.join(sorted(unknown))}")
+    names = [f"m{i}" for i in range(len(member_dirs))]
+    for src, name in zip(member_dirs, names):
+        dst = out_dir / name
+        dst.mkdir(parents=True, exist_ok=True)
+        for file in (WEIGHTS_FILE, CONFIG_FILE):
+            shutil.copyfile(Path(src) / file, dst / file)
+    config = {k: configs[0][k] for k in ("format", *SHARED_KEYS)} | {
+        "members": names,
+        "member_training": [c.get("training", {}) | {"commit": c.get("commit")} for c in configs],
+        "prediction": PREDICTION_DEFAULTS | (prediction or {}),
+    } | stamp()
+    write_json(out_dir / CONFIG_FILE, config)

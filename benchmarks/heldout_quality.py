@@ -24,6 +24,7 @@ from assayfew.paths import assays_dir, shared_data_dir
 from assayfew.splits import Split
 
 VARIANTS = {
+    "meta-only": {"head": "gd", "fp_ridge_weight": 0.0},
     "gd+fp0.5": {"head": "gd", "fp_ridge_weight": 0.5},
     "ridgehead": {"head": "ridge", "fp_ridge_weight": 0.0},
     "ridgehead+fp0.5": {"head": "ridge", "fp_ridge_weight": 0.5},

@@ -15,6 +15,7 @@ _COMMANDS = {
     "train": "train",
     "evaluate": "evaluate",
     "predict": "predict",
+    "ensemble": "ensemble",
     "app": "app",
 }
 

@@ -86,3 +86,20 @@ def test_predict_example_prints_r2(tiny_model_dir):
     res = runner.invoke(typer_app, ["predict", "--example", "--model", str(tiny_model_dir), "--n-measured", "16"])
     assert res.exit_code == 0, res.output
     assert "example CHEMBL2321810" in res.output
+
+
+def test_ensemble_command_joins_trained_models(corpus, tmp_path):
+    from assayfew.checkpoint import load_model
+
+    runs = []
+    for seed in ("0", "1"):
+        run = tmp_path / f"run{seed}"
+        args = ["train", "--corpus", str(corpus / "cache"), "--split", str(corpus / "split.json"), "--out", str(run)]
+        assert runner.invoke(typer_app, args + TINY + ["--seed", seed]).exit_code == 0
+        runs.append(str(run / "model"))
+    res = runner.invoke(typer_app, ["ensemble", *runs, "--out", str(tmp_path / "ens"), "--fp-ridge-weight", "0.5"])
+    assert res.exit_code == 0, res.output
+    model = load_model(tmp_path / "ens")
+    assert len(model.learners) == 2 and model.prediction["fp_ridge_weight"] == 0.5
+    res = runner.invoke(typer_app, ["ensemble", runs[0], "--out", str(tmp_path / "e2"), "--head", "bogus"])
+    assert res.exit_code == 2 and "--head" in res.output
