@@ -81,13 +81,9 @@ def _parse(smiles: str, standardize: bool) -> tuple[Chem.Mol | None, str]:
         return None, "empty SMILES"
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:  # slow path only for failures: find out why
-        mol = Chem.MolFromSmiles(smiles.strip(), sanitize=False)
+        mol, reason = _parse_then_sanitize(smiles.strip())
         if mol is None:
-            return None, "unparsable SMILES"
-        try:
-            Chem.SanitizeMol(mol)
-        except Exception as exc:  # RDKit raises several sanitisation exception types
-            return None, f"sanitization failed: {_first_line(exc)}"
+            return None, reason
     if mol.GetNumAtoms() == 0:
         return None, "empty SMILES"
     if standardize:
@@ -105,6 +101,14 @@ def _parse_for_fingerprint(smiles: str) -> tuple[Chem.Mol | None, str]:
     hence the same non-chiral Morgan fingerprint and the same reasons, without stereo perception."""
     if not isinstance(smiles, str) or not smiles or _NEEDS_FULL_PARSE.search(smiles):
         return _parse(smiles, False)
+    mol, reason = _parse_then_sanitize(smiles)
+    if mol is not None and mol.GetNumAtoms() == 0:
+        return None, "empty SMILES"
+    return mol, reason
+
+
+def _parse_then_sanitize(smiles: str) -> tuple[Chem.Mol | None, str]:
+    """Parse without sanitising, then sanitise: tells an unparsable SMILES from a chemically invalid one."""
     mol = Chem.MolFromSmiles(smiles, sanitize=False)
     if mol is None:
         return None, "unparsable SMILES"
@@ -112,8 +116,6 @@ def _parse_for_fingerprint(smiles: str) -> tuple[Chem.Mol | None, str]:
         Chem.SanitizeMol(mol)
     except Exception as exc:  # RDKit raises several sanitisation exception types
         return None, f"sanitization failed: {_first_line(exc)}"
-    if mol.GetNumAtoms() == 0:
-        return None, "empty SMILES"
     return mol, ""
 
 

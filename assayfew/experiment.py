@@ -50,3 +50,18 @@ def pqsar_group_split(group: int) -> Split:
 def pqsar_taskset(data_dir: Path, *, spec: FingerprintSpec = FingerprintSpec(), cache: bool = True) -> TaskSet:
     """The pQSAR SI files in `data_dir` as a TaskSet (the reader names any missing file and where to get it)."""
     return build_taskset(Path(data_dir), "pqsar", spec=spec, cache=cache)[0]
+
+
+def experiment_data(*, group: int | None, data_dir: Path | None, corpus: Sequence[Path] | None,
+                    fmt: str | None, split: Path | None,
+                    spec: FingerprintSpec = FingerprintSpec()) -> tuple[TaskSet, Split]:
+    """The corpus and split an experiment names: a pQSAR group, or any corpus with a split file."""
+    if group is not None:
+        if data_dir is None:
+            raise ValueError("--group needs --data-dir (the folder with the pQSAR SI files)")
+        return pqsar_taskset(data_dir, spec=spec), pqsar_group_split(group)
+    if corpus:
+        if split is None:
+            raise ValueError("--corpus needs --split SPLIT.json")
+        return load_taskset(corpus, fmt, spec=spec), Split.load(split)
+    raise ValueError("give --group N --data-dir DIR, or --corpus SOURCE --split SPLIT.json")

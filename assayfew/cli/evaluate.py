@@ -11,9 +11,8 @@ import typer
 from assayfew.checkpoint import load_model
 from assayfew.cli._common import err, user_errors
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
-from assayfew.experiment import load_taskset, pqsar_group_split, pqsar_taskset, split_taskset
+from assayfew.experiment import experiment_data, split_taskset
 from assayfew.paths import default_model_dir
-from assayfew.splits import Split
 
 
 def main(
@@ -31,16 +30,8 @@ def main(
     """Squared Pearson r per meta-test assay; prints one JSON line (mean, median, gt03, n, 95% CIs)."""
     with user_errors():
         loaded = load_model(model or default_model_dir())
-        if group is not None:
-            if data_dir is None:
-                raise ValueError("--group needs --data-dir (the folder with the pQSAR SI files)")
-            taskset, split_def = pqsar_taskset(data_dir, spec=loaded.spec), pqsar_group_split(group)
-        elif corpus:
-            if split is None:
-                raise ValueError("--corpus needs --split SPLIT.json")
-            taskset, split_def = load_taskset(corpus, format, spec=loaded.spec), Split.load(split)
-        else:
-            raise ValueError("give --group N --data-dir DIR, or --corpus SOURCE --split SPLIT.json")
+        taskset, split_def = experiment_data(group=group, data_dir=data_dir, corpus=corpus, fmt=format, split=split,
+                                             spec=loaded.spec)
         test = split_taskset(taskset, split_def, seed=seed).test
         if len(test) == 0:
             raise ValueError("the split's test side has no assays in this corpus")

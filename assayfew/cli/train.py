@@ -9,9 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from assayfew.cli._common import err, user_errors
-from assayfew.experiment import load_taskset, pqsar_group_split, pqsar_taskset, split_taskset
+from assayfew.experiment import experiment_data, split_taskset
 from assayfew.io import read_toml
-from assayfew.splits import Split
 from assayfew.train import Reporter, TrainConfig, train
 
 
@@ -74,16 +73,7 @@ def main(
             values = read_toml(out / "config.toml")
         values |= {k: v for k, v in flags.items() if v is not None}
         cfg = TrainConfig.from_dict(values)
-        if group is not None:
-            if data_dir is None:
-                raise ValueError("--group needs --data-dir (the folder with the pQSAR SI files)")
-            taskset, split_def = pqsar_taskset(data_dir), pqsar_group_split(group)
-        elif corpus:
-            if split is None:
-                raise ValueError("--corpus needs --split SPLIT.json")
-            taskset, split_def = load_taskset(corpus, format), Split.load(split)
-        else:
-            raise ValueError("give --group N --data-dir DIR, or --corpus SOURCE --split SPLIT.json")
+        taskset, split_def = experiment_data(group=group, data_dir=data_dir, corpus=corpus, fmt=format, split=split)
         data = split_taskset(taskset, split_def, seed=cfg.seed)
         if len(data.train) == 0 or len(data.val) == 0:
             raise ValueError(f"the split leaves {len(data.train)} training and {len(data.val)} validation assays")

@@ -14,13 +14,7 @@ from assayfew.meta import (LEARNERS, MLP, build_learner, learner_config, learner
 from assayfew.meta.synthetic import random_fingerprint_tasks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spin-wait stalls on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pad_tasks_shapes_and_masks():

@@ -11,13 +11,7 @@ from assayfew.meta.mixing import partners
 from assayfew.meta.synthetic import random_fingerprint_tasks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spin-wait stalls on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIM = 24
 

@@ -10,13 +10,7 @@ from assayfew.meta.model import masked_moments
 from assayfew.meta.sparse import SparseRows, spmm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spin-wait stalls on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_spmm_matches_dense_to_second_order():
