@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from assayfew.predict import (ACTIVITY_COLUMNS, SMILES_COLUMNS, InputError, PredictionResult, detect_column,
-                              parse_activities, read_input_csv)
+                              parse_activities, read_input_csv, to_p)
 
 MAX_ROWS = 20_000
 LABEL_COLUMNS = ("compound_id", "Compound_ID", "compound", "Compound", "id", "ID", "Name", "name",
@@ -55,15 +55,6 @@ def label_column(table: pd.DataFrame, smiles_col: str) -> str:
         if name in table.columns:
             return name
     return smiles_col
-
-
-def to_p(values: np.ndarray, units: str) -> np.ndarray:
-    """Input units back to p-units (higher = more potent), for ranking."""
-    values = np.asarray(values, dtype=float)
-    if units == "p":
-        return values
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (9.0 if units == "nM" else 6.0) - np.log10(values)
 
 
 def measured_mask(result: PredictionResult) -> np.ndarray:

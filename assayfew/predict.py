@@ -97,15 +97,27 @@ def parse_activities(raw: pd.Series, units: str) -> tuple[np.ndarray, list[str]]
         elif units != "p" and x <= 0:
             problems[i] = f"invalid activity value {v!r} (a potency in {units} must be > 0): not used as measured"
         else:
-            values[i] = x if units == "p" else (9.0 if units == "nM" else 6.0) - np.log10(x)
+            values[i] = to_p(np.array([x]), units)[0]
     return values, problems
+
+
+_P_OFFSET = {"nM": 9.0, "uM": 6.0}  # p = offset - log10(potency in these units)
+
+
+def to_p(values: np.ndarray, units: str) -> np.ndarray:
+    """Potencies in `units` to p-units (−log10 molar; higher = more potent); NaN where not positive."""
+    values = np.asarray(values, dtype=float)
+    if units == "p":
+        return values
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(values > 0, _P_OFFSET[units] - np.log10(values), np.nan)
 
 
 def from_p(values: np.ndarray, units: str) -> np.ndarray:
     """p-units back to the input's units."""
     if units == "p":
         return values
-    return 10.0 ** ((9.0 if units == "nM" else 6.0) - values)
+    return 10.0 ** (_P_OFFSET[units] - values)
 
 
 def _folds(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
