@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from assayfew.meta.sparse import SparseRows
 
 __all__ = ["TaskBatch", "pad_tasks"]
 
@@ -25,6 +27,18 @@ class TaskBatch:
     xq: Tensor
     yq: Tensor
     mq: Tensor
+    _rows: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def sparse_rows(self, which: str) -> SparseRows:
+        """Support ("s") or query ("q") inputs flattened to (T*N, D) in sparse form, converted once per
+        batch (memoised; recomputed if the input tensor was replaced or modified in place)."""
+        x = self.xs if which == "s" else self.xq
+        key = (id(x), x._version)
+        hit = self._rows.get(which)
+        if hit is None or hit[0] != key:
+            hit = (key, SparseRows.from_dense(x.detach().reshape(-1, x.shape[-1])), x)
+            self._rows[which] = hit
+        return hit[1]
 
     @property
     def n_tasks(self) -> int:

@@ -48,10 +48,13 @@ class _Body:
     """Body (all blocks but the head) outputs under fixed body parameters, memoised per BN step."""
 
     def __init__(self, model: FunctionalModel, params: dict[str, Tensor], xs: Tensor, ms: Tensor,
-                 xq: Tensor | None) -> None:
+                 xq: Tensor | None, batch: TaskBatch | None = None) -> None:
         self.model, self.params, self.xs, self.ms, self.xq = model, params, xs, ms, xq
         self._cs: dict = {}
         self._cq: dict = {}
+        if batch is not None:  # the batch memoises its sparse input form (reused across meta-iterations)
+            self._cs["sparse_rows"] = lambda: batch.sparse_rows("s")
+            self._cq["sparse_rows"] = lambda: batch.sparse_rows("q")
         self._s: dict[int, tuple[list[Tensor], Stats]] = {}
         self._q: dict[int, list[Tensor]] = {}
 
@@ -237,7 +240,7 @@ class MetaLearner(nn.Module):
         weights = self.step_weights(epoch, self.inner_steps)
         create_graph = second_order and epoch >= self.first_order_epochs
         meta = dict(self.params.items())
-        body = _Body(self.model, meta, batch.xs, batch.ms, batch.xq) if self.head_only else None
+        body = _Body(self.model, meta, batch.xs, batch.ms, batch.xq, batch) if self.head_only else None
         terms: list[Tensor] = []
 
         def on_step(s: int, params: dict[str, Tensor], b: int) -> None:

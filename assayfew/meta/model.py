@@ -17,7 +17,7 @@ inner step, selected by the `step` index (clamped to the last row).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -168,9 +168,11 @@ class MLP:
         """Rows of per-step batch-norm parameters of block k (1 = shared by all steps)."""
         return self.n_bn_sets if self.per_step_blocks == "all" or k == len(self.hidden) else 1
 
-    def _first_linear(self, h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    def _first_linear(self, h: Tensor, w: Tensor, b: Tensor,
+                      rows: Callable[[], SparseRows] | None = None) -> Tensor:
         """Block-1 linear map; sparse (embedding-bag) product on CPU for sparse constant inputs
-        (fingerprints). Per-task weights (T, in, out) use the block-diagonal form of the batch."""
+        (fingerprints). Per-task weights (T, in, out) use the block-diagonal form of the batch.
+        `rows`: gives h flattened to (T*N, D) as `SparseRows` when the caller has it memoised."""
         use_sparse = self.sparse_input
         if use_sparse is None:
             use_sparse = (h.device.type == "cpu" and h.numel() > 0
@@ -179,10 +181,11 @@ class MLP:
             return linear(h, w, b)
         bias = b.unsqueeze(-2) if b.dim() == 2 else b
         if w.dim() == 2:
-            rows = SparseRows.from_dense(h.reshape(-1, h.shape[-1]))
-            return spmm(rows, w).reshape(*h.shape[:-1], w.shape[-1]) + bias
-        rows = SparseRows.from_batched(h)
-        out = spmm(rows, w.reshape(-1, w.shape[-1]))
+            sp = rows() if rows is not None else None
+            if sp is None or sp.n_rows != h.shape[0] * h.shape[1] or sp.n_cols != h.shape[-1]:
+                sp = SparseRows.from_dense(h.reshape(-1, h.shape[-1]))
+            return spmm(sp, w).reshape(*h.shape[:-1], w.shape[-1]) + bias
+        out = spmm(SparseRows.from_batched(h), w.reshape(-1, w.shape[-1]))
         return out.reshape(*h.shape[:-1], w.shape[-1]) + bias
 
     def _block(self, params: dict[str, Tensor], h: Tensor, k: int, step: int, mask: Tensor | None,
@@ -192,7 +195,8 @@ class MLP:
             z = cache[key]
         else:
             if k == 1:
-                z = self._first_linear(h, params["block1_weight"], params["block1_bias"])
+                rows = cache.get("sparse_rows") if cache is not None else None
+                z = self._first_linear(h, params["block1_weight"], params["block1_bias"], rows)
             else:
                 z = linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"])
             if self.transforms:
@@ -200,7 +204,24 @@ class MLP:
             if cache is not None:
                 cache[key] = z
         if k not in stats:
-            stats[k] = masked_moments(z, mask)
+            mkey = f"mom{k}"  # support statistics of a memoised linear map are step-independent too
+            if cache is not None and mkey in cache:
+                stats[k] = cache[mkey]
+            else:
+                stats[k] = masked_moments(z, mask)
+                if cache is not None:
+                    cache[mkey] = stats[k]
+        return self.normalize(params, z, k, step, stats)
+
+    def pre_activation(self, params: dict[str, Tensor], h: Tensor, k: int) -> Tensor:
+        """Linear map (and transform) of hidden block k applied to the block input h."""
+        z = linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"])
+        if self.transforms:
+            z = linear(z, params[f"block{k}_transform"], None)
+        return z
+
+    def normalize(self, params: dict[str, Tensor], z: Tensor, k: int, step: int, stats: Stats) -> Tensor:
+        """Batch norm (given statistics, step's affine parameters) and leaky ReLU of block k."""
         mean, var = stats[k]
         scale = torch.rsqrt(var + self.bn_eps) * _row(params[f"block{k}_bn_weight"], step)
         shift = _row(params[f"block{k}_bn_bias"], step) - mean * scale

@@ -78,3 +78,13 @@ def test_config_round_trip_rebuilds_the_same_learner(tmp_path, name):
     assert b.inner_steps == 3 and b.name == name
     with pytest.raises(ValueError, match="missing"):
         learner_from_config({"learner": name})
+
+
+def test_sparse_rows_memoised_and_refreshed_after_in_place_change():
+    batch = pad_tasks([(np.eye(3, 5), np.ones(3), np.eye(2, 5), np.ones(2))])
+    rows = batch.sparse_rows("s")
+    assert batch.sparse_rows("s") is rows
+    assert rows.n_rows == 3 and rows.n_cols == 5 and rows.by_row.indices.tolist() == [0, 1, 2]
+    batch.xs[0, 0, 4] = 1.0
+    assert batch.sparse_rows("s").by_row.indices.tolist() == [0, 4, 1, 2]
+    assert batch.sparse_rows("q").n_rows == 2
