@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from assayfew.meta.batch import TaskBatch
-from assayfew.meta.mixing import Mixer
+from assayfew.meta.mixing import Mixer, _gather_rows, _mix
 from assayfew.meta.model import MLP, FunctionalModel, Stats
 
 __all__ = ["AdaptedParams", "MetaLearner", "MAML", "ANIL", "ANILPlusPlus", "MetaSGD", "TNet", "LEARNERS",
@@ -121,6 +121,31 @@ class _View:
     def run_from(self, h: Tensor, position: int) -> Tensor:
         pos = position % (self.model.n_layers + 1)
         return self.model.trace(self.params, h, self.b, stats=self.stats, start=pos)[0][-1]
+
+    def _linear_out(self, which: str, pos: int) -> Tensor | None:
+        """The (memoised) output of the linear map that follows position `pos`, or None."""
+        if pos == self.model.n_layers - 1:  # the head: its output is the prediction
+            return self.hidden(which, -1)
+        if self.body is None or not isinstance(self.model, MLP):
+            return None
+        self.hidden(which, pos)
+        cache = self.body._cs if which == "s" else self.body._cq
+        return cache.get(f"lin{pos + 1}")
+
+    def run_mixed(self, a: str, idx: Tensor, b: str, lam: Tensor, position: int) -> Tensor:
+        """Output for the mixed hidden lam * hidden(a)[idx] + (1 - lam) * hidden(b) at `position` (as
+        run_from). The map after the position is affine, so mixing its (memoised) outputs is the same."""
+        pos = position % (self.model.n_layers + 1)
+        za = self._linear_out(a, pos) if pos < self.model.n_layers else None
+        zb = self._linear_out(b, pos) if za is not None else None
+        if za is None or zb is None:
+            return self.run_from(_mix(_gather_rows(self.hidden(a, pos), idx), self.hidden(b, pos), lam), pos)
+        z = _mix(_gather_rows(za, idx), zb, lam)
+        if pos == self.model.n_layers - 1:
+            return z
+        assert isinstance(self.model, MLP)
+        h = self.model.normalize(self.params, z, pos + 1, self.b, self.stats)
+        return self.model.trace(self.params, h, self.b, stats=self.stats, start=pos + 1)[0][-1]
 
     def loss(self, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
         return self.model.loss(pred, y, mask)

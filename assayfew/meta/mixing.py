@@ -92,6 +92,16 @@ def _mix(a: Tensor, b: Tensor, lam: Tensor) -> Tensor:
     return lam * a + (1 - lam) * b
 
 
+def _run_mixed(view: EvalView, a: str, idx: Tensor, b: str, lam: Tensor, position: int) -> Tensor:
+    """Network output on lam * hidden(a)[idx] + (1 - lam) * hidden(b) at `position`; uses the view's
+    `run_mixed` (same math, may reuse memoised work) when it has one."""
+    run_mixed = getattr(view, "run_mixed", None)
+    if run_mixed is not None:
+        return run_mixed(a, idx, b, lam, position)
+    h = _mix(_gather_rows(view.hidden(a, position), idx), view.hidden(b, position), lam)
+    return view.run_from(h, position)
+
+
 class Mixer:
     """Base class; subclasses set `name` and implement `loss` (and `sample` when random)."""
 
@@ -156,9 +166,8 @@ class MetaMix(Mixer):
     def loss(self, view: EvalView, plan: MixPlan) -> Tensor:
         assert plan.lam is not None and plan.idx is not None
         l = plan.layer
-        h = _mix(_gather_rows(view.hidden("s", l), plan.idx), view.hidden("q", l), plan.lam)
         y = _mix(_gather_rows(view.ys, plan.idx), view.yq, plan.lam)
-        return view.loss(view.run_from(h, l), y, view.mq).mean()
+        return view.loss(_run_mixed(view, "s", plan.idx, "q", plan.lam, l), y, view.mq).mean()
 
 
 class _MixupWithin(Mixer):
@@ -175,10 +184,8 @@ class _MixupWithin(Mixer):
         assert plan.lam is not None and plan.idx is not None
         l, w = plan.layer, self.which
         y, m = (view.ys, view.ms) if w == "s" else (view.yq, view.mq)
-        hid = view.hidden(w, l)
-        h = _mix(_gather_rows(hid, plan.idx), hid, plan.lam)
         ym = _mix(_gather_rows(y, plan.idx), y, plan.lam)
-        return view.loss(view.run_from(h, l), ym, m).mean()
+        return view.loss(_run_mixed(view, w, plan.idx, w, plan.lam, l), ym, m).mean()
 
 
 class MixupSS(_MixupWithin):

@@ -246,3 +246,20 @@ def test_ridge_head_refused_where_it_does_not_apply():
         _learner("maml").adapt(xs.double(), ys.double(), ridge_alpha=1.0)
     with pytest.raises(ValueError, match="ridge head"):
         _learner("tnet").adapt(xs.double(), ys.double(), ridge_alpha=1.0)
+
+
+@pytest.mark.parametrize("mixer", ["metamix", "mixup_ss", "mixup_qq"])
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_mixing_through_memoised_linear_maps_matches_per_task_loop(mixer, layer):
+    lrn = _learner("anil++", {"per_step_blocks": "last"})
+    with torch.no_grad():
+        for p in lrn.params.values():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3), dtype=p.dtype))
+    batch = random_batch(dim=DIM).to(dtype=torch.float64)
+    mix = build_mixer(mixer, layers=(layer,))
+    loss, info = lrn.meta_loss(batch, mix, generator=torch.Generator().manual_seed(2), epoch=12)
+    ref = reference_meta_loss(lrn, batch, mix, generator=torch.Generator().manual_seed(2), epoch=12)
+    assert info["layer"] == layer and torch.allclose(loss, ref, rtol=1e-9, atol=1e-9)
+    g_batched, g_loop = grads(lrn, loss), grads(lrn, ref)
+    for name in g_loop:
+        assert torch.allclose(g_batched[name], g_loop[name], atol=1e-5, rtol=1e-5), name
