@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from assayfew.meta.batch import TaskBatch
 from assayfew.meta.mixing import Mixer, _gather_rows, _mix
-from assayfew.meta.model import MLP, FunctionalModel, Stats
+from assayfew.meta.model import MLP, FunctionalModel, Stats, linear, masked_mse
 
 __all__ = ["AdaptedParams", "MetaLearner", "MAML", "ANIL", "ANILPlusPlus", "MetaSGD", "TNet", "LEARNERS",
            "build_learner"]
@@ -42,6 +42,22 @@ def _step(param: Tensor, grad: Tensor, lr: Tensor | float) -> Tensor:
     if isinstance(lr, float):
         return torch.add(param, grad, alpha=-lr)
     return param - lr * grad
+
+
+def _head_mse_grads(h: Tensor, w: Tensor, b: Tensor, y: Tensor, mask: Tensor,
+                    create_graph: bool) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-task masked MSE of the linear head pred = h w + b (h (T, N, H), w (T, H, 1), b (T, 1)) and its
+    gradient w.r.t. w and b in closed form: r = 2 mask (pred - y) / n, dw = h^T r, db = sum r.
+    Differentiable (as autograd.grad with create_graph) when `create_graph`, else detached."""
+    pred = linear(h, w, b)
+    loss = masked_mse(pred, y, mask)
+    with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+        r = (pred.squeeze(-1) - y) * (mask * (2.0 / mask.sum(1, keepdim=True).clamp_min(1.0)))
+        gw = torch.bmm(r.unsqueeze(1), h).transpose(1, 2)
+        gb = r.sum(1, keepdim=True)
+    if not create_graph:
+        gw, gb = gw.detach(), gb.detach()
+    return loss, {"head_weight": gw, "head_bias": gb}
 
 
 class _Body:
@@ -178,6 +194,9 @@ class MetaLearner(nn.Module):
         self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in init.items()})
         self.adapt_names = tuple(adapt)
         self.head_only = set(self.adapt_names) <= set(model.head_names)
+        # plain linear single-output head with masked MSE: inner gradients in closed form (no autograd.grad)
+        self._closed_head = (type(model) is MLP and not model.transforms and model.out_dim == 1
+                             and set(self.adapt_names) == {"head_weight", "head_bias"})
         self.inner_steps = int(inner_steps)
         self.inner_lr = float(inner_lr)
         self.lr_mode = lr_mode
@@ -240,12 +259,17 @@ class MetaLearner(nn.Module):
         loss0 = xs.new_zeros(())
         for s in range(steps):
             b = self.bn_step(s)
-            params = {**meta, **fast}
-            pred, _ = self._support_pred(params, xs, ms, b, body)
-            loss = self.model.loss(pred, ys, ms)
+            if body is not None and self._closed_head:
+                loss, grads = _head_mse_grads(body.support(b)[0][-1], fast["head_weight"], fast["head_bias"],
+                                              ys, ms, create_graph)
+                grads = [grads[n] for n in fast]
+            else:
+                params = {**meta, **fast}
+                pred, _ = self._support_pred(params, xs, ms, b, body)
+                loss = self.model.loss(pred, ys, ms)
+                grads = torch.autograd.grad(loss.sum(), list(fast.values()), create_graph=create_graph)
             if s == 0:
                 loss0 = loss.detach().mean()
-            grads = torch.autograd.grad(loss.sum(), list(fast.values()), create_graph=create_graph)
             fast = {n: _step(fast[n], g, self.lr(n, s)) for n, g in zip(list(fast), grads)}
             if leaf_each_step:
                 fast = {n: v.detach().requires_grad_(True) for n, v in fast.items()}
