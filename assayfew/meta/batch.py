@@ -29,6 +29,16 @@ class TaskBatch:
     mq: Tensor
     _rows: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    def input_nnz(self, which: str) -> int:
+        """Number of non-zero support ("s") or query ("q") inputs (memoised like `sparse_rows`)."""
+        x = self.xs if which == "s" else self.xq
+        key = ("nnz", id(x), x._version)
+        hit = self._rows.get(("nnz", which))
+        if hit is None or hit[0] != key:
+            hit = (key, int(torch.count_nonzero(x)), x)
+            self._rows[("nnz", which)] = hit
+        return hit[1]
+
     def sparse_rows(self, which: str) -> SparseRows:
         """Support ("s") or query ("q") inputs flattened to (T*N, D) in sparse form, converted once per
         batch (memoised; recomputed if the input tensor was replaced or modified in place)."""

@@ -71,6 +71,8 @@ class _Body:
         if batch is not None:  # the batch memoises its sparse input form (reused across meta-iterations)
             self._cs["sparse_rows"] = lambda: batch.sparse_rows("s")
             self._cq["sparse_rows"] = lambda: batch.sparse_rows("q")
+            self._cs["input_nnz"] = lambda: batch.input_nnz("s")
+            self._cq["input_nnz"] = lambda: batch.input_nnz("q")
         self._s: dict[int, tuple[list[Tensor], Stats]] = {}
         self._q: dict[int, list[Tensor]] = {}
 

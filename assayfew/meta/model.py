@@ -168,15 +168,16 @@ class MLP:
         """Rows of per-step batch-norm parameters of block k (1 = shared by all steps)."""
         return self.n_bn_sets if self.per_step_blocks == "all" or k == len(self.hidden) else 1
 
-    def _first_linear(self, h: Tensor, w: Tensor, b: Tensor,
-                      rows: Callable[[], SparseRows] | None = None) -> Tensor:
+    def _first_linear(self, h: Tensor, w: Tensor, b: Tensor, rows: Callable[[], SparseRows] | None = None,
+                      nnz: Callable[[], int] | None = None) -> Tensor:
         """Block-1 linear map; sparse (embedding-bag) product on CPU for sparse constant inputs
         (fingerprints). Per-task weights (T, in, out) use the block-diagonal form of the batch.
-        `rows`: gives h flattened to (T*N, D) as `SparseRows` when the caller has it memoised."""
+        `rows` / `nnz`: give h flattened to (T*N, D) as `SparseRows` / h's non-zero count, when the caller
+        has them memoised."""
         use_sparse = self.sparse_input
         if use_sparse is None:
             use_sparse = (h.device.type == "cpu" and h.numel() > 0
-                          and int(torch.count_nonzero(h)) <= 0.25 * h.numel())
+                          and (int(torch.count_nonzero(h)) if nnz is None else nnz()) <= 0.25 * h.numel())
         if not use_sparse or h.requires_grad or h.dim() != 3 or w.dim() not in (2, 3):
             return linear(h, w, b)
         bias = b.unsqueeze(-2) if b.dim() == 2 else b
@@ -195,8 +196,9 @@ class MLP:
             z = cache[key]
         else:
             if k == 1:
-                rows = cache.get("sparse_rows") if cache is not None else None
-                z = self._first_linear(h, params["block1_weight"], params["block1_bias"], rows)
+                c = cache if cache is not None else {}
+                z = self._first_linear(h, params["block1_weight"], params["block1_bias"], c.get("sparse_rows"),
+                                       c.get("input_nnz"))
             else:
                 z = linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"])
             if self.transforms:

@@ -88,3 +88,4 @@ def test_sparse_rows_memoised_and_refreshed_after_in_place_change():
     batch.xs[0, 0, 4] = 1.0
     assert batch.sparse_rows("s").by_row.indices.tolist() == [0, 4, 1, 2]
     assert batch.sparse_rows("q").n_rows == 2
+    assert batch.input_nnz("s") == 4 and batch.input_nnz("q") == 2
