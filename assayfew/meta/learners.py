@@ -75,14 +75,42 @@ class _Body:
             self._cq["input_nnz"] = lambda: batch.input_nnz("q")
         self._s: dict[int, tuple[list[Tensor], Stats]] = {}
         self._q: dict[int, list[Tensor]] = {}
+        self.mq = None if batch is None else batch.mq
+        self._primed = False
+
+    def _prime(self) -> None:
+        """MLP with per-step batch norm in the last hidden block only: its (step-independent) linear map
+        runs once on the valid support and query rows together (one product, no padding rows); padding
+        rows get 0 there (they are masked out of statistics, losses and mixing partners)."""
+        self._primed = True
+        m = self.model
+        if (self.xq is None or self.mq is None or not isinstance(m, MLP) or m.per_step_blocks != "last"
+                or m.n_layers < 3):
+            return
+        last = m.n_layers - 1
+        hs, stats = m.trace(self.params, self.xs, 0, mask=self.ms, stop=last - 1, cache=self._cs)
+        hq = m.trace(self.params, self.xq, 0, stats=stats, stop=last - 1, cache=self._cq)[0][-1]
+        (t, ns, width), nq = hs[-1].shape, hq.shape[1]
+        si = (self.ms.reshape(-1) > 0).nonzero().squeeze(1)
+        qi = (self.mq.reshape(-1) > 0).nonzero().squeeze(1)
+        rows = torch.cat([hs[-1].reshape(t * ns, width).index_select(0, si),
+                          hq.reshape(t * nq, width).index_select(0, qi)])
+        z = m.pre_activation(self.params, rows, last)
+        n_s = si.numel()
+        self._cs[f"lin{last}"] = z.new_zeros(t * ns, z.shape[-1]).index_copy(0, si, z[:n_s]).view(t, ns, -1)
+        self._cq[f"lin{last}"] = z.new_zeros(t * nq, z.shape[-1]).index_copy(0, qi, z[n_s:]).view(t, nq, -1)
 
     def support(self, b: int) -> tuple[list[Tensor], Stats]:
+        if not self._primed:
+            self._prime()
         if b not in self._s:
             self._s[b] = self.model.trace(self.params, self.xs, b, mask=self.ms,
                                           stop=self.model.n_layers - 1, cache=self._cs)
         return self._s[b]
 
     def query(self, b: int) -> list[Tensor]:
+        if not self._primed:
+            self._prime()
         if b not in self._q:
             assert self.xq is not None
             stats = self.support(b)[1]
