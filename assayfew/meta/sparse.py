@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,7 +35,7 @@ class SparseRows:
     def from_dense(x: Tensor) -> SparseRows:
         """X (N, D)."""
         n, d = x.shape
-        nz = x.nonzero()
+        nz = x.to(torch.bool).nonzero()  # same positions as x.nonzero(), faster on a bool tensor
         return SparseRows._build(nz[:, 0], nz[:, 1], x[nz[:, 0], nz[:, 1]], n, d)
 
     @staticmethod
@@ -42,7 +43,7 @@ class SparseRows:
         """X (T, N, D) as the block-diagonal (T*N, T*D) matrix: spmm with W (T*D, out) applies each
         task's own weights W[t] to its rows (per-task adapted first layers)."""
         t, n, d = x.shape
-        nz = x.nonzero()
+        nz = x.to(torch.bool).nonzero()
         vals = x[nz[:, 0], nz[:, 1], nz[:, 2]]
         return SparseRows._build(nz[:, 0] * n + nz[:, 1], nz[:, 0] * d + nz[:, 2], vals, t * n, t * d)
 
@@ -52,7 +53,7 @@ class SparseRows:
         binary = bool((vals == 1).all())
         row_counts = torch.bincount(rows, minlength=n)
         row_off = torch.cumsum(row_counts, 0) - row_counts
-        order = torch.argsort(cols, stable=True)
+        order = _stable_argsort(cols, d)
         col_counts = torch.bincount(cols, minlength=d)
         col_off = torch.cumsum(col_counts, 0) - col_counts
         return SparseRows(n, d, _Bags(cols, row_off, None if binary else vals),
@@ -60,6 +61,15 @@ class SparseRows:
 
     def transposed(self) -> SparseRows:
         return SparseRows(self.n_cols, self.n_rows, self.by_col, self.by_row)
+
+
+def _stable_argsort(keys: Tensor, n_keys: int) -> Tensor:
+    """Stable argsort of integer keys in [0, n_keys); on CPU with n_keys <= 2**16 numpy's radix sort
+    (several times faster than a comparison sort for fingerprint column ids)."""
+    if keys.device.type == "cpu" and n_keys <= 1 << 16:
+        order = np.argsort(keys.numpy().astype(np.uint16), kind="stable")
+        return torch.from_numpy(order).to(keys.dtype)
+    return torch.argsort(keys, stable=True)
 
 
 def _bag_sum(bags: _Bags, dense: Tensor) -> Tensor:
