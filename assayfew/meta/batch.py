@@ -69,10 +69,17 @@ def _as_tensor(a: np.ndarray | Tensor, what: str, task: int) -> Tensor:
     if not torch.is_floating_point(t) and t.dtype not in (torch.bool, torch.uint8, torch.int8, torch.int16,
                                                           torch.int32, torch.int64):
         raise ValueError(f"task {task}: {what} has unsupported dtype {t.dtype}")
-    t = t.detach().to(torch.float32)
-    if not torch.isfinite(t).all():
-        raise ValueError(f"task {task}: {what} contains non-finite values")
-    return t
+    return t.detach().to(torch.float32)  # finiteness is checked once on the padded tensors
+
+
+def _check_finite(padded: Tensor, parts: list[Tensor], what: str) -> None:
+    """Fast exact test first: a sum is finite only if every term is (a finite sum that overflows falls
+    through to the element-wise check); only when that fails, find the task to name."""
+    if bool(torch.isfinite(padded.sum())) or bool(torch.isfinite(padded).all()):
+        return
+    for i, p in enumerate(parts):
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError(f"task {i}: {what} contains non-finite values")
 
 
 def _pad(parts: list[Tensor], n: int) -> tuple[Tensor, Tensor]:
@@ -113,4 +120,6 @@ def pad_tasks(tasks: Sequence[tuple[np.ndarray | Tensor, ...]]) -> TaskBatch:
     ys_p, _ = _pad(ys_l, ns)
     xq_p, mq = _pad(xq_l, nq)
     yq_p, _ = _pad(yq_l, nq)
+    for padded, parts, what in ((xs_p, xs_l, "xs"), (ys_p, ys_l, "ys"), (xq_p, xq_l, "xq"), (yq_p, yq_l, "yq")):
+        _check_finite(padded, parts, what)
     return TaskBatch(xs_p, ys_p, ms, xq_p, yq_p, mq)

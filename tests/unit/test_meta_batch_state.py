@@ -89,3 +89,14 @@ def test_sparse_rows_memoised_and_refreshed_after_in_place_change():
     assert batch.sparse_rows("s").by_row.indices.tolist() == [0, 4, 1, 2]
     assert batch.sparse_rows("q").n_rows == 2
     assert batch.input_nnz("s") == 4 and batch.input_nnz("q") == 2
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_pad_tasks_names_the_task_with_a_non_finite_input(bad):
+    good = (np.zeros((2, 4)), np.zeros(2), np.zeros((1, 4)), np.zeros(1))
+    xq = np.zeros((1, 4))
+    xq[0, 2] = bad
+    with pytest.raises(ValueError, match="task 1: xq contains non-finite"):
+        pad_tasks([good, (np.zeros((2, 4)), np.zeros(2), xq, np.zeros(1))])
+    huge = np.full((2, 4), 3e38)  # finite values whose sum overflows are accepted
+    assert pad_tasks([(huge, np.zeros(2), np.zeros((1, 4)), np.zeros(1))]).xs.shape == (1, 2, 4)
