@@ -5,7 +5,10 @@ one `torch.autograd.grad` call over the sum of per-task losses gives every task'
 are independent, so that equals per-task gradients). Second order goes through the inner loop
 (`create_graph=True`). When only head parameters are adapted (ANIL family), the body is evaluated once
 per batch-norm parameter set and reused across inner steps; with per-step batch norm (ANIL++) the first
-block's linear map is still computed only once.
+block's linear map is still computed only once (with per-step batch norm in the last hidden block only,
+that block's linear map runs once on the valid support and query rows together). A plain linear MSE head
+gets its inner gradients in closed form (differentiable, no `autograd.grad` per step), and mixing at a
+position followed by an affine map mixes that map's memoised outputs instead of recomputing it.
 
 Batch-norm statistics come from each task's valid support rows (see `assayfew.meta.model`).
 Labels are used as given: centre them outside, or set `MLP(out_bias=...)`.
