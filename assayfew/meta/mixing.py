@@ -83,8 +83,11 @@ def partners(rng: np.random.Generator, m_from: np.ndarray, m_to: np.ndarray) -> 
 
 
 def _gather_rows(h: Tensor, idx: Tensor) -> Tensor:
-    t = torch.arange(h.shape[0], device=h.device).unsqueeze(1)
-    return h[t, idx]
+    """h[t, idx[t]] for every task t: h (T, N, ...), idx (T, M) -> (T, M, ...). One flat index_select
+    (its backward is an index_add, cheaper than advanced indexing's)."""
+    t, n = h.shape[:2]
+    flat = (idx + torch.arange(t, device=h.device).unsqueeze(1) * n).reshape(-1)
+    return h.reshape(t * n, *h.shape[2:]).index_select(0, flat).reshape(*idx.shape, *h.shape[2:])
 
 
 def _mix(a: Tensor, b: Tensor, lam: Tensor) -> Tensor:
