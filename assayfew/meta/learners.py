@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from assayfew.meta.batch import TaskBatch
 from assayfew.meta.mixing import Mixer, _gather_rows, _mix
-from assayfew.meta.model import MLP, FunctionalModel, Stats, linear, masked_mse
+from assayfew.meta.model import MLP, FunctionalModel, Stats, linear
 
 __all__ = ["AdaptedParams", "MetaLearner", "MAML", "ANIL", "ANILPlusPlus", "MetaSGD", "TNet", "LEARNERS",
            "build_learner"]
@@ -52,10 +52,11 @@ def _head_mse_grads(h: Tensor, w: Tensor, b: Tensor, y: Tensor, mask: Tensor,
     """Per-task masked MSE of the linear head pred = h w + b (h (T, N, H), w (T, H, 1), b (T, 1)) and its
     gradient w.r.t. w and b in closed form: r = 2 mask (pred - y) / n, dw = h^T r, db = sum r.
     Differentiable (as autograd.grad with create_graph) when `create_graph`, else detached."""
-    pred = linear(h, w, b)
-    loss = masked_mse(pred, y, mask)
+    cnt = mask.sum(1).clamp_min(1.0)
+    diff = linear(h, w, b).squeeze(-1) - y
+    loss = (diff.square() * mask).sum(1) / cnt  # = masked_mse(pred, y, mask)
     with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
-        r = (pred.squeeze(-1) - y) * (mask * (2.0 / mask.sum(1, keepdim=True).clamp_min(1.0)))
+        r = diff * (mask * (2.0 / cnt).unsqueeze(1))
         gw = torch.bmm(r.unsqueeze(1), h).transpose(1, 2)
         gb = r.sum(1, keepdim=True)
     if not create_graph:
