@@ -178,9 +178,11 @@ class _View:
             return self.hidden(which, -1)
         if self.body is None or not isinstance(self.model, MLP):
             return None
-        self.hidden(which, pos)
         cache = self.body._cs if which == "s" else self.body._cq
-        return cache.get(f"lin{pos + 1}")
+        key = f"lin{pos + 1}"
+        if key not in cache:  # not memoised yet (e.g. query rows before their first trace)
+            self.hidden(which, pos)
+        return cache.get(key)
 
     def run_mixed(self, a: str, idx: Tensor, b: str, lam: Tensor, position: int) -> Tensor:
         """Output for the mixed hidden lam * hidden(a)[idx] + (1 - lam) * hidden(b) at `position` (as
