@@ -15,7 +15,6 @@ import json
 import multiprocessing as mp
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from rdkit.Chem import rdFingerprintGenerator
 from rdkit.Chem.MolStandardize import rdMolStandardize
 
 from assayfew import paths
+from assayfew.io import atomic_write
 
 __all__ = [
     "FingerprintSpec",
@@ -296,18 +296,14 @@ def _cache_store(path: Path, text: str, packed: np.ndarray, reasons: list[str], 
     }
     if canon is not None:
         arrays["canonical"] = np.array(canon, dtype=str)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, write)
     except OSError:
-        pass
+        pass  # a cache that cannot be written only costs speed
 
 
 # --------------------------------------------------------------------------- public API
