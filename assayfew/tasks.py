@@ -124,6 +124,27 @@ class TaskSet:
         x = self.fingerprints[self.fp_rows[lo:hi]].astype(np.float32)
         return x, self.values[lo:hi].copy(), self.split[lo:hi].copy()
 
+    def episode_task(self, i: int, support: np.ndarray, query: np.ndarray) -> Task:
+        """The Task of assay ``i`` with these support/query measurement indices (into ``values``)."""
+        def x(rows: np.ndarray) -> np.ndarray:
+            return self.fingerprints[self.fp_rows[rows]].astype(np.float32)
+
+        return Task(assay_id=self.assay_ids[i], support_x=x(support), support_y=self.values[support].copy(),
+                    query_x=x(query), query_y=self.values[query].copy())
+
+    def bit_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """On-bits of every fingerprint in CSR form (indptr (n_compounds + 1,), bit ids), computed once."""
+        cached = getattr(self, "_bit_index", None)
+        if cached is None or cached[2] is not self.fingerprints:
+            if self.fingerprints.size and int(self.fingerprints.max()) > 1:
+                raise ValueError("bit_index: fingerprints are not 0/1 bits")
+            rows, cols = np.nonzero(self.fingerprints)
+            indptr = np.zeros(len(self.fingerprints) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rows, minlength=len(self.fingerprints)), out=indptr[1:])
+            cached = (indptr, cols.astype(np.int64), self.fingerprints)
+            self._bit_index = cached
+        return cached[0], cached[1]
+
     def subset(self, assay_ids: Iterable[str]) -> TaskSet:
         """A new TaskSet with only these assays (in the given order), fingerprints compacted."""
         order = [self.index(a) for a in assay_ids]
@@ -302,7 +323,8 @@ class EpisodeSampler:
         self.min_query = min_query
         self.seed = seed
         self._rng = np.random.default_rng(seed)
-        self._eligible = [i for i in range(len(taskset)) if self._mode(i) is not None]
+        self._modes = [self._mode(i) for i in range(len(taskset))]
+        self._eligible = [i for i, mode in enumerate(self._modes) if mode is not None]
         self._p = None
         if weights is not None:
             if len(weights) != len(taskset):
@@ -327,19 +349,19 @@ class EpisodeSampler:
         """Indices of assays big enough to form an episode."""
         return list(self._eligible)
 
-    def episode(self, i: int, rng: np.random.Generator) -> Task:
-        """One episode of assay ``i`` drawn with ``rng``."""
-        mode = self._mode(i)
+    def episode_rows(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Support and query of one episode of assay ``i`` as measurement indices into the TaskSet's
+        arrays (``values``, ``fp_rows``), drawn with ``rng``."""
+        mode = self._modes[i]
         if mode is None:
             raise ValueError(f"assay {self.taskset.assay_ids[i]!r} is too small for an episode")
-        x, y, split = self.taskset.assay(i)
+        lo, hi = int(self.taskset.offsets[i]), int(self.taskset.offsets[i + 1])
         if mode == "split":
-            support = np.flatnonzero(split == SPLIT_TRN)
-            query = np.flatnonzero(split == SPLIT_TST)
-            support = _cap(support, self.max_support, rng)
-            query = _cap(query, self.max_query, rng)
+            split = self.taskset.split[lo:hi]
+            support = _cap(np.flatnonzero(split == SPLIT_TRN), self.max_support, rng)
+            query = _cap(np.flatnonzero(split == SPLIT_TST), self.max_query, rng)
         else:
-            n = len(y)
+            n = hi - lo
             k_hi = min(self.support_range[1], n - self.min_query)
             if self.max_support is not None:
                 k_hi = max(1, min(k_hi, self.max_support))
@@ -353,23 +375,31 @@ class EpisodeSampler:
             q_lo = min(self.query_range[0], q_hi)
             q = int(rng.integers(q_lo, q_hi + 1))
             query = rest[:q]
-        return Task(
-            assay_id=self.taskset.assay_ids[i],
-            support_x=x[support],
-            support_y=y[support],
-            query_x=x[query],
-            query_y=y[query],
-        )
+        return support + lo, query + lo
 
-    def sample(self, n_tasks: int) -> list[Task]:
-        """``n_tasks`` episodes of random eligible assays (uniform, or by ``weights``; own seeded rng)."""
+    def episode(self, i: int, rng: np.random.Generator) -> Task:
+        """One episode of assay ``i`` drawn with ``rng``."""
+        support, query = self.episode_rows(i, rng)
+        return self.taskset.episode_task(i, support, query)
+
+    def sample_rows(self, n_tasks: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """``n_tasks`` episodes as (assay index, support rows, query rows) of random eligible assays
+        (uniform, or by ``weights``; own seeded rng)."""
         if not self._eligible:
             raise ValueError("no assay is big enough to form an episode")
         if self._p is None:
             picks = self._rng.integers(0, len(self._eligible), size=n_tasks)
         else:
             picks = self._rng.choice(len(self._eligible), size=n_tasks, p=self._p)
-        return [self.episode(self._eligible[int(j)], self._rng) for j in picks]
+        out = []
+        for j in picks:
+            i = self._eligible[int(j)]
+            out.append((i, *self.episode_rows(i, self._rng)))
+        return out
+
+    def sample(self, n_tasks: int) -> list[Task]:
+        """``n_tasks`` episodes (as `sample_rows`) materialised as Tasks."""
+        return [self.taskset.episode_task(i, s, q) for i, s, q in self.sample_rows(n_tasks)]
 
 
 def _cap(index: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:

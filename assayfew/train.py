@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from collections.abc import Sequence
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -18,11 +19,13 @@ from assayfew.checkpoint import MetaModel, build_learner_from_config, save_model
 from assayfew.chem import FingerprintSpec
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
 from assayfew.io import atomic_write, read_json, write_json, write_toml
-from assayfew.meta import build_mixer, pad_tasks
+from assayfew.meta import build_mixer
+from assayfew.meta.batch import TaskBatch
+from assayfew.meta.sparse import SparseRows
 from assayfew.meta.state import learner_state, load_learner_state
 from assayfew.provenance import array_digest, stamp
 from assayfew.scaling import fit_scaling
-from assayfew.tasks import EpisodeSampler, Task, TaskSet
+from assayfew.tasks import EpisodeSampler, TaskSet
 
 
 @dataclass
@@ -102,13 +105,43 @@ def model_config(cfg: TrainConfig, spec: FingerprintSpec, train_set: TaskSet, ex
     } | stamp()
 
 
-def scaled_batch(tasks: list[Task], mode: str, min_std: float):
-    """Pad a meta-batch, each task's labels mapped with its own support statistics."""
-    items = []
-    for t in tasks:
-        s = fit_scaling(t.support_y, mode, min_std)
-        items.append((t.support_x, s.forward(t.support_y), t.query_x, s.forward(t.query_y)))
-    return pad_tasks(items)
+def episode_batch(taskset: TaskSet, episodes: Sequence[tuple[int, np.ndarray, np.ndarray]], mode: str,
+                  min_std: float) -> TaskBatch:
+    """Padded meta-batch of episodes (assay, support rows, query rows) from `EpisodeSampler.sample_rows`,
+    each task's labels mapped with its own support statistics. Inputs are gathered straight from the task
+    set's fingerprint table and their sparse form from its stored on-bits (no dense-to-sparse pass);
+    the result equals `pad_tasks` of the materialised, scaled Tasks."""
+    if not episodes:
+        raise ValueError("episode_batch: no episodes")
+    indptr, bit_ids = taskset.bit_index()
+    n_tasks, bits = len(episodes), taskset.spec.bits
+    out: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, SparseRows]] = {}
+    scalings = [fit_scaling(taskset.values[s], mode, min_std) for _, s, _ in episodes]
+    for which, pick in (("s", 1), ("q", 2)):
+        parts = [ep[pick] for ep in episodes]
+        width = max(len(p) for p in parts)
+        if width == 0:
+            raise ValueError("episode_batch: an episode has an empty support or query")
+        y = np.zeros((n_tasks, width), dtype=np.float32)
+        mask = np.zeros((n_tasks, width), dtype=np.float32)
+        for t, (p, sc) in enumerate(zip(parts, scalings)):
+            y[t, : len(p)] = sc.forward(taskset.values[p])
+            mask[t, : len(p)] = 1.0
+        flat = np.concatenate([t * width + np.arange(len(p)) for t, p in enumerate(parts)])
+        fp = taskset.fp_rows[np.concatenate(parts)]
+        x = np.zeros((n_tasks * width, bits), dtype=np.float32)
+        x[flat] = taskset.fingerprints[fp]
+        lens = indptr[fp + 1] - indptr[fp]
+        starts = np.repeat(indptr[fp] - (np.cumsum(lens) - lens), lens)
+        cols = bit_ids[starts + np.arange(int(lens.sum()))]
+        sparse = SparseRows.from_coordinates(torch.from_numpy(np.repeat(flat, lens)), torch.from_numpy(cols),
+                                             n_tasks * width, bits)
+        out[which] = (torch.from_numpy(x).view(n_tasks, width, bits), torch.from_numpy(y),
+                      torch.from_numpy(mask), sparse)
+    batch = TaskBatch(out["s"][0], out["s"][1], out["s"][2], out["q"][0], out["q"][1], out["q"][2])
+    batch.set_sparse_rows("s", out["s"][3])
+    batch.set_sparse_rows("q", out["q"][3])
+    return batch
 
 
 def cosine_lr(cfg: TrainConfig, step: int, total: int) -> float:
@@ -163,7 +196,7 @@ def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path,
     mconf = model_config(cfg, spec, train_set, {"split": split_info or {}})
     learner = build_learner_from_config(mconf).to(device)
     mixer = build_mixer(cfg.mix, alpha=cfg.alpha, beta=cfg.beta, layers=cfg.layers, fixed_lambda=cfg.fixed_lambda)
-    opt = torch.optim.Adam(learner.parameters(), lr=cfg.outer_lr)
+    opt = torch.optim.Adam(learner.parameters(), lr=cfg.outer_lr, fused=True)
 
     start_epoch, best_val, best_epoch, history = 0, -math.inf, -1, []
     if resume and (state_dir / "state.json").exists():
@@ -197,7 +230,8 @@ def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path,
             lr = cosine_lr(cfg, epoch * cfg.iters + it, total)
             for group in opt.param_groups:
                 group["lr"] = lr
-            batch = scaled_batch(sampler.sample(cfg.meta_batch), cfg.label_scaling, cfg.min_std).to(device)
+            batch = episode_batch(train_set, sampler.sample_rows(cfg.meta_batch), cfg.label_scaling,
+                                  cfg.min_std).to(device)
             loss, _ = learner.meta_loss(batch, mixer, generator=gen, epoch=epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()

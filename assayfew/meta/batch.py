@@ -50,6 +50,15 @@ class TaskBatch:
             self._rows[which] = hit
         return hit[1]
 
+    def set_sparse_rows(self, which: str, rows: SparseRows) -> None:
+        """Give the sparse form of the support ("s") or query ("q") inputs when it is already known
+        (e.g. built from stored fingerprint bits); it must equal `SparseRows.from_dense` of them."""
+        x = self.xs if which == "s" else self.xq
+        if rows.n_rows != x.shape[0] * x.shape[1] or rows.n_cols != x.shape[-1]:
+            raise ValueError(f"set_sparse_rows: shape ({rows.n_rows}, {rows.n_cols}) does not match the inputs")
+        self._rows[which] = ((id(x), x._version), rows, x)
+        self._rows[("nnz", which)] = (("nnz", id(x), x._version), int(rows.by_row.indices.numel()), x)
+
     @property
     def n_tasks(self) -> int:
         return int(self.xs.shape[0])
@@ -58,7 +67,10 @@ class TaskBatch:
         def mv(t: Tensor) -> Tensor:
             return t.to(device=device, dtype=dtype)
 
-        return TaskBatch(mv(self.xs), mv(self.ys), mv(self.ms), mv(self.xq), mv(self.yq), mv(self.mq))
+        moved = TaskBatch(mv(self.xs), mv(self.ys), mv(self.ms), mv(self.xq), mv(self.yq), mv(self.mq))
+        if moved.xs is self.xs and moved.xq is self.xq:  # same input tensors: memoised forms stay valid
+            moved._rows.update(self._rows)
+        return moved
 
 
 def _as_tensor(a: np.ndarray | Tensor, what: str, task: int) -> Tensor:

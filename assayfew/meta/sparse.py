@@ -48,16 +48,26 @@ class SparseRows:
         return SparseRows._build(nz[:, 0] * n + nz[:, 1], nz[:, 0] * d + nz[:, 2], vals, t * n, t * d)
 
     @staticmethod
-    def _build(rows: Tensor, cols: Tensor, vals: Tensor, n: int, d: int) -> SparseRows:
+    def from_coordinates(rows: Tensor, cols: Tensor, n: int, d: int, vals: Tensor | None = None) -> SparseRows:
+        """X (n, d) from the coordinates of its non-zeros, sorted by row; `vals` None means all ones."""
+        if rows.shape != cols.shape or (vals is not None and vals.shape != rows.shape):
+            raise ValueError("SparseRows: rows, cols (and vals) must have the same length")
+        if rows.numel() and (bool((rows[1:] < rows[:-1]).any()) or int(rows[-1]) >= n or int(rows[0]) < 0
+                             or int(cols.min()) < 0 or int(cols.max()) >= d):
+            raise ValueError("SparseRows: coordinates out of range or not sorted by row")
+        return SparseRows._build(rows, cols, vals, n, d)
+
+    @staticmethod
+    def _build(rows: Tensor, cols: Tensor, vals: Tensor | None, n: int, d: int) -> SparseRows:
         """From coordinates sorted by row (as `nonzero` returns them)."""
-        binary = bool((vals == 1).all())
+        binary = vals is None or bool((vals == 1).all())
         row_counts = torch.bincount(rows, minlength=n)
         row_off = torch.cumsum(row_counts, 0) - row_counts
         order = _stable_argsort(cols, d)
         col_counts = torch.bincount(cols, minlength=d)
         col_off = torch.cumsum(col_counts, 0) - col_counts
         return SparseRows(n, d, _Bags(cols, row_off, None if binary else vals),
-                          _Bags(rows[order], col_off, None if binary else vals[order]))
+                          _Bags(rows[order], col_off, None if binary or vals is None else vals[order]))
 
     def transposed(self) -> SparseRows:
         return SparseRows(self.n_cols, self.n_rows, self.by_col, self.by_row)

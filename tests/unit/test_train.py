@@ -4,6 +4,7 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from assayfew.checkpoint import load_model
@@ -101,3 +102,44 @@ def test_ensemble_directory_averages_its_members(tmp_path):
     (ens / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="differs from the ensemble"):
         load_model(ens)
+
+
+@pytest.mark.parametrize("mode,with_split", [("center", True), ("standardize", False)])
+def test_episode_batch_equals_padded_scaled_tasks(mode, with_split):
+    """The fast batch path (rows gathered from the table, sparse form from stored bits) gives exactly the
+    padded batch of the materialised, label-scaled Tasks, including its sparse input form."""
+    from assayfew.meta import pad_tasks
+    from assayfew.scaling import fit_scaling
+    from assayfew.tasks import EpisodeSampler
+    from assayfew.train import episode_batch
+
+    taskset = make_synthetic_taskset(n_assays=10, bits=64, seed=3, with_split=with_split)
+    fast = EpisodeSampler(taskset, support_range=(4, 20), query_range=(4, 20), max_support=20, seed=5)
+    slow = EpisodeSampler(taskset, support_range=(4, 20), query_range=(4, 20), max_support=20, seed=5)
+    for _ in range(5):
+        batch = episode_batch(taskset, fast.sample_rows(4), mode, 0.5)
+        items = []
+        for t in slow.sample(4):
+            s = fit_scaling(t.support_y, mode, 0.5)
+            items.append((t.support_x, s.forward(t.support_y), t.query_x, s.forward(t.query_y)))
+        ref = pad_tasks(items)
+        for name in ("xs", "ys", "ms", "xq", "yq", "mq"):
+            assert torch.equal(getattr(batch, name), getattr(ref, name)), name
+        for which in "sq":
+            got, want = batch.sparse_rows(which), ref.sparse_rows(which)
+            for form in ("by_row", "by_col"):
+                assert torch.equal(getattr(got, form).indices, getattr(want, form).indices)
+                assert torch.equal(getattr(got, form).offsets, getattr(want, form).offsets)
+            assert batch.input_nnz(which) == ref.input_nnz(which)
+
+
+def test_set_sparse_rows_rejects_wrong_shape():
+    from assayfew.meta.batch import TaskBatch
+    from assayfew.meta.sparse import SparseRows
+
+    batch = TaskBatch(torch.zeros(2, 3, 8), torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 2, 8),
+                      torch.zeros(2, 2), torch.ones(2, 2))
+    with pytest.raises(ValueError, match="does not match"):
+        batch.set_sparse_rows("s", SparseRows.from_dense(torch.zeros(5, 8)))
+    with pytest.raises(ValueError, match="sorted by row"):
+        SparseRows.from_coordinates(torch.tensor([1, 0]), torch.tensor([0, 0]), 2, 8)
