@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from assayfew.meta.batch import TaskBatch
 from assayfew.meta.mixing import Mixer, _gather_rows, _mix
-from assayfew.meta.model import MLP, FunctionalModel, Stats, linear
+from assayfew.meta.headloop import head_inner_loop
+from assayfew.meta.model import MLP, FunctionalModel, Stats, linear, masked_moments
 
 __all__ = ["AdaptedParams", "MetaLearner", "MAML", "ANIL", "ANILPlusPlus", "MetaSGD", "TNet", "LEARNERS",
            "build_learner"]
@@ -103,6 +104,31 @@ class _Body:
         n_s = si.numel()
         self._cs[f"lin{last}"] = z.new_zeros(t * ns, z.shape[-1]).index_copy(0, si, z[:n_s]).view(t, ns, -1)
         self._cq[f"lin{last}"] = z.new_zeros(t * nq, z.shape[-1]).index_copy(0, qi, z[n_s:]).view(t, nq, -1)
+
+    def last_preact(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(MLP) the support pre-activation of the last hidden block and its support mean and variance,
+        from the step-independent prefix (valid when only that block has per-step parameters)."""
+        if not self._primed:
+            self._prime()
+        assert isinstance(self.model, MLP)
+        last = self.model.n_layers - 1
+        key, mkey = f"lin{last}", f"mom{last}"
+        if key not in self._cs:
+            hs = self.model.trace(self.params, self.xs, 0, mask=self.ms, stop=last - 1, cache=self._cs)[0]
+            self._cs[key] = self.model.pre_activation(self.params, hs[-1], last)
+        if mkey not in self._cs:
+            self._cs[mkey] = masked_moments(self._cs[key], self.ms)
+        return self._cs[key], *self._cs[mkey]
+
+    def set_support_features(self, b: int, h: Tensor) -> None:
+        """(MLP) use `h` as the support output of the last hidden block under batch-norm set b (computed
+        elsewhere from `last_preact`, e.g. by the fused head loop)."""
+        if b in self._s:
+            return
+        last = self.model.n_layers - 1
+        _, mean, var = self.last_preact()
+        hs, stats = self.model.trace(self.params, self.xs, b, mask=self.ms, stop=last - 1, cache=self._cs)
+        self._s[b] = ([*hs, h], {**stats, last: (mean, var)})
 
     def support(self, b: int) -> tuple[list[Tensor], Stats]:
         if not self._primed:
@@ -233,6 +259,9 @@ class MetaLearner(nn.Module):
         # plain linear single-output head with masked MSE: inner gradients in closed form (no autograd.grad)
         self._closed_head = (type(model) is MLP and not model.transforms and model.out_dim == 1
                              and set(self.adapt_names) == {"head_weight", "head_bias"})
+        # ... and when only the last hidden block has per-step batch norm, all steps run as one fused node
+        self._fused_head = (self._closed_head and len(model.hidden) >= 1 and lr_mode in ("fixed", "per_step")
+                            and (not per_step_bn or model.per_step_blocks == "last"))
         self.inner_steps = int(inner_steps)
         self.inner_lr = float(inner_lr)
         self.lr_mode = lr_mode
@@ -289,6 +318,8 @@ class MetaLearner(nn.Module):
         """Batched inner loop; returns the adapted parameters (adapted ones with a leading T) and the
         mean support loss before adaptation."""
         t = xs.shape[0]
+        if body is not None and self._fused_head and steps > 0:
+            return self._fused_inner(meta, body, ys, ms, steps, create_graph=create_graph, on_step=on_step)
         fast = {n: meta[n].unsqueeze(0).expand(t, *meta[n].shape) for n in self.adapt_names}
         if leaf_each_step:
             fast = {n: v.detach().clone().requires_grad_(True) for n, v in fast.items()}
@@ -312,6 +343,40 @@ class MetaLearner(nn.Module):
             if on_step is not None:
                 on_step(s, {**meta, **fast}, b)
         return {**meta, **fast}, loss0
+
+    def _fused_inner(self, meta: dict[str, Tensor], body: _Body, ys: Tensor, ms: Tensor, steps: int, *,
+                     create_graph: bool, on_step: Callable[[int, dict[str, Tensor], int], None] | None,
+                     ) -> tuple[dict[str, Tensor], Tensor]:
+        """`_inner` for a closed-form head on an MLP whose last hidden block alone has per-step batch norm:
+        one fused autograd node for all steps (see `assayfew.meta.headloop`)."""
+        model = self.model
+        assert isinstance(model, MLP)
+        last = model.n_layers - 1
+        z, mean, var = body.last_preact()
+        bn_w, bn_b = meta[f"block{last}_bn_weight"], meta[f"block{last}_bn_bias"]
+        bn_rows = torch.tensor([min(self.bn_step(s), bn_w.shape[0] - 1) for s in range(steps)], dtype=torch.long,
+                               device=z.device)
+        rates = []
+        for name in ("head_weight", "head_bias"):
+            if self.lr_mode == "per_step":
+                lr = self.lrs[name]
+                idx = torch.tensor([min(s, lr.shape[0] - 1) for s in range(steps)], dtype=torch.long, device=z.device)
+                rates.append(lr.index_select(0, idx))
+            else:
+                rates.append(z.new_full((steps,), self.inner_lr))
+        t = z.shape[0]
+        w0 = meta["head_weight"].unsqueeze(0).expand(t, *meta["head_weight"].shape)
+        b0 = meta["head_bias"].unsqueeze(0).expand(t, *meta["head_bias"].shape)
+        ws, bs, hs, loss0 = head_inner_loop(z, mean, var, bn_w.index_select(0, bn_rows),
+                                            bn_b.index_select(0, bn_rows), w0, b0, rates[0], rates[1], ys, ms,
+                                            eps=model.bn_eps, slope=model.negative_slope, second_order=create_graph)
+        params = meta
+        for s in range(steps):
+            body.set_support_features(self.bn_step(s), hs[s])
+            params = {**meta, "head_weight": ws[s], "head_bias": bs[s]}
+            if on_step is not None:
+                on_step(s, params, self.bn_step(s))
+        return params, loss0.mean()
 
     # ---- public API ---------------------------------------------------------------------------
     def meta_loss(self, batch: TaskBatch, mixer: Mixer, *, generator: torch.Generator, epoch: int | None = None,

@@ -41,6 +41,8 @@ def _learner(name: str, model_opts: dict | None = None, **kw):
         ("anil++", "metamix", 3, {"msl_epochs": 10}),
         ("anil++", "metamix", 12, {"msl_epochs": 10}),
         ("anil++", "metamix", 12, {"model_opts": {"per_step_blocks": "last"}}),
+        ("anil++", "metamix", 3, {"msl_epochs": 10, "model_opts": {"per_step_blocks": "last"}}),
+        ("anil++", "cob", 3, {"msl_epochs": 10, "model_opts": {"per_step_blocks": "last", "hidden": (16,)}}),
         ("anil++", "mixup_qq", 1, {"model_opts": {"sparse_input": False}}),
         ("anil", "metamix", 0, {"model_opts": {"hidden": (16, 12, 8)}}),
         ("maml", "metamix", 0, {}),
@@ -118,6 +120,31 @@ def test_first_order_epochs_cut_second_order_terms():
                                             second_order=False))
     assert all(torch.allclose(first[n], fo_ref[n], atol=1e-8) for n in first)
     assert not all(torch.allclose(first[n], second[n], atol=1e-8) for n in first)
+
+
+@pytest.mark.parametrize("model_opts", [{"per_step_blocks": "last"}, {"per_step_blocks": "all"}])
+def test_fused_head_loop_matches_reference_first_and_second_order(model_opts):
+    """ANIL++ with per-step batch norm in the last block only runs its inner loop as one fused node
+    (hand-written backward); with it on all blocks the general path runs. Both equal the per-task loop,
+    first order (epoch < first_order_epochs) and second order."""
+    lrn = _learner("anil++", model_opts, first_order_epochs=2, msl_epochs=4)
+    assert lrn._fused_head == (model_opts["per_step_blocks"] == "last")
+    with torch.no_grad():
+        for p in lrn.params.values():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(7), dtype=p.dtype))
+        for p in lrn.lrs.values():
+            p.mul_(torch.linspace(0.5, 1.5, p.numel(), dtype=p.dtype).reshape(p.shape))
+    batch = random_batch(dim=DIM).to(dtype=torch.float64)
+    mix = build_mixer("metamix", layers=(1, 2))
+    g = torch.Generator
+    for epoch, second_order in ((0, False), (1, False), (3, True)):
+        loss, _ = lrn.meta_loss(batch, mix, generator=g().manual_seed(epoch), epoch=epoch)
+        ref = reference_meta_loss(lrn, batch, mix, generator=g().manual_seed(epoch), epoch=epoch,
+                                  second_order=second_order)
+        assert torch.allclose(loss, ref, rtol=1e-9, atol=1e-9)
+        got, want = grads(lrn, loss), grads(lrn, ref)
+        for name in want:
+            assert torch.allclose(got[name], want[name], atol=1e-6, rtol=1e-6), (epoch, name)
 
 
 def test_msl_weights_anneal():
