@@ -3,8 +3,8 @@
 8 tasks, ~40 support / ~30 query rows, 1024-bit random binary fingerprints (bit probability 0.05, about
 Morgan density), MLP 1024-500-500-1, 5 inner steps, second order, forward + backward + Adam step.
 The two are timed alternately (same machine load); medians over --iters rounds after warm-up.
-On a shared machine run with OMP_WAIT_POLICY=PASSIVE (or --threads 1): with the default spin-waiting
-OpenMP policy, 2 threads on 2 busy cores can be 10-40x slower for small ops.
+Run it on a quiet machine: with the default (briefly spinning) OpenMP policy, other busy processes on the
+2 cores slow it down several times; OMP_WAIT_POLICY=PASSIVE is steadier there but ~70% slower when quiet.
 Prints one JSON line at the end: {"ms_per_iter", "loop_ms_per_iter", "ratio", ...}.
 
     python benchmarks/meta_step.py [--threads 2] [--iters 30] [--epoch 20] [--no-per-step-bn]

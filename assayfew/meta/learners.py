@@ -80,6 +80,7 @@ class _Body:
             self._cq["input_nnz"] = lambda: batch.input_nnz("q")
         self._s: dict[int, tuple[list[Tensor], Stats]] = {}
         self._q: dict[int, list[Tensor]] = {}
+        self.mixed: dict = {}  # step-independent mixes of memoised linear outputs (see _View.run_mixed)
         self.mq = None if batch is None else batch.mq
         self._primed = False
 
@@ -218,9 +219,16 @@ class _View:
         zb = self._linear_out(b, pos) if za is not None else None
         if za is None or zb is None:
             return self.run_from(_mix(_gather_rows(self.hidden(a, pos), idx), self.hidden(b, pos), lam), pos)
-        z = _mix(_gather_rows(za, idx), zb, lam)
-        if pos == self.model.n_layers - 1:
-            return z
+        if pos == self.model.n_layers - 1:  # mixing predictions: step-specific
+            return _mix(_gather_rows(za, idx), zb, lam)
+        # the memoised linear outputs are step-independent, so their mix is too (one plan per meta-batch)
+        key = (a, b, pos)
+        hit = None if self.body is None else self.body.mixed.get(key)
+        if hit is None or hit[0] is not idx or hit[1] is not lam:
+            hit = (idx, lam, _mix(_gather_rows(za, idx), zb, lam))
+            if self.body is not None:
+                self.body.mixed[key] = hit
+        z = hit[2]
         assert isinstance(self.model, MLP)
         h = self.model.normalize(self.params, z, pos + 1, self.b, self.stats)
         return self.model.trace(self.params, h, self.b, stats=self.stats, start=pos + 1)[0][-1]
