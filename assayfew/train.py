@@ -237,7 +237,7 @@ def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(learner.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(learner.parameters(), cfg.grad_clip, foreach=True)
             opt.step()
             losses.append(float(loss.detach()))
             reporter.iteration(epoch, losses[-1])

@@ -40,8 +40,16 @@ class TaskBatch:
         return hit[1]
 
     def sparse_rows(self, which: str) -> SparseRows:
-        """Support ("s") or query ("q") inputs flattened to (T*N, D) in sparse form, converted once per
-        batch (memoised; recomputed if the input tensor was replaced or modified in place)."""
+        """Support ("s") or query ("q") inputs flattened to (T*N, D) in sparse form, or both stacked
+        ("sq": support rows, then query rows), converted once per batch (memoised; recomputed if an input
+        tensor was replaced or modified in place)."""
+        if which == "sq":
+            key = (id(self.xs), self.xs._version, id(self.xq), self.xq._version)
+            hit = self._rows.get("sq")
+            if hit is None or hit[0] != key:
+                hit = (key, SparseRows.vstack(self.sparse_rows("s"), self.sparse_rows("q")), (self.xs, self.xq))
+                self._rows["sq"] = hit
+            return hit[1]
         x = self.xs if which == "s" else self.xq
         key = (id(x), x._version)
         hit = self._rows.get(which)

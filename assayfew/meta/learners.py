@@ -82,6 +82,7 @@ class _Body:
         self._q: dict[int, list[Tensor]] = {}
         self.mixed: dict = {}  # step-independent mixes of memoised linear outputs (see _View.run_mixed)
         self.mq = None if batch is None else batch.mq
+        self.batch = batch
         self._primed = False
 
     def _prime(self) -> None:
@@ -94,6 +95,11 @@ class _Body:
                 or m.n_layers < 3):
             return
         last = m.n_layers - 1
+        if (self.batch is not None and self.params["block1_weight"].dim() == 2
+                and m.uses_sparse_input(self.xs, self._cs["input_nnz"])
+                and m.uses_sparse_input(self.xq, self._cq["input_nnz"])):  # block 1 of both in one product
+            self._cs["lin1"], self._cq["lin1"] = m.joint_first_linear(self.params, [self.xs, self.xq],
+                                                                      self.batch.sparse_rows("sq"))
         hs, stats = m.trace(self.params, self.xs, 0, mask=self.ms, stop=last - 1, cache=self._cs)
         hq = m.trace(self.params, self.xq, 0, stats=stats, stop=last - 1, cache=self._cq)[0][-1]
         (t, ns, width), nq = hs[-1].shape, hq.shape[1]

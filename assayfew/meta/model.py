@@ -180,17 +180,36 @@ class MLP:
         """Rows of per-step batch-norm parameters of block k (1 = shared by all steps)."""
         return self.n_bn_sets if self.per_step_blocks == "all" or k == len(self.hidden) else 1
 
+    def uses_sparse_input(self, h: Tensor, nnz: Callable[[], int] | None = None) -> bool:
+        """Whether block 1 runs as a sparse product on the (T, N, D) input h (`nnz`: its memoised
+        non-zero count)."""
+        if h.requires_grad or h.dim() != 3:
+            return False
+        if self.sparse_input is not None:
+            return self.sparse_input
+        return (h.device.type == "cpu" and h.numel() > 0
+                and (int(torch.count_nonzero(h)) if nnz is None else nnz()) <= 0.25 * h.numel())
+
+    def joint_first_linear(self, params: dict[str, Tensor], inputs: Sequence[Tensor],
+                           rows: SparseRows) -> list[Tensor]:
+        """Block-1 linear map (and transform) of several (T, N_i, D) inputs in one sparse product with shared
+        weights; `rows` = the inputs flattened and stacked in order (`SparseRows.vstack`)."""
+        w, b = params["block1_weight"], params["block1_bias"]
+        sizes = [x.shape[0] * x.shape[1] for x in inputs]
+        if w.dim() != 2 or rows.n_rows != sum(sizes) or rows.n_cols != w.shape[0]:
+            raise ValueError("joint_first_linear: needs shared block-1 weights and the stacked rows of the inputs")
+        z = spmm(rows, w) + b
+        if self.transforms:
+            z = torch.matmul(z, params["block1_transform"])
+        return [part.view(*x.shape[:-1], -1) for part, x in zip(z.split(sizes), inputs)]
+
     def _first_linear(self, h: Tensor, w: Tensor, b: Tensor, rows: Callable[[], SparseRows] | None = None,
                       nnz: Callable[[], int] | None = None) -> Tensor:
         """Block-1 linear map; sparse (embedding-bag) product on CPU for sparse constant inputs
         (fingerprints). Per-task weights (T, in, out) use the block-diagonal form of the batch.
         `rows` / `nnz`: give h flattened to (T*N, D) as `SparseRows` / h's non-zero count, when the caller
         has them memoised."""
-        use_sparse = self.sparse_input
-        if use_sparse is None:
-            use_sparse = (h.device.type == "cpu" and h.numel() > 0
-                          and (int(torch.count_nonzero(h)) if nnz is None else nnz()) <= 0.25 * h.numel())
-        if not use_sparse or h.requires_grad or h.dim() != 3 or w.dim() not in (2, 3):
+        if not self.uses_sparse_input(h, nnz) or w.dim() not in (2, 3):
             return linear(h, w, b)
         bias = b.unsqueeze(-2) if b.dim() == 2 else b
         if w.dim() == 2:

@@ -69,6 +69,42 @@ class SparseRows:
         return SparseRows(n, d, _Bags(cols, row_off, None if binary else vals),
                           _Bags(rows[order], col_off, None if binary or vals is None else vals[order]))
 
+    @staticmethod
+    def vstack(top: SparseRows, bottom: SparseRows) -> SparseRows:
+        """The rows of `top` followed by those of `bottom` (same columns), merged without sorting."""
+        if top.n_cols != bottom.n_cols:
+            raise ValueError(f"SparseRows.vstack: {top.n_cols} and {bottom.n_cols} columns")
+        nnz_top = top.by_row.indices.numel()
+
+        def weights(a: _Bags, b: _Bags) -> Tensor | None:
+            if a.weights is None and b.weights is None:
+                return None
+            wa = a.weights if a.weights is not None else torch.ones(a.indices.numel())
+            wb = b.weights if b.weights is not None else torch.ones(b.indices.numel())
+            return torch.cat([wa, wb.to(wa.dtype)])
+
+        by_row = _Bags(torch.cat([top.by_row.indices, bottom.by_row.indices]),
+                       torch.cat([top.by_row.offsets, bottom.by_row.offsets + nnz_top]),
+                       weights(top.by_row, bottom.by_row))
+        # column-major: column c holds top's rows of c, then bottom's (shifted by top.n_rows)
+        a_off, b_off = top.by_col.offsets, bottom.by_col.offsets
+        a_end = torch.cat([a_off[1:], a_off.new_tensor([nnz_top])])
+        a_cnt = a_end - a_off
+        b_cnt = torch.cat([b_off[1:], b_off.new_tensor([bottom.by_col.indices.numel()])]) - b_off
+        a_pos = torch.arange(nnz_top, device=a_off.device) + b_off.repeat_interleave(a_cnt)
+        b_pos = (torch.arange(bottom.by_col.indices.numel(), device=a_off.device)
+                 + a_end.repeat_interleave(b_cnt))
+        total = nnz_top + bottom.by_col.indices.numel()
+        indices = a_off.new_empty(total)
+        indices[a_pos] = top.by_col.indices
+        indices[b_pos] = bottom.by_col.indices + top.n_rows
+        col_w = weights(top.by_col, bottom.by_col)
+        if col_w is not None:
+            merged = col_w.new_empty(total)
+            merged[a_pos], merged[b_pos] = col_w[:nnz_top], col_w[nnz_top:]
+            col_w = merged
+        return SparseRows(top.n_rows + bottom.n_rows, top.n_cols, by_row, _Bags(indices, a_off + b_off, col_w))
+
     def transposed(self) -> SparseRows:
         return SparseRows(self.n_cols, self.n_rows, self.by_col, self.by_row)
 

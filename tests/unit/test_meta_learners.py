@@ -42,6 +42,7 @@ def _learner(name: str, model_opts: dict | None = None, **kw):
         ("anil++", "metamix", 12, {"msl_epochs": 10}),
         ("anil++", "metamix", 12, {"model_opts": {"per_step_blocks": "last"}}),
         ("anil++", "metamix", 3, {"msl_epochs": 10, "model_opts": {"per_step_blocks": "last"}}),
+        ("anil++", "metamix", 3, {"msl_epochs": 10, "model_opts": {"per_step_blocks": "last", "sparse_input": True}}),
         ("anil++", "cob", 3, {"msl_epochs": 10, "model_opts": {"per_step_blocks": "last", "hidden": (16,)}}),
         ("anil++", "mixup_qq", 1, {"model_opts": {"sparse_input": False}}),
         ("anil", "metamix", 0, {"model_opts": {"hidden": (16, 12, 8)}}),

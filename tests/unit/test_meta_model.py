@@ -95,3 +95,40 @@ def test_bfloat16_hidden_products_are_close_to_float32_and_used():
     assert torch.equal(out16[1], out32[1])  # block 1 (sparse input product) stays float32
     with pytest.raises(ValueError, match="matmul_precision"):
         MLP(64, (8,), matmul_precision="float16")
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_vstack_equals_sparse_form_of_the_stacked_rows(binary):
+    g = torch.Generator().manual_seed(4)
+    top, bottom = (torch.rand(7, 20, generator=g) < 0.3).double(), (torch.rand(5, 20, generator=g) < 0.3).double()
+    bottom[1] = 0.0  # an empty row
+    if not binary:
+        top[0, top[0].nonzero()[0, 0]] = 3.0
+    got = SparseRows.vstack(SparseRows.from_dense(top), SparseRows.from_dense(bottom))
+    want = SparseRows.from_dense(torch.cat([top, bottom]))
+    assert (got.n_rows, got.n_cols) == (want.n_rows, want.n_cols)
+    for form in ("by_row", "by_col"):
+        a, b = getattr(got, form), getattr(want, form)
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.offsets, b.offsets)
+        assert (a.weights is None) == binary
+        if not binary:
+            assert torch.equal(a.weights.double(), b.weights.double())
+    w = torch.randn(20, 3, dtype=torch.float64, generator=g)
+    assert torch.allclose(spmm(got, w), torch.cat([top, bottom]) @ w)
+    with pytest.raises(ValueError, match="columns"):
+        SparseRows.vstack(SparseRows.from_dense(top), SparseRows.from_dense(torch.zeros(2, 5)))
+
+
+def test_joint_first_linear_equals_separate_products():
+    from assayfew.meta import pad_tasks
+    from assayfew.meta.synthetic import random_fingerprint_tasks
+
+    batch = pad_tasks(random_fingerprint_tasks([(5, 4), (3, 6)], 64, seed=2, density=0.1))
+    model = MLP(64, (16, 8), transforms=True)
+    params = model.init_params(torch.Generator().manual_seed(0))
+    params["block1_transform"] = params["block1_transform"] + 0.1
+    assert model.uses_sparse_input(batch.xs) and model.uses_sparse_input(batch.xq)
+    zs, zq = model.joint_first_linear(params, [batch.xs, batch.xq], batch.sparse_rows("sq"))
+    for z, x in ((zs, batch.xs), (zq, batch.xq)):
+        assert torch.allclose(z, (x @ params["block1_weight"] + params["block1_bias"]) @ params["block1_transform"],
+                              atol=1e-6)

@@ -73,8 +73,8 @@ def test_training_improves_validation_r2_over_the_untrained_model(tmp_path):
     tr, va = _data()
     cfg = TrainConfig(**TINY_CONFIG | {"epochs": 3, "iters": 25})
     result = train(cfg, tr, va, tmp_path)
-    untrained = train(TrainConfig(**TINY_CONFIG | {"epochs": 1, "iters": 1, "outer_lr": 0.0}), tr, va,
-                      tmp_path / "untrained")
+    train(TrainConfig(**TINY_CONFIG | {"epochs": 1, "iters": 1, "outer_lr": 0.0}), tr, va,
+          tmp_path / "untrained")
     episodes = evaluation_episodes(va, seed=0)
     trained_r2 = evaluate_episodes(episodes, load_model(tmp_path / "model").adapt_predict).summary["mean"]
     base_r2 = evaluate_episodes(episodes, load_model(tmp_path / "untrained" / "model").adapt_predict).summary["mean"]
