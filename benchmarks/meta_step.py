@@ -2,7 +2,9 @@
 
 8 tasks, ~40 support / ~30 query rows, 1024-bit random binary fingerprints (bit probability 0.05, about
 Morgan density), MLP 1024-500-500-1, 5 inner steps, second order, forward + backward + Adam step.
-The two are timed alternately (same machine load); medians over --iters rounds after warm-up.
+The two alternate in blocks of --block back-to-back iterations (same machine load; training runs iterations
+back to back, so single-iteration alternation would time cache refills the loop causes); medians over
+--iters timed iterations each, after warm-up.
 Run it on a quiet machine: with the default (briefly spinning) OpenMP policy, other busy processes on the
 2 cores slow it down several times; OMP_WAIT_POLICY=PASSIVE is steadier there but ~70% slower when quiet.
 Prints one JSON line at the end: {"ms_per_iter", "loop_ms_per_iter", "ratio", ...}.
@@ -36,15 +38,18 @@ def _clock(step, device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def _time_interleaved(steps: dict, iters: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
-    """Alternate the variants round by round so both see the same (shared-machine) load."""
+def _time_interleaved(steps: dict, iters: int, warmup: int, device: torch.device,
+                      block: int = 5) -> dict[str, list[float]]:
+    """Alternate the variants in blocks of `block` back-to-back iterations (as training runs them), so both
+    see the same machine load; every iteration is timed."""
     for _ in range(warmup):
         for step in steps.values():
             step()
     times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(iters):
+    while min(len(t) for t in times.values()) < iters:
         for k, step in steps.items():
-            times[k].append(_clock(step, device))
+            for _ in range(min(block, iters - len(times[k]))):
+                times[k].append(_clock(step, device))
     return times
 
 
@@ -53,6 +58,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--block", type=int, default=5, help="back-to-back iterations per variant before switching")
     ap.add_argument("--epoch", type=int, default=20, help=">= msl_epochs: final-step loss only; 0: all steps")
     ap.add_argument("--no-per-step-bn", action="store_true", help="ANIL++ without per-step batch norm")
     ap.add_argument("--per-step-blocks", choices=("all", "last"), default="last",
@@ -93,13 +99,14 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    times = _time_interleaved({"batched": batched_step, "loop": loop_step}, args.iters, args.warmup, device)
+    times = _time_interleaved({"batched": batched_step, "loop": loop_step}, args.iters, args.warmup, device,
+                              max(1, args.block))
     ms, loop_ms = statistics.median(times["batched"]), statistics.median(times["loop"])
     print(json.dumps({"ms_per_iter": round(ms, 2), "loop_ms_per_iter": round(loop_ms, 2),
                       "ratio": round(loop_ms / ms, 2), "min_ms": round(min(times["batched"]), 2),
                       "loop_min_ms": round(min(times["loop"]), 2), "learner": args.learner, "epoch": args.epoch,
                       "per_step_bn": "none" if args.no_per_step_bn else args.per_step_blocks,
-                      "sparse_first_layer": not args.dense, "threads": args.threads,
+                      "sparse_first_layer": not args.dense, "threads": args.threads, "block": args.block,
                       "matmul_precision": args.matmul_precision,
                       "device": str(device), "sizes": sizes}))
 
