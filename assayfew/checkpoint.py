@@ -32,8 +32,7 @@ def build_learner_from_config(config: dict[str, Any]) -> torch.nn.Module:
     algo = config["algorithm"]
     model = MLP(in_dim=int(arch["in_dim"]), hidden=tuple(arch["hidden"]), n_steps=int(algo["inner_steps"]),
                 negative_slope=float(arch.get("negative_slope", 0.01)),
-                per_step_blocks=str(arch.get("per_step_blocks", "all")),
-                matmul_precision=str(arch.get("matmul_precision", "float32")))
+                per_step_blocks=str(arch.get("per_step_blocks", "all")))
     return build_learner(algo["name"], model, inner_steps=int(algo["inner_steps"]),
                          inner_lr=float(algo["inner_lr"]), **algo.get("options", {}))
 

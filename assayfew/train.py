@@ -48,7 +48,6 @@ class TrainConfig:
     grad_clip: float = 10.0
     hidden: tuple[int, ...] = (500, 500)
     per_step_blocks: str = "last"
-    matmul_precision: str = "float32"  # "bfloat16": hidden-to-hidden products in bfloat16 (faster on CPU)
     label_scaling: str = "center"
     min_std: float = 0.5
     support_min: int = 16
@@ -93,7 +92,7 @@ def model_config(cfg: TrainConfig, spec: FingerprintSpec, train_set: TaskSet, ex
     return {
         "format": "assayfew-model/1",
         "architecture": {"type": "mlp", "in_dim": spec.bits, "hidden": list(cfg.hidden), "negative_slope": 0.01,
-                         "per_step_blocks": cfg.per_step_blocks, "matmul_precision": cfg.matmul_precision},
+                         "per_step_blocks": cfg.per_step_blocks},
         "fingerprint": spec.to_dict(),
         "label_scaling": {"mode": cfg.label_scaling, "min_std": cfg.min_std},
         "algorithm": {"name": cfg.algo, "inner_steps": cfg.inner_steps, "inner_lr": cfg.inner_lr,

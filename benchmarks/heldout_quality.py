@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,11 @@ import numpy as np
 from assayfew.baselines import ridge_predict
 from assayfew.checkpoint import load_model
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
-from assayfew.experiment import load_taskset, split_taskset
-from assayfew.paths import assays_dir, shared_data_dir
+from assayfew.experiment import split_taskset
+from assayfew.paths import assays_dir
 from assayfew.splits import Split
+
+from _shared import shared_taskset  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 VARIANTS = {
     "meta-only": {"head": "gd", "fp_ridge_weight": 0.0},
@@ -29,7 +30,6 @@ VARIANTS = {
     "ridgehead": {"head": "ridge", "fp_ridge_weight": 0.0},
     "ridgehead+fp0.5": {"head": "ridge", "fp_ridge_weight": 0.5},
 }
-CORPORA = ("simpd_chembl32_ki", "chembl28_ycu", "kiba/kiba_long.csv.gz")
 
 
 def main() -> None:
@@ -43,16 +43,7 @@ def main() -> None:
     ap.add_argument("--cache", default="cache/shared_tasks", help="task cache dir (built when missing)")
     args = ap.parse_args()
 
-    data_dir = shared_data_dir()
-    if not data_dir.exists():
-        sys.exit(f"shared data not found at {data_dir}")
-    cache = Path(args.cache)
-    if (cache / "index.json").exists():
-        taskset = load_taskset([cache])
-    else:
-        taskset = load_taskset([data_dir / c for c in CORPORA])
-        taskset.save(cache)
-    sides = split_taskset(taskset, Split.load(args.split))
+    sides = split_taskset(shared_taskset(Path(args.cache)), Split.load(args.split))
     held = getattr(sides, args.side)
     models = {Path(m).parent.name if Path(m).name == "model" else Path(m).name: load_model(Path(m))
               for m in args.model}

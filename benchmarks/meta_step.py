@@ -11,7 +11,6 @@ Prints one JSON line at the end: {"ms_per_iter", "loop_ms_per_iter", "ratio", ..
 
     python benchmarks/meta_step.py [--threads 2] [--iters 30] [--epoch 20] [--no-per-step-bn]
         [--per-step-blocks all|last] [--dense] [--learner anil++] [--device cpu]
-        [--matmul-precision float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -65,8 +64,6 @@ def main() -> None:
                     help="hidden blocks with per-step batch-norm parameters")
     ap.add_argument("--dense", action="store_true", help="dense first layer (no sparse product)")
     ap.add_argument("--learner", default="anil++")
-    ap.add_argument("--matmul-precision", choices=("float32", "bfloat16"), default="float32",
-                    help="hidden-to-hidden products (see assayfew.meta.MLP)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -80,8 +77,7 @@ def main() -> None:
     batch = pad_tasks(random_fingerprint_tasks(sizes, 1024, seed=args.seed, density=0.05)).to(device)
     opts = {"per_step_bn": False} if args.no_per_step_bn and args.learner == "anil++" else {}
     learner = build_learner(args.learner, MLP(1024, (500, 500), n_steps=5, per_step_blocks=args.per_step_blocks,
-                                                sparse_input=False if args.dense else None,
-                                                matmul_precision=args.matmul_precision), inner_steps=5, inner_lr=0.01,
+                                                sparse_input=False if args.dense else None), inner_steps=5, inner_lr=0.01,
                             seed=args.seed, **opts).to(device)
     mixer = build_mixer("metamix", alpha=0.5, beta=0.5, layers=(1, 2))
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3, fused=device.type in ("cpu", "cuda"))
@@ -107,7 +103,6 @@ def main() -> None:
                       "loop_min_ms": round(min(times["loop"]), 2), "learner": args.learner, "epoch": args.epoch,
                       "per_step_bn": "none" if args.no_per_step_bn else args.per_step_blocks,
                       "sparse_first_layer": not args.dense, "threads": args.threads, "block": args.block,
-                      "matmul_precision": args.matmul_precision,
                       "device": str(device), "sizes": sizes}))
 
 

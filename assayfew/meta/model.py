@@ -26,9 +26,7 @@ from torch import Tensor
 
 from assayfew.meta.sparse import SparseRows, spmm
 
-__all__ = ["Stats", "FunctionalModel", "MLP", "MATMUL_PRECISIONS", "masked_mse", "masked_moments", "linear"]
-
-MATMUL_PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
+__all__ = ["Stats", "FunctionalModel", "MLP", "masked_mse", "masked_moments", "linear"]
 
 Stats = dict[int, tuple[Tensor, Tensor]]  # block index -> (mean, var), each broadcastable to (T, 1, H)
 
@@ -75,13 +73,10 @@ def masked_moments(z: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     return mean, var
 
 
-def linear(h: Tensor, w: Tensor, b: Tensor | None, compute_dtype: torch.dtype | None = None) -> Tensor:
-    """h (T, N, in) @ w, w (in, out) shared or (T, in, out) per task; plus b (out,) or (T, out).
-    `compute_dtype` (e.g. torch.bfloat16): run the product in that dtype, result and bias in h's dtype."""
+def linear(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """h (T, N, in) @ w, w (in, out) shared or (T, in, out) per task; plus b (out,) or (T, out)."""
     if w.dim() == 3 and w.shape[-1] == 1:  # per-task single-output head: mul-sum beats a batched matvec
         out = (h * w.transpose(-1, -2)).sum(-1, keepdim=True)
-    elif compute_dtype is not None and compute_dtype != h.dtype:
-        out = torch.matmul(h.to(compute_dtype), w.to(compute_dtype)).to(h.dtype)
     else:
         out = torch.matmul(h, w)
     if b is not None:
@@ -104,20 +99,16 @@ class MLP:
     parameters ("all", as MAML++, or only the "last" hidden block: then the body before it is
     step-independent and computed once per task by ANIL-type learners). `sparse_input`: use a sparse
     product for block 1 (None = automatically on CPU when <= 25% of the inputs are non-zero).
-    `matmul_precision`: "float32", or "bfloat16" to run the hidden-to-hidden products (blocks 2..) in
-    bfloat16 with float32 results (about 2-3x faster on CPUs with AVX512-BF16; everything else float32).
     """
 
     def __init__(self, in_dim: int = 1024, hidden: Sequence[int] = (500, 500), n_steps: int = 5,
                  negative_slope: float = 0.01, *, out_dim: int = 1, transforms: bool = False,
                  bn_eps: float = 1e-5, out_bias: float = 0.0, per_step_blocks: str = "all",
-                 sparse_input: bool | None = None, matmul_precision: str = "float32") -> None:
+                 sparse_input: bool | None = None) -> None:
         if in_dim < 1 or out_dim < 1 or any(h < 1 for h in hidden) or n_steps < 1:
             raise ValueError("MLP: dimensions and n_steps must be positive")
         if per_step_blocks not in ("all", "last"):
             raise ValueError("MLP: per_step_blocks must be 'all' or 'last'")
-        if matmul_precision not in MATMUL_PRECISIONS:
-            raise ValueError(f"MLP: matmul_precision must be one of {sorted(MATMUL_PRECISIONS)}")
         self.in_dim = int(in_dim)
         self.hidden = tuple(int(h) for h in hidden)
         self.n_steps = int(n_steps)
@@ -128,8 +119,6 @@ class MLP:
         self.out_bias = float(out_bias)
         self.per_step_blocks = per_step_blocks
         self.sparse_input = sparse_input
-        self.matmul_precision = matmul_precision
-        self._hidden_dtype = MATMUL_PRECISIONS[matmul_precision]
         self.n_layers = len(self.hidden) + 1
         self.n_mix_layers = self.n_layers  # mixable positions 0 .. n_layers - 1
         self.n_bn_sets = self.n_steps
@@ -143,8 +132,7 @@ class MLP:
         return {"in_dim": self.in_dim, "hidden": list(self.hidden), "n_steps": self.n_steps,
                 "negative_slope": self.negative_slope, "out_dim": self.out_dim,
                 "transforms": self.transforms, "bn_eps": self.bn_eps, "out_bias": self.out_bias,
-                "per_step_blocks": self.per_step_blocks, "sparse_input": self.sparse_input,
-                "matmul_precision": self.matmul_precision}
+                "per_step_blocks": self.per_step_blocks, "sparse_input": self.sparse_input}
 
     def with_transforms(self) -> MLP:
         cfg = self.config()
@@ -231,7 +219,7 @@ class MLP:
                 z = self._first_linear(h, params["block1_weight"], params["block1_bias"], c.get("sparse_rows"),
                                        c.get("input_nnz"))
             else:
-                z = linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"], self._hidden_dtype)
+                z = linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"])
             if self.transforms:
                 z = linear(z, params[f"block{k}_transform"], None)
             if cache is not None:
@@ -248,7 +236,7 @@ class MLP:
 
     def pre_activation(self, params: dict[str, Tensor], h: Tensor, k: int) -> Tensor:
         """Linear map (and transform) of hidden block k (>= 2) applied to the block input h."""
-        z = linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"], self._hidden_dtype)
+        z = linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"])
         if self.transforms:
             z = linear(z, params[f"block{k}_transform"], None)
         return z

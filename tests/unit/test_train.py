@@ -144,15 +144,3 @@ def test_set_sparse_rows_rejects_wrong_shape():
     with pytest.raises(ValueError, match="sorted by row"):
         SparseRows.from_coordinates(torch.tensor([1, 0]), torch.tensor([0, 0]), 2, 8)
 
-
-def test_bfloat16_run_records_precision_and_reloads_identically(tmp_path):
-    tr, va = _data()
-    train(TrainConfig(**{**TINY_CONFIG, "epochs": 1, "matmul_precision": "bfloat16"}), tr, va, tmp_path)
-    assert read_json(tmp_path / "model" / "config.json")["architecture"]["matmul_precision"] == "bfloat16"
-    model = load_model(tmp_path / "model")
-    assert model.learners[0].model.matmul_precision == "bfloat16"
-    x, y = tr.assay(0)[:2]
-    np.testing.assert_array_equal(model.adapt_predict(x[:20], y[:20], x[20:]),
-                                  load_model(tmp_path / "model").adapt_predict(x[:20], y[:20], x[20:]))
-    with pytest.raises(ValueError, match="matmul_precision"):
-        train(TrainConfig(**{**TINY_CONFIG, "matmul_precision": "int8"}), tr, va, tmp_path / "bad")
