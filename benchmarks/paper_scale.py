@@ -57,10 +57,11 @@ def main() -> None:
     wall = time.perf_counter() - t0
     msl = [r["seconds"] for r in result.history if r["epoch"] < cfg.msl_epochs]
     rest = [r["seconds"] for r in result.history if r["epoch"] >= cfg.msl_epochs]
-    per_epoch = statistics.median(rest) if rest else float("nan")
+    per_epoch = statistics.median(rest) if rest else None
     print(json.dumps({"wall_s": round(wall, 1), "wall_min": round(wall / 60, 2), "epochs": cfg.epochs,
                       "iters": cfg.iters, "s_per_epoch_msl": round(statistics.median(msl), 2) if msl else None,
-                      "s_per_epoch": round(per_epoch, 2), "ms_per_iter": round(per_epoch / cfg.iters * 1e3, 2),
+                      "s_per_epoch": None if per_epoch is None else round(per_epoch, 2),
+                      "ms_per_iter": None if per_epoch is None else round(per_epoch / cfg.iters * 1e3, 2),
                       "best_epoch": result.best_epoch, "best_val_mean_r2": round(result.best_val, 4),
                       "threads": torch.get_num_threads(),
                       "device": cfg.device, "out": str(args.out)}))
