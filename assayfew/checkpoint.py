@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from assayfew.baselines import ridge_predict
+from assayfew.blas import single_threaded_numpy_blas
 from assayfew.chem import FingerprintSpec
 from assayfew.io import atomic_write, read_json, write_json
 from assayfew.meta import MLP, build_learner
@@ -90,6 +91,11 @@ class MetaModel:
         """
         if len(query_x) == 0:
             return np.zeros(0, dtype=np.float64)
+        with single_threaded_numpy_blas():
+            return self._adapt_predict(support_x, support_y, query_x, steps)
+
+    def _adapt_predict(self, support_x: np.ndarray, support_y: np.ndarray, query_x: np.ndarray,
+                       steps: int | None) -> np.ndarray:
         settings = self.prediction
         scaling_cfg = self.config.get("label_scaling", {"mode": "center"})
         scaling = fit_scaling(support_y, scaling_cfg.get("mode", "center"), float(scaling_cfg.get("min_std", 0.5)))
