@@ -7,7 +7,8 @@ are independent, so that equals per-task gradients). Second order goes through t
 per batch-norm parameter set and reused across inner steps; with per-step batch norm (ANIL++) the first
 block's linear map is still computed only once (with per-step batch norm in the last hidden block only,
 that block's linear map runs once on the valid support and query rows together). A plain linear MSE head
-gets its inner gradients in closed form (differentiable, no `autograd.grad` per step), and mixing at a
+gets its inner gradients in closed form (differentiable, no `autograd.grad` per step); with per-step batch norm in
+the last hidden block only, all its steps run as one fused node (`assayfew.meta.headloop`), and mixing at a
 position followed by an affine map mixes that map's memoised outputs instead of recomputing it.
 
 Batch-norm statistics come from each task's valid support rows (see `assayfew.meta.model`).
@@ -370,14 +371,8 @@ class MetaLearner(nn.Module):
         bn_w, bn_b = meta[f"block{last}_bn_weight"], meta[f"block{last}_bn_bias"]
         bn_rows = torch.tensor([min(self.bn_step(s), bn_w.shape[0] - 1) for s in range(steps)], dtype=torch.long,
                                device=z.device)
-        rates = []
-        for name in ("head_weight", "head_bias"):
-            if self.lr_mode == "per_step":
-                lr = self.lrs[name]
-                idx = torch.tensor([min(s, lr.shape[0] - 1) for s in range(steps)], dtype=torch.long, device=z.device)
-                rates.append(lr.index_select(0, idx))
-            else:
-                rates.append(z.new_full((steps,), self.inner_lr))
+        rates = [torch.stack([torch.as_tensor(self.lr(name, s), dtype=z.dtype, device=z.device)
+                              for s in range(steps)]) for name in ("head_weight", "head_bias")]
         t = z.shape[0]
         w0 = meta["head_weight"].unsqueeze(0).expand(t, *meta["head_weight"].shape)
         b0 = meta["head_bias"].unsqueeze(0).expand(t, *meta["head_bias"].shape)
