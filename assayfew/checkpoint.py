@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from assayfew.blas import single_threaded_numpy_blas
 from assayfew.chem import FingerprintSpec
 from assayfew.io import atomic_write, read_json, write_json
 from assayfew.meta import MLP, build_learner
+from assayfew.meta.learners import AdaptedParams
 from assayfew.meta.state import learner_state, load_learner_state
 from assayfew.provenance import stamp
-from assayfew.scaling import fit_scaling
+from assayfew.scaling import LabelScaling, fit_scaling
 
 WEIGHTS_FILE = "weights.safetensors"
 #: Prediction settings a model's config may override: the head fitted at adaptation ("gd": the inner-loop
@@ -87,34 +89,61 @@ class MetaModel:
         Each query row's prediction is independent of the other query rows (batch-norm statistics come
         from the support set only). Head: `steps` gradient steps (default: the model's), or a closed-form
         ridge head when the model's prediction setting says so; optionally blended with ridge regression on
-        the fingerprints.
+        the fingerprints. The same as `predict([adapt(support_x, support_y, steps=steps)], query_x)[0]`.
         """
         if len(query_x) == 0:
             return np.zeros(0, dtype=np.float64)
-        with single_threaded_numpy_blas():
-            return self._adapt_predict(support_x, support_y, query_x, steps)
+        return self.predict([self.adapt(support_x, support_y, steps=steps)], query_x)[0]
 
-    def _adapt_predict(self, support_x: np.ndarray, support_y: np.ndarray, query_x: np.ndarray,
-                       steps: int | None) -> np.ndarray:
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, *, steps: int | None = None) -> Adaptation:
+        """Adapt every member to one assay's measured compounds (gradient steps or the ridge head)."""
         settings = self.prediction
         scaling_cfg = self.config.get("label_scaling", {"mode": "center"})
         scaling = fit_scaling(support_y, scaling_cfg.get("mode", "center"), float(scaling_cfg.get("min_std", 0.5)))
-        xs = torch.as_tensor(np.asarray(support_x, dtype=np.float32))
-        ys = torch.as_tensor(scaling.forward(support_y))
-        xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32))
         ridge_alpha = float(settings["head_ridge_alpha"]) if settings["head"] == "ridge" else None
-        preds = []
-        for learner in self.learners:
-            learner.eval()
-            with torch.enable_grad():
-                pred = learner.adapt_and_predict(xs, ys, xq, steps=steps or self.inner_steps, ridge_alpha=ridge_alpha)
-            preds.append(pred.detach().cpu().numpy().reshape(-1))
-        out = scaling.inverse(np.mean(preds, axis=0))
+        with single_threaded_numpy_blas():
+            xs = torch.as_tensor(np.asarray(support_x, dtype=np.float32))
+            ys = torch.as_tensor(scaling.forward(support_y))
+            states = []
+            for learner in self.learners:
+                learner.eval()
+                with torch.enable_grad():
+                    states.append(learner.adapt(xs, ys, steps=steps or self.inner_steps, ridge_alpha=ridge_alpha))
+        return Adaptation(states=states, scaling=scaling, support_x=np.asarray(support_x),
+                          support_y=np.asarray(support_y, dtype=np.float64))
+
+    def predict(self, adaptations: Sequence[Adaptation], query_x: np.ndarray) -> list[np.ndarray]:
+        """Predictions of `query_x` by each adaptation (made by this model's `adapt`), in task units.
+
+        Work the adaptations share (block 1's linear map of head-only learners) is done once.
+        """
+        settings = self.prediction
         weight = float(settings["fp_ridge_weight"])
-        if weight > 0:
-            out = (1 - weight) * out + weight * ridge_predict(support_x, support_y, query_x,
-                                                              alpha=float(settings["fp_ridge_alpha"]))
+        with single_threaded_numpy_blas():
+            xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32))
+            per_learner = [learner.predict_many([a.states[i] for a in adaptations], xq)
+                           for i, learner in enumerate(self.learners)]
+            out = []
+            for j, a in enumerate(adaptations):
+                mean = np.mean([p[j].detach().cpu().numpy().reshape(-1) for p in per_learner], axis=0)
+                pred = a.scaling.inverse(mean)
+                if weight > 0:
+                    pred = (1 - weight) * pred + weight * ridge_predict(
+                        a.support_x, a.support_y, query_x, alpha=float(settings["fp_ridge_alpha"]))
+                out.append(pred)
         return out
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """A `MetaModel` adapted to one assay (`MetaModel.adapt`): one adapted state per member, the label
+    scaling and the support set (for the optional fingerprint-ridge blend). Predicts any number of compounds,
+    in any number of batches, with `MetaModel.predict`."""
+
+    states: list[AdaptedParams]
+    scaling: LabelScaling
+    support_x: np.ndarray
+    support_y: np.ndarray
 
 
 #: Keys that must agree between ensemble members (they are adapted and averaged in one label space).

@@ -11,12 +11,14 @@ receive SMILES strings and return packed bits.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 import os
 import re
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -32,6 +34,7 @@ from assayfew.io import atomic_write
 __all__ = [
     "FingerprintSpec",
     "Featurized",
+    "featurize_chunks",
     "featurize_smiles",
     "max_tanimoto",
     "parse_smiles",
@@ -325,7 +328,7 @@ def featurize_smiles(
     canonical: also compute canonical SMILES (costs about as much as the fingerprint); when False,
     `Featurized.canonical` is None and fingerprints and reasons are unchanged.
     """
-    items = ["" if s is None or (isinstance(s, float) and s != s) else str(s) for s in smiles]
+    items = _as_smiles(smiles)
     index: dict[str, int] = {}
     inverse = np.fromiter((index.setdefault(s, len(index)) for s in items), dtype=np.int64, count=len(items))
     unique = list(index)
@@ -378,3 +381,56 @@ def max_tanimoto(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
         sim = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
         best[start : start + step] = sim.max(axis=1)
     return best
+
+
+def featurize_chunks(
+    chunks: Iterable[Sequence[str]],
+    spec: FingerprintSpec = FingerprintSpec(),
+    *,
+    standardize: bool = False,
+    n_jobs: int | None = None,
+    ahead: int = 4,
+) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """Featurize a stream of SMILES chunks, in order: yields (packed bits, reasons) per chunk.
+
+    packed: (n, ceil(bits/8)) uint8, bit i of a row at byte i//8, position i%8 (little-endian; unpack with
+    `np.unpackbits(packed, axis=1, count=bits, bitorder="little")`), zeros for invalid rows; reasons: ""
+    when valid, else why not (the same as `featurize_smiles`). Work runs in one pool of `n_jobs` worker
+    processes (None = all available cores; 1, or a stream of one chunk = in-process) that lives as long as
+    the stream; at most
+    `ahead` chunks are in flight beyond the one the caller holds, so memory stays bounded however long
+    the stream. Workers are spawned (not forked): they do not inherit the caller's memory (a loaded model).
+    """
+    work = partial(_featurize_chunk, radius=spec.radius, bits=spec.bits, standardize=standardize, canonical=False)
+    jobs = n_jobs if n_jobs is not None else _available_cores()
+    source = iter(chunks)
+    peeked = list(itertools.islice(source, 2))
+    source = itertools.chain(peeked, source)
+    if jobs <= 1 or len(peeked) < 2:  # one chunk (a small library): starting workers costs more than it saves
+        for chunk in source:
+            packed, reasons, _ = work(_as_smiles(chunk))
+            yield packed, reasons
+        return
+    pending: deque[list[Future]] = deque()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        try:
+            while True:
+                while len(pending) <= max(1, ahead):
+                    chunk = next(source, None)
+                    if chunk is None:
+                        break
+                    items = _as_smiles(chunk)
+                    pieces = [items[a : a + _CHUNK_MAX] for a in range(0, len(items), _CHUNK_MAX)] or [[]]
+                    pending.append([pool.submit(work, piece) for piece in pieces])
+                if not pending:
+                    return
+                results = [future.result() for future in pending.popleft()]
+                yield (np.concatenate([r[0] for r in results], axis=0), [x for r in results for x in r[1]])
+        finally:
+            for futures in pending:
+                for future in futures:
+                    future.cancel()
+
+
+def _as_smiles(chunk: Sequence[str]) -> list[str]:
+    return ["" if s is None or (isinstance(s, float) and s != s) else str(s) for s in chunk]

@@ -19,6 +19,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
+from assayfew.adaptation import AssayAdaptation, adapt_to_assay
 from assayfew.checkpoint import MetaModel, load_model
 from assayfew.baselines import ridge_predict
 from assayfew.chem import FingerprintSpec, featurize_smiles, max_tanimoto
@@ -59,6 +60,7 @@ class PredictionResult:
     n_invalid: int
     cv_r2: float
     warnings: list[str] = field(default_factory=list)
+    adaptation: AssayAdaptation | None = None  # the adapted model, to score more compounds (a library)
 
 
 def detect_column(columns: Sequence[str], candidates: Sequence[str], given: str | None, what: str) -> str:
@@ -162,15 +164,10 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
     rng = np.random.default_rng([options.seed, len(measured)])
 
     report(0.15, "adapting on the measured compounds")
-    pred_full = adapter(xs, ys, xq)
-    members = []
-    for b in range(options.n_ensemble):
-        boot = rng.integers(0, len(measured), len(measured))
-        if np.ptp(ys[boot]) == 0:
-            continue
-        members.append(adapter(xs[boot], ys[boot], xq))
-        report(0.15 + 0.5 * (b + 1) / max(options.n_ensemble, 1), f"ensemble member {b + 1}/{options.n_ensemble}")
-    spread = np.std(np.stack(members), axis=0) if len(members) >= 2 else np.full(len(query), np.nan)
+    adaptation = adapt_to_assay(model, xs, ys, steps=options.steps, n_ensemble=options.n_ensemble, rng=rng,
+                                progress=lambda b: report(0.15 + 0.5 * (b + 1) / max(options.n_ensemble, 1),
+                                                          f"ensemble member {b + 1}/{options.n_ensemble}"))
+    pred_full, spread = adaptation.predict(xq)
 
     report(0.7, "cross-validating the measured set")
     cv_pred = np.full(len(measured), np.nan)
@@ -212,7 +209,8 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
     report(1.0, "done")
     return PredictionResult(table=out, smiles_col=smiles_col, activity_col=activity_col, units=units,
                             n_measured=len(measured), n_predicted=len(targets),
-                            n_invalid=int((~feats.valid).sum()), cv_r2=cv_r2, warnings=warnings)
+                            n_invalid=int((~feats.valid).sum()), cv_r2=cv_r2, warnings=warnings,
+                            adaptation=adaptation)
 
 
 def read_input_csv(source: str | Path | IO, *, max_rows: int | None = None) -> pd.DataFrame:

@@ -13,6 +13,8 @@ from rich.table import Table
 from assayfew.metrics import r2_pearson
 from assayfew.predict import (InputError, PredictOptions, adapt_and_predict, example_assay, load_default_model,
                               read_input_csv, ridge_baseline_r2)
+from assayfew.screen import open_library
+from assayfew.cli._library import score_with_progress
 
 err = Console(stderr=True)
 
@@ -30,6 +32,12 @@ def main(
     example: Annotated[bool, typer.Option("--example", help="Run on RDKit's bundled ChEMBL assay "
                                                             "CHEMBL2321810 (pIC50).")] = False,
     n_measured: Annotated[int, typer.Option(help="With --example: how many compounds count as measured.")] = 32,
+    library: Annotated[Optional[Path], typer.Option(help="Screening library to score instead of the assay's rows "
+                                                         "(.smi, .csv, .tsv, .sdf; optionally .gz): adapts once "
+                                                         "on the measured compounds, then streams the library.")
+                       ] = None,
+    library_smiles_col: Annotated[Optional[str], typer.Option(help="SMILES column of a --library CSV "
+                                                                   "(auto-detected).")] = None,
 ) -> None:
     """Predict activities for the unmeasured compounds of one assay."""
     try:
@@ -40,6 +48,7 @@ def main(
             raise InputError("give an INPUT_CSV, or --example")
         else:
             table, truth = read_input_csv(input_csv), None
+        screen = open_library(library, library_smiles_col) if library is not None else None
         with err.status("adapting…"):
             result = adapt_and_predict(table, loaded, smiles_col=smiles_col, activity_col=activity_col,
                                        units=units, options=PredictOptions(steps=steps, seed=seed))
@@ -47,12 +56,15 @@ def main(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
-    if out is not None:
+    if out is not None and screen is None:
         result.table.to_csv(out, index=False)
     err.print(f"measured: {result.n_measured}   predicted: {result.n_predicted}   invalid rows: {result.n_invalid}")
     err.print(f"cross-validated R² on the measured compounds: {result.cv_r2:.3f}")
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
+    if screen is not None:
+        score_with_progress(result, screen, out, err)
+        return
     if truth is not None:
         unmeasured = table["pIC50"].isna().to_numpy()
         r2 = r2_pearson(truth[unmeasured], result.table["prediction"].to_numpy()[unmeasured])

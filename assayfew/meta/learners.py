@@ -481,6 +481,26 @@ class MetaLearner(nn.Module):
             out = out.squeeze(-1)
         return out if adapted.batched else out.squeeze(0)
 
+    @torch.no_grad()
+    def predict_many(self, adapted: Sequence[AdaptedParams], x: Tensor) -> list[Tensor]:
+        """[predict(a, x) for a in adapted] for 2-D adaptations; when they share block 1's parameters
+        (head-only learners: adaptation leaves the body unchanged) its linear map on x runs once."""
+        first = ("block1_weight", "block1_bias", "block1_transform")
+
+        def body_key(a: AdaptedParams) -> tuple:
+            return tuple((a.params[k].data_ptr(), tuple(a.params[k].shape)) for k in first if k in a.params)
+
+        if (not isinstance(self.model, MLP) or any(a.batched for a in adapted)
+                or len({body_key(a) for a in adapted}) > 1):
+            return [self.predict(a, x) for a in adapted]
+        seen: dict = {}  # the first trace memoises block 1's linear map ("lin1") here
+        out = []
+        for a in adapted:
+            cache = {"lin1": seen["lin1"]} if "lin1" in seen else seen
+            pred = self.model.trace(a.params, x.unsqueeze(0), a.bn_step, stats=a.stats, cache=cache)[0][-1]
+            out.append(pred.squeeze(-1).squeeze(0) if pred.shape[-1] == 1 else pred.squeeze(0))
+        return out
+
     def adapt_and_predict(self, xs: Tensor, ys: Tensor, xq: Tensor, *, steps: int | None = None,
                           ridge_alpha: float | None = None) -> Tensor:
         return self.predict(self.adapt(xs, ys, steps=steps, ridge_alpha=ridge_alpha), xq)

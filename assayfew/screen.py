@@ -1,0 +1,318 @@
+"""Score a screening library with an assay's adapted model, streamed in chunks (memory bounded).
+
+`open_library` reads a library file lazily (`.smi`, `.csv`, `.tsv`, `.sdf`, each optionally `.gz`);
+`score_library` featurizes its chunks in a worker pool (`chem.featurize_chunks`) while the main process
+scores the previous chunk with the adaptation (`AssayAdaptation.predict`, the same numbers as
+`predict.adapt_and_predict` gives) and appends it to the output CSV. Every library row comes out, in input
+order, with its own columns; rows that cannot be scored keep a status saying why.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from assayfew.adaptation import AssayAdaptation
+from assayfew.chem import featurize_chunks, max_tanimoto
+from assayfew.io import atomic_write
+from assayfew.predict import IN_DOMAIN_SIMILARITY, SMILES_COLUMNS, InputError, detect_column, from_p
+
+#: Columns added to every library row (the assay's own output has these plus cv_prediction).
+SCORE_COLUMNS = ("prediction", "uncertainty", "similarity_to_support", "in_domain", "status")
+LIBRARY_FORMATS = {".smi": "smi", ".smiles": "smi", ".csv": "csv", ".tsv": "tsv", ".sdf": "sdf", ".sd": "sdf"}
+CHUNK_SIZE = 4096
+
+
+@dataclass
+class LibraryChunk:
+    rows: list[list[str]]  # the library's own fields, one list per row (len(columns) each)
+    smiles: list[str]
+    problems: list[str]  # "" or why the row's structure could not be read (before featurizing)
+
+
+@dataclass
+class LibrarySummary:
+    n_rows: int
+    n_invalid: int
+    replaced_columns: list[str]
+
+
+class Library:
+    """A library file opened for streaming: its columns are known, its rows are read chunk by chunk."""
+
+    def __init__(self, path: Path, smiles_col: str | None = None) -> None:
+        self.path = Path(path)
+        name = self.path.name.lower()
+        base = name[:-3] if name.endswith(".gz") else name
+        self.gzipped = name.endswith(".gz")
+        self.format = LIBRARY_FORMATS.get(Path(base).suffix)
+        if self.format is None:
+            raise InputError(f"{self.path}: unknown library format; use one of "
+                             f"{', '.join(sorted(set(LIBRARY_FORMATS)))} (optionally .gz)")
+        if not self.path.exists():
+            raise InputError(f"{self.path}: file not found")
+        if self.path.is_dir():
+            raise InputError(f"{self.path}: is a directory, not a library file")
+        self.size = self.path.stat().st_size
+        self._raw: IO[bytes] | None = None
+        self.columns, self.smiles_index = self._read_header(smiles_col)
+
+    # ------------------------------------------------------------------ reading text
+    def _open(self) -> IO[str]:
+        try:
+            self._raw = open(self.path, "rb")
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+        stream: IO[bytes] = gzip.GzipFile(fileobj=self._raw) if self.gzipped else self._raw
+        return io.TextIOWrapper(stream, encoding="utf-8-sig", newline="" if self.format != "sdf" else None)
+
+    def bytes_read(self) -> int:
+        """How far into the file (bytes on disk) reading has got."""
+        try:
+            return self._raw.tell() if self._raw is not None and not self._raw.closed else self.size
+        except (OSError, ValueError):
+            return self.size
+
+    def _lines(self) -> Iterator[tuple[int, str]]:
+        """(line number, line) with clear errors for unreadable content."""
+        line_no = 0
+        with self._open() as text:
+            try:
+                for line_no, line in enumerate(text, start=1):
+                    yield line_no, line
+            except UnicodeDecodeError:
+                raise InputError(f"{self.path}, line {line_no + 1}: not a UTF-8 text file") from None
+            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+                raise InputError(f"{self.path}: not a readable gzip file ({exc})") from None
+            except OSError as exc:
+                raise InputError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+
+    def _read_header(self, smiles_col: str | None) -> tuple[list[str], int]:
+        if self.format == "sdf":
+            props = self._sdf_properties()
+            derived = "smiles" if "smiles" not in props else "structure_smiles"
+            title = "title" if "title" not in props else "structure_title"
+            return [title, derived, *props], 1
+        lines = self._lines()
+        try:
+            first = next((line for _, line in lines if line.strip()), None)
+        finally:
+            lines.close()
+        if first is None:
+            raise InputError(f"{self.path}: empty file (no compounds)")
+        if self.format == "smi":
+            tokens = first.split()
+            if tokens[0] not in SMILES_COLUMNS and smiles_col is None:
+                self._smi_header = False
+                return ["smiles", "name"], 0
+            self._smi_header = True
+            header = tokens
+        else:
+            try:
+                header = next(csv.reader([first], delimiter="\t" if self.format == "tsv" else ","))
+            except csv.Error as exc:
+                raise InputError(f"{self.path}, line 1: not a readable header ({exc})") from None
+            header = [h.strip() for h in header]
+        duplicated = sorted({h for h in header if header.count(h) > 1})
+        if duplicated:
+            raise InputError(f"{self.path}: duplicate column name(s) in the header: {', '.join(duplicated)}")
+        try:
+            column = detect_column(header, SMILES_COLUMNS, smiles_col, "library smiles")
+        except InputError as exc:
+            raise InputError(f"{self.path}: {exc}") from None
+        return header, header.index(column)
+
+    def _sdf_properties(self) -> list[str]:
+        """Property names of an SDF, in first-seen order (one quick pass over the text)."""
+        names: dict[str, None] = {}
+        any_line = False
+        for _, line in self._lines():
+            any_line = any_line or bool(line.strip())
+            if line.startswith(">"):
+                start, end = line.find("<"), line.rfind(">")
+                if 0 < start < end:
+                    names.setdefault(line[start + 1:end], None)
+        if not any_line:
+            raise InputError(f"{self.path}: empty file (no compounds)")
+        return list(names)
+
+    # ------------------------------------------------------------------ rows
+    def chunks(self, size: int = CHUNK_SIZE) -> Iterator[LibraryChunk]:
+        """The library's rows in chunks of `size`, in file order; blank lines are not rows."""
+        rows = self._sdf_rows() if self.format == "sdf" else self._smi_rows() if self.format == "smi" \
+            else self._csv_rows()
+        chunk = LibraryChunk([], [], [])
+        for fields, problem in rows:
+            chunk.rows.append(fields)
+            chunk.smiles.append(fields[self.smiles_index])
+            chunk.problems.append(problem)
+            if len(chunk.rows) >= size:
+                yield chunk
+                chunk = LibraryChunk([], [], [])
+        if chunk.rows:
+            yield chunk
+
+    def _smi_rows(self) -> Iterator[tuple[list[str], str]]:
+        n = len(self.columns)
+        lines = self._lines()
+        skipped_header = not self._smi_header
+        for _, line in lines:
+            if not line.strip():
+                continue
+            if not skipped_header:
+                skipped_header = True
+                continue
+            fields = line.split(None, n - 1)
+            yield [f.strip() for f in fields] + [""] * (n - len(fields)), ""
+
+    def _csv_rows(self) -> Iterator[tuple[list[str], str]]:
+        n = len(self.columns)
+        lines = (line for _, line in self._lines())
+        reader = csv.reader(lines, delimiter="\t" if self.format == "tsv" else ",", strict=True)
+        try:
+            next(reader, None)  # the header
+            for fields in reader:
+                if not fields:  # a blank line
+                    continue
+                if len(fields) > n and any(f.strip() for f in fields[n:]):
+                    raise InputError(f"{self.path}, line {reader.line_num}: {len(fields)} fields but the header "
+                                     f"has {n}")
+                yield (fields + [""] * n)[:n], ""
+        except csv.Error as exc:
+            raise InputError(f"{self.path}, line {reader.line_num}: not a readable CSV ({exc})") from None
+
+    def _sdf_rows(self) -> Iterator[tuple[list[str], str]]:
+        from rdkit import rdBase
+
+        props = self.columns[2:]
+        record: list[str] = []
+        with rdBase.BlockLogs():
+            for _, line in self._lines():
+                if line.startswith("$$$$"):
+                    yield _sdf_record(record, props)
+                    record = []
+                else:
+                    record.append(line)
+            if any(line.strip() for line in record):  # a last record without its $$$$
+                yield _sdf_record(record, props)
+
+
+def _sdf_record(lines: list[str], props: list[str]) -> tuple[list[str], str]:
+    """(title, SMILES, property values...) of one SDF record, and a problem ("" when its structure reads)."""
+    from rdkit import Chem
+
+    end = next((i for i, line in enumerate(lines) if line.startswith("M  END")), None)
+    values: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines[(end + 1) if end is not None else len(lines):]:
+        if line.startswith(">"):
+            start, stop = line.find("<"), line.rfind(">")
+            current = values.setdefault(line[start + 1:stop], []) if 0 < start < stop else None
+        elif not line.strip():
+            current = None
+        elif current is not None:
+            current.append(line.rstrip("\r\n"))
+    title = lines[0].strip() if lines else ""
+    mol = Chem.MolFromMolBlock("".join(lines[: end + 1]), sanitize=True) if end is not None else None
+    smiles = Chem.MolToSmiles(mol) if mol is not None and mol.GetNumAtoms() else ""
+    problem = "" if smiles else "invalid structure: RDKit could not read this SDF record's molecule"
+    return [title, smiles, *("\n".join(values.get(p, [])) for p in props)], problem
+
+
+def open_library(path: Path, smiles_col: str | None = None) -> Library:
+    """Open a library file for streaming; a clear `InputError` naming the file when it cannot be used."""
+    return Library(path, smiles_col)
+
+
+def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[str] | None, *, units: str = "p",
+                  in_domain_similarity: float = IN_DOMAIN_SIMILARITY, chunk_size: int = CHUNK_SIZE,
+                  n_jobs: int | None = None, standardize: bool = False,
+                  progress: Callable[[int, int], None] | None = None) -> LibrarySummary:
+    """Score every row of `library` and write them, in input order, as CSV to `out` (a path: written to a
+    temporary file beside it and renamed at the end, so `out` is either complete or untouched; a text
+    stream: written as it goes). `progress(rows done, bytes of the file read)` after each chunk."""
+    replaced = [c for c in library.columns if c in SCORE_COLUMNS]
+    keep = [i for i, c in enumerate(library.columns) if c not in SCORE_COLUMNS]
+    header = [library.columns[i] for i in keep] + list(SCORE_COLUMNS)
+    bits = adaptation.model.spec.bits
+    counts = {"rows": 0, "invalid": 0}
+
+    def write(handle: IO[str]) -> None:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        chunks = _Tee(library.chunks(chunk_size))
+        featurized = featurize_chunks((c.smiles for c in chunks), adaptation.model.spec, standardize=standardize,
+                                      n_jobs=n_jobs)
+        for packed, reasons in featurized:
+            chunk = chunks.taken.popleft()
+            status = [p or (f"invalid SMILES: {r}" if r else "ok") for p, r in zip(chunk.problems, reasons)]
+            ok = np.array([s == "ok" for s in status], dtype=bool)
+            scores = _score(adaptation, np.unpackbits(packed[ok], axis=1, count=bits, bitorder="little"), units,
+                            in_domain_similarity)
+            cells = iter(zip(*scores))
+            blank = ("", "", "", "False")
+            for fields, good, text in zip(chunk.rows, ok, status):
+                own = fields if not replaced else [fields[i] for i in keep]
+                writer.writerow([*own, *(next(cells) if good else blank), text])
+            counts["rows"] += len(chunk.rows)
+            counts["invalid"] += int((~ok).sum())
+            if progress is not None:
+                progress(counts["rows"], library.bytes_read())
+        if counts["rows"] == 0:
+            raise InputError(f"{library.path}: no compounds (only a header)")
+
+    if out is None or not isinstance(out, (str, Path)):
+        write(out if out is not None else _stdout())
+    else:
+        atomic_write(Path(out), lambda tmp: _write_file(tmp, write))
+    return LibrarySummary(n_rows=counts["rows"], n_invalid=counts["invalid"], replaced_columns=replaced)
+
+
+def _score(adaptation: AssayAdaptation, fps: np.ndarray, units: str,
+           in_domain_similarity: float) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Text cells (prediction, uncertainty, similarity_to_support, in_domain) for valid rows' fingerprints."""
+    prediction, uncertainty = adaptation.predict(fps)
+    similarity = np.round(max_tanimoto(fps, adaptation.support_fingerprints), 4)
+    in_domain = similarity >= in_domain_similarity
+    return (_floats(from_p(prediction, units)), _floats(uncertainty), _floats(similarity),
+            ["True" if d else "False" for d in in_domain.tolist()])
+
+
+def _floats(values: np.ndarray) -> list[str]:
+    """As pandas writes float64 to CSV: shortest round-trip text, empty for NaN."""
+    return [repr(v) if v == v else "" for v in np.asarray(values, dtype=np.float64).tolist()]
+
+
+def _write_file(tmp: Path, write: Callable[[IO[str]], None]) -> None:
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        write(handle)
+
+
+def _stdout() -> IO[str]:
+    import sys
+
+    return sys.stdout
+
+
+class _Tee:
+    """Iterates over chunks and remembers those handed out but not yet taken back (the ones in flight)."""
+
+    def __init__(self, source: Iterator[LibraryChunk]) -> None:
+        from collections import deque
+
+        self.source = source
+        self.taken: deque[LibraryChunk] = deque()
+
+    def __iter__(self) -> Iterator[LibraryChunk]:
+        for chunk in self.source:
+            self.taken.append(chunk)
+            yield chunk
