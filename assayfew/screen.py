@@ -171,8 +171,11 @@ class Library:
             if not skipped_header:
                 skipped_header = True
                 continue
-            fields = line.split(None, n - 1)
-            yield [f.strip() for f in fields] + [""] * (n - len(fields)), ""
+            # a line that starts with white space has an empty SMILES field
+            fields = [""] + line.split(None, max(n - 2, 0)) if line[0].isspace() else line.split(None, n - 1)
+            if len(fields) > 1 and fields[1].startswith("|"):  # a CXSMILES extension belongs to the SMILES
+                fields = _join_cx(line, n)
+            yield ([f.strip() for f in fields] + [""] * n)[:n], ""
 
     def _csv_rows(self) -> Iterator[tuple[list[str], str]]:
         n = len(self.columns)
@@ -204,6 +207,15 @@ class Library:
                     record.append(line)
             if any(line.strip() for line in record):  # a last record without its $$$$
                 yield _sdf_record(record, props)
+
+
+def _join_cx(line: str, n: int) -> list[str]:
+    """Fields of a .smi line whose SMILES carries a CXSMILES extension ("SMILES |...| name ...")."""
+    smiles, rest = line.split(None, 1)
+    end = rest.find("|", 1)
+    if end < 0:
+        return line.split(None, n - 1)
+    return [f"{smiles} {rest[:end + 1]}", *rest[end + 1:].split(None, max(n - 2, 0))]
 
 
 def _sdf_record(lines: list[str], props: list[str]) -> tuple[list[str], str]:

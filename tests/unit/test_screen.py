@@ -1,0 +1,192 @@
+"""Screening libraries: the adapt/predict split, streamed scoring equal to `adapt_and_predict`, formats."""
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from rdkit import Chem
+
+from assayfew.chem import featurize_chunks, featurize_smiles
+from assayfew.predict import InputError, adapt_and_predict
+from assayfew.screen import SCORE_COLUMNS, open_library, score_library
+
+from tests.unit.test_predict import OPTS, assay, model  # noqa: F401  (the same fixtures as predict's tests)
+
+INVALID = {3: "not_a_smiles", 7: "", 8: "C1CC"}  # library positions of rows that cannot be scored
+
+
+@pytest.fixture(scope="module")
+def reference(model, assay):
+    """The one-shot path: the library's compounds as unmeasured rows of the assay table."""
+    return adapt_and_predict(assay, model, options=OPTS)
+
+
+def library_rows(assay):
+    """(id, SMILES) of the assay's unmeasured compounds, with invalid rows planted at INVALID's positions."""
+    rows = [(cid, smi) for cid, smi, act in assay[["compound_id", "smiles", "pIC50"]].itertuples(index=False)
+            if pd.isna(act)]
+    for pos, smi in sorted(INVALID.items()):
+        rows.insert(pos, (f"bad{pos}", smi))
+    return rows
+
+
+def scored(reference, path, tmp_path, **kw) -> pd.DataFrame:
+    out = tmp_path / "scored.csv"
+    summary = score_library(reference.adaptation, open_library(path, kw.pop("smiles_col", None)), out,
+                            n_jobs=kw.pop("n_jobs", 1), **kw)
+    table = pd.read_csv(out, dtype={"name": str, "compound_id": str})
+    assert summary.n_rows == len(table)
+    return table
+
+
+def expected(reference, assay, rows):
+    """The reference's numbers for the library rows (by compound id)."""
+    out = reference.table.set_index("compound_id")
+    return [out.loc[cid] if not cid.startswith("bad") else None for cid, _ in rows]
+
+
+def write_smi(path, rows, header=None):
+    with open(path, "w") as handle:
+        if header:
+            handle.write(header + "\n")
+        for cid, smi in rows:
+            handle.write(f"{smi} {cid}\n" if smi else f" {cid}\n")
+
+
+def check_against_reference(table, rows, reference, id_col):
+    assert list(table[id_col]) == [cid for cid, _ in rows]  # every row, in input order
+    for (cid, _), (_, got), want in zip(rows, table.iterrows(), expected(reference, None, rows)):
+        if want is None:
+            assert got["status"].startswith("invalid") and np.isnan(got["prediction"])
+            assert got["in_domain"] == False  # noqa: E712
+            continue
+        assert got["status"] == "ok"
+        assert got["prediction"] == pytest.approx(want["prediction"], abs=1e-6)
+        assert got["uncertainty"] == pytest.approx(want["uncertainty"], abs=1e-6)
+        assert got["similarity_to_support"] == pytest.approx(want["similarity_to_support"], abs=1e-9)
+        assert got["in_domain"] == want["in_domain"]
+
+
+def test_adapt_then_predict_equals_the_one_shot_path(model, one_thread):
+    """MetaModel.adapt + predict (layer 1 shared across adaptations) = each learner's adapt_and_predict."""
+    rng = np.random.default_rng(0)
+    bits = model.spec.bits
+    xs = (rng.random((12, bits)) < 0.1).astype(np.float32)
+    ys = rng.normal(6, 1, 12)
+    xq = (rng.random((40, bits)) < 0.1).astype(np.float32)
+    boot = rng.integers(0, 12, 12)
+    a, b = model.adapt(xs, ys), model.adapt(xs[boot], ys[boot])
+    together = model.predict([a, b], xq)
+    for support_x, support_y, got in ((xs, ys, together[0]), (xs[boot], ys[boot], together[1])):
+        shift = support_y.mean()  # the model's label scaling: centred on the support mean
+        one_shot = np.mean([learner.adapt_and_predict(torch.as_tensor(support_x),
+                                                      torch.as_tensor((support_y - shift).astype(np.float32)),
+                                                      torch.as_tensor(xq)).numpy() for learner in model.learners],
+                           axis=0) + shift
+        np.testing.assert_allclose(got, one_shot, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(model.adapt_predict(support_x, support_y, xq), got, rtol=0, atol=1e-6)
+    assert not np.allclose(together[0], together[1])  # the two adaptations really differ
+
+
+def test_featurize_chunks_equals_featurize_smiles():
+    smiles = ["CCO", "c1ccccc1", "xx", "", None, "C1CC", "CC(=O)Nc1ccc(O)cc1"] * 5
+    chunks = [smiles[a:a + 4] for a in range(0, len(smiles), 4)]
+    for jobs in (1, 2):
+        out = list(featurize_chunks(chunks, n_jobs=jobs))
+        assert [len(p) for p, _ in out] == [len(c) for c in chunks]
+        packed = np.concatenate([p for p, _ in out])
+        ref = featurize_smiles(smiles, canonical=False)
+        np.testing.assert_array_equal(np.unpackbits(packed, axis=1, count=1024, bitorder="little"),
+                                      ref.fingerprints)
+        assert [r for _, rs in out for r in rs] == ref.reasons
+
+
+@pytest.mark.parametrize("chunk_size,jobs", [(5, 1), (4, 2), (10_000, 1)])
+def test_streamed_library_equals_adapt_and_predict(reference, assay, tmp_path, chunk_size, jobs):
+    """Tiny chunks: order kept across chunk boundaries (also through the worker pool); invalid rows kept."""
+    rows = library_rows(assay)
+    write_smi(tmp_path / "lib.smi", rows)
+    table = scored(reference, tmp_path / "lib.smi", tmp_path, chunk_size=chunk_size, n_jobs=jobs)
+    assert list(table.columns) == ["smiles", "name", *SCORE_COLUMNS]
+    check_against_reference(table, rows, reference, "name")
+    assert table.loc[7, "status"] == "invalid SMILES: empty SMILES"
+
+
+def test_units_of_the_assay_apply_to_library_predictions(model, assay, tmp_path):
+    nm = assay.assign(pIC50=10 ** (9 - assay["pIC50"].astype(float)))
+    ref = adapt_and_predict(nm, model, units="nM", options=OPTS)
+    rows = library_rows(assay)
+    write_smi(tmp_path / "lib.smi", rows)
+    table = scored(ref, tmp_path / "lib.smi", tmp_path, units="nM")
+    check_against_reference(table, rows, ref, "name")
+
+
+def test_formats_give_the_same_scores(reference, assay, tmp_path):
+    """.smi (with a header), .csv (extra columns kept), .tsv.gz, .sdf and .sdf.gz."""
+    rows = library_rows(assay)
+    write_smi(tmp_path / "h.smi", rows, header="SMILES ID")
+    smi = scored(reference, tmp_path / "h.smi", tmp_path)
+    assert list(smi.columns[:2]) == ["SMILES", "ID"]
+    check_against_reference(smi.rename(columns={"ID": "name"}), rows, reference, "name")
+
+    frame = pd.DataFrame({"compound_id": [c for c, _ in rows], "vendor": "acme", "canonical_smiles": [s for _, s in rows]})
+    frame.to_csv(tmp_path / "lib.csv", index=False)
+    table = scored(reference, tmp_path / "lib.csv", tmp_path, chunk_size=6)
+    assert list(table.columns) == ["compound_id", "vendor", "canonical_smiles", *SCORE_COLUMNS]
+    assert (table["vendor"] == "acme").all()
+    check_against_reference(table, rows, reference, "compound_id")
+
+    with gzip.open(tmp_path / "lib.tsv.gz", "wt") as handle:
+        frame.to_csv(handle, sep="\t", index=False)
+    check_against_reference(scored(reference, tmp_path / "lib.tsv.gz", tmp_path), rows, reference, "compound_id")
+
+    text = []
+    for cid, smi in rows:
+        mol = Chem.MolFromSmiles(smi) if smi else None
+        # an invalid row: a counts line promising an atom that is not there
+        block = Chem.MolToMolBlock(mol) if mol is not None else "x\n\n\n  1  0  0  0  0  0  0  0  0  0999 V2000\nM  END\n"
+        text.append(f"{cid}\n{block.split(chr(10), 1)[1]}> <compound_id>\n{cid}\n\n> <supplier>\nacme\n\n$$$$\n")
+    (tmp_path / "lib.sdf").write_text("".join(text))
+    with gzip.open(tmp_path / "lib.sdf.gz", "wt") as handle:
+        handle.write("".join(text))
+    for name in ("lib.sdf", "lib.sdf.gz"):
+        table = scored(reference, tmp_path / name, tmp_path, chunk_size=7)
+        assert list(table.columns) == ["title", "smiles", "compound_id", "supplier", *SCORE_COLUMNS]
+        assert (table["supplier"] == "acme").all()
+        bad = table["compound_id"].str.startswith("bad")
+        assert table.loc[bad, "status"].str.startswith("invalid structure").all()
+        good = table[~bad]
+        want = reference.table.set_index("compound_id").loc[good["compound_id"]]
+        np.testing.assert_allclose(good["prediction"], want["prediction"], rtol=0, atol=1e-6)
+
+
+def test_library_columns_named_like_scores_are_replaced(reference, assay, tmp_path):
+    rows = library_rows(assay)[:6]
+    pd.DataFrame({"smiles": [s for _, s in rows], "prediction": 99.0, "note": "x"}).to_csv(tmp_path / "l.csv",
+                                                                                           index=False)
+    out = tmp_path / "scored.csv"
+    summary = score_library(reference.adaptation, open_library(tmp_path / "l.csv"), out, n_jobs=1)
+    assert summary.replaced_columns == ["prediction"]
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["smiles", "note", *SCORE_COLUMNS] and (table["prediction"] != 99.0).all()
+
+
+def test_a_bad_row_mid_file_leaves_an_existing_output_untouched(reference, tmp_path):
+    lines = ["smiles,id"] + [f"CCO,{i}" for i in range(20)] + ["CCN,20,extra"] + ["CCC,21"]
+    (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scored.csv"
+    out.write_text("previous results\n")
+    with pytest.raises(InputError, match=r"l\.csv, line 22: 3 fields but the header has 2"):
+        score_library(reference.adaptation, open_library(tmp_path / "l.csv"), out, n_jobs=1, chunk_size=4)
+    assert out.read_text() == "previous results\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_smi_without_header_and_cxsmiles(reference, tmp_path):
+    (tmp_path / "l.smi").write_text("CCO first compound\nCC(C)O |$;;$| second\n\n  no_smiles_here\nc1ccccc1\n")
+    table = scored(reference, tmp_path / "l.smi", tmp_path)
+    assert list(table["smiles"].fillna("")) == ["CCO", "CC(C)O |$;;$|", "", "c1ccccc1"]
+    assert list(table["name"].fillna("")) == ["first compound", "second", "no_smiles_here", ""]
+    assert list(table["status"]) == ["ok", "ok", "invalid SMILES: empty SMILES", "ok"]
