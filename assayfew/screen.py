@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import os
 import zlib
 from collections.abc import Callable, Iterator
@@ -67,13 +66,12 @@ class Library:
         self.columns, self.smiles_index = self._read_header(smiles_col)
 
     # ------------------------------------------------------------------ reading text
-    def _open(self) -> IO[str]:
+    def _open(self) -> IO[bytes]:
         try:
             self._raw = open(self.path, "rb")
         except OSError as exc:
             raise InputError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
-        stream: IO[bytes] = gzip.GzipFile(fileobj=self._raw) if self.gzipped else self._raw
-        return io.TextIOWrapper(stream, encoding="utf-8-sig", newline="" if self.format != "sdf" else None)
+        return gzip.GzipFile(fileobj=self._raw) if self.gzipped else self._raw
 
     def bytes_read(self) -> int:
         """How far into the file (bytes on disk) reading has got."""
@@ -83,14 +81,16 @@ class Library:
             return self.size
 
     def _lines(self) -> Iterator[tuple[int, str]]:
-        """(line number, line) with clear errors for unreadable content."""
+        """(line number, line) with clear errors for unreadable content (lines decoded one by one, so an
+        encoding error names its line)."""
         line_no = 0
-        with self._open() as text:
+        with self._open() as stream:
             try:
-                for line_no, line in enumerate(text, start=1):
-                    yield line_no, line
+                for line_no, data in enumerate(stream, start=1):
+                    line = data.decode("utf-8")
+                    yield line_no, (line[1:] if line_no == 1 and line.startswith("\ufeff") else line)
             except UnicodeDecodeError:
-                raise InputError(f"{self.path}, line {line_no + 1}: not a UTF-8 text file") from None
+                raise InputError(f"{self.path}, line {line_no}: not a UTF-8 text file") from None
             except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
                 raise InputError(f"{self.path}: not a readable gzip file ({exc})") from None
             except OSError as exc:
