@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
-def ridge_predict(support_x: np.ndarray, support_y: np.ndarray, query_x: np.ndarray, *,
-                  alpha: float = 10.0) -> np.ndarray:
+@dataclass(frozen=True)
+class RidgeFit:
+    """A fitted ridge regression: prediction = (x - x_mean) @ weights + y_mean."""
+
+    x_mean: np.ndarray
+    weights: np.ndarray
+    y_mean: float
+
+    def predict(self, query_x: np.ndarray) -> np.ndarray:
+        return (np.asarray(query_x, dtype=np.float64) - self.x_mean) @ self.weights + self.y_mean
+
+
+def ridge_fit(support_x: np.ndarray, support_y: np.ndarray, *, alpha: float = 10.0) -> RidgeFit:
     """Ridge regression on fingerprint bits with an unpenalised intercept, fitted on the support only.
 
     Same model as scikit-learn's `Ridge(alpha)`, solved in closed form (dual form when there are fewer
@@ -21,4 +34,10 @@ def ridge_predict(support_x: np.ndarray, support_y: np.ndarray, query_x: np.ndar
         w = xc.T @ np.linalg.solve(xc @ xc.T + alpha * np.eye(n), yc)
     else:
         w = np.linalg.solve(xc.T @ xc + alpha * np.eye(d), xc.T @ yc)
-    return (np.asarray(query_x, dtype=np.float64) - x_mean) @ w + y_mean
+    return RidgeFit(x_mean=x_mean, weights=w, y_mean=float(y_mean))
+
+
+def ridge_predict(support_x: np.ndarray, support_y: np.ndarray, query_x: np.ndarray, *,
+                  alpha: float = 10.0) -> np.ndarray:
+    """`ridge_fit(support_x, support_y, alpha=alpha).predict(query_x)`."""
+    return ridge_fit(support_x, support_y, alpha=alpha).predict(query_x)

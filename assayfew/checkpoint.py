@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from assayfew.baselines import ridge_predict
+from assayfew.baselines import RidgeFit, ridge_fit
 from assayfew.blas import single_threaded_numpy_blas
 from assayfew.chem import FingerprintSpec
 from assayfew.io import atomic_write, read_json, write_json
@@ -96,7 +96,8 @@ class MetaModel:
         return self.predict([self.adapt(support_x, support_y, steps=steps)], query_x)[0]
 
     def adapt(self, support_x: np.ndarray, support_y: np.ndarray, *, steps: int | None = None) -> Adaptation:
-        """Adapt every member to one assay's measured compounds (gradient steps or the ridge head)."""
+        """Adapt every member to one assay's measured compounds (gradient steps or the ridge head); fit the
+        fingerprint ridge regression when the model blends it in."""
         settings = self.prediction
         scaling_cfg = self.config.get("label_scaling", {"mode": "center"})
         scaling = fit_scaling(support_y, scaling_cfg.get("mode", "center"), float(scaling_cfg.get("min_std", 0.5)))
@@ -109,27 +110,28 @@ class MetaModel:
                 learner.eval()
                 with torch.enable_grad():
                     states.append(learner.adapt(xs, ys, steps=steps or self.inner_steps, ridge_alpha=ridge_alpha))
-        return Adaptation(states=states, scaling=scaling, support_x=np.asarray(support_x),
-                          support_y=np.asarray(support_y, dtype=np.float64))
+            ridge = (ridge_fit(support_x, support_y, alpha=float(settings["fp_ridge_alpha"]))
+                     if float(settings["fp_ridge_weight"]) > 0 else None)
+        return Adaptation(states=states, scaling=scaling, ridge=ridge)
 
     def predict(self, adaptations: Sequence[Adaptation], query_x: np.ndarray) -> list[np.ndarray]:
         """Predictions of `query_x` by each adaptation (made by this model's `adapt`), in task units.
 
-        Work the adaptations share (block 1's linear map of head-only learners) is done once.
+        Work the adaptations share (block 1's linear map of head-only learners, the query in float64 for
+        the ridge blend) is done once.
         """
-        settings = self.prediction
-        weight = float(settings["fp_ridge_weight"])
+        weight = float(self.prediction["fp_ridge_weight"])
         with single_threaded_numpy_blas():
             xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32))
             per_learner = [learner.predict_many([a.states[i] for a in adaptations], xq)
                            for i, learner in enumerate(self.learners)]
+            xq64 = np.asarray(query_x, dtype=np.float64) if weight > 0 else None
             out = []
             for j, a in enumerate(adaptations):
                 mean = np.mean([p[j].detach().cpu().numpy().reshape(-1) for p in per_learner], axis=0)
                 pred = a.scaling.inverse(mean)
-                if weight > 0:
-                    pred = (1 - weight) * pred + weight * ridge_predict(
-                        a.support_x, a.support_y, query_x, alpha=float(settings["fp_ridge_alpha"]))
+                if a.ridge is not None and xq64 is not None:
+                    pred = (1 - weight) * pred + weight * a.ridge.predict(xq64)
                 out.append(pred)
         return out
 
@@ -137,13 +139,12 @@ class MetaModel:
 @dataclass(frozen=True)
 class Adaptation:
     """A `MetaModel` adapted to one assay (`MetaModel.adapt`): one adapted state per member, the label
-    scaling and the support set (for the optional fingerprint-ridge blend). Predicts any number of compounds,
-    in any number of batches, with `MetaModel.predict`."""
+    scaling and, when the model blends it in, the fingerprint ridge regression fitted on the same compounds.
+    Predicts any number of compounds, in any number of batches, with `MetaModel.predict`."""
 
     states: list[AdaptedParams]
     scaling: LabelScaling
-    support_x: np.ndarray
-    support_y: np.ndarray
+    ridge: RidgeFit | None
 
 
 #: Keys that must agree between ensemble members (they are adapted and averaged in one label space).

@@ -8,6 +8,7 @@ import pytest
 import torch
 from rdkit import Chem
 
+from assayfew.baselines import ridge_predict
 from assayfew.chem import featurize_chunks, featurize_smiles
 from assayfew.predict import InputError, adapt_and_predict
 from assayfew.screen import SCORE_COLUMNS, open_library, score_library
@@ -69,8 +70,11 @@ def check_against_reference(table, rows, reference, id_col):
         assert got["in_domain"] == want["in_domain"]
 
 
-def test_adapt_then_predict_equals_the_one_shot_path(model, one_thread):
-    """MetaModel.adapt + predict (layer 1 shared across adaptations) = each learner's adapt_and_predict."""
+@pytest.mark.parametrize("ridge_weight", [0.0, 0.4])
+def test_adapt_then_predict_equals_the_one_shot_path(model, one_thread, ridge_weight):
+    """MetaModel.adapt + predict (shared work done once) = each learner's adapt_and_predict, averaged, blended
+    with fingerprint ridge regression when the model says so."""
+    model = model.with_prediction(fp_ridge_weight=ridge_weight)
     rng = np.random.default_rng(0)
     bits = model.spec.bits
     xs = (rng.random((12, bits)) < 0.1).astype(np.float32)
@@ -85,6 +89,7 @@ def test_adapt_then_predict_equals_the_one_shot_path(model, one_thread):
                                                       torch.as_tensor((support_y - shift).astype(np.float32)),
                                                       torch.as_tensor(xq)).numpy() for learner in model.learners],
                            axis=0) + shift
+        one_shot = (1 - ridge_weight) * one_shot + ridge_weight * ridge_predict(support_x, support_y, xq)
         np.testing.assert_allclose(got, one_shot, rtol=0, atol=1e-6)
         np.testing.assert_allclose(model.adapt_predict(support_x, support_y, xq), got, rtol=0, atol=1e-6)
     assert not np.allclose(together[0], together[1])  # the two adaptations really differ
