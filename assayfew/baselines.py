@@ -9,14 +9,16 @@ import numpy as np
 
 @dataclass(frozen=True)
 class RidgeFit:
-    """A fitted ridge regression: prediction = (x - x_mean) @ weights + y_mean."""
+    """A fitted ridge regression: prediction = (x - x_mean) @ weights + y_mean (computed as x @ weights +
+    a constant: no centred copy of a large query)."""
 
     x_mean: np.ndarray
     weights: np.ndarray
     y_mean: float
 
     def predict(self, query_x: np.ndarray) -> np.ndarray:
-        return (np.asarray(query_x, dtype=np.float64) - self.x_mean) @ self.weights + self.y_mean
+        offset = self.y_mean - float(self.x_mean @ self.weights)
+        return np.asarray(query_x, dtype=np.float64) @ self.weights + offset
 
 
 def ridge_fit(support_x: np.ndarray, support_y: np.ndarray, *, alpha: float = 10.0) -> RidgeFit:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from assayfew.chem import FingerprintSpec
 from assayfew.io import atomic_write, read_json, write_json
 from assayfew.meta import MLP, build_learner
 from assayfew.meta.learners import AdaptedParams
+from assayfew.meta.sparse import SparseRows
 from assayfew.meta.state import learner_state, load_learner_state
 from assayfew.provenance import stamp
 from assayfew.scaling import LabelScaling, fit_scaling
@@ -123,7 +125,9 @@ class MetaModel:
         weight = float(self.prediction["fp_ridge_weight"])
         with single_threaded_numpy_blas():
             xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32))
-            per_learner = [learner.predict_many([a.states[i] for a in adaptations], xq)
+            memo = {"sparse_rows": cache(lambda: SparseRows.from_dense(xq)),
+                    "input_nnz": cache(lambda: int(torch.count_nonzero(xq)))}  # shared by the learners
+            per_learner = [learner.predict_many([a.states[i] for a in adaptations], xq, memo)
                            for i, learner in enumerate(self.learners)]
             xq64 = np.asarray(query_x, dtype=np.float64) if weight > 0 else None
             out = []

@@ -16,6 +16,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -397,9 +398,9 @@ def featurize_chunks(
     `np.unpackbits(packed, axis=1, count=bits, bitorder="little")`), zeros for invalid rows; reasons: ""
     when valid, else why not (the same as `featurize_smiles`). Work runs in one pool of `n_jobs` worker
     processes (None = all available cores; 1, or a stream of one chunk = in-process) that lives as long as
-    the stream; at most
-    `ahead` chunks are in flight beyond the one the caller holds, so memory stays bounded however long
-    the stream. Workers are spawned (not forked): they do not inherit the caller's memory (a loaded model).
+    the stream; at most `ahead` chunks are in flight beyond the one the caller holds, so memory stays
+    bounded however long the stream. Workers are spawned (not forked) and import only this module: they do
+    not hold copies of the caller's memory (a loaded model, torch).
     """
     work = partial(_featurize_chunk, radius=spec.radius, bits=spec.bits, standardize=standardize, canonical=False)
     jobs = n_jobs if n_jobs is not None else _available_cores()
@@ -421,7 +422,7 @@ def featurize_chunks(
                         break
                     items = _as_smiles(chunk)
                     pieces = [items[a : a + _CHUNK_MAX] for a in range(0, len(items), _CHUNK_MAX)] or [[]]
-                    pending.append([pool.submit(work, piece) for piece in pieces])
+                    pending.append([_submit(pool, work, piece) for piece in pieces])
                 if not pending:
                     return
                 results = [future.result() for future in pending.popleft()]
@@ -430,6 +431,21 @@ def featurize_chunks(
             for futures in pending:
                 for future in futures:
                     future.cancel()
+
+
+def _submit(pool: ProcessPoolExecutor, fn: Callable, arg: object) -> Future:
+    """pool.submit, with the parent's main script hidden from any worker spawned meanwhile: a spawned worker
+    re-runs the main script's imports (for the `assayfew` command: torch, pandas, every subcommand), which
+    the featurisation functions (in this module) do not need. Also spares scripts the `__main__` guard."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None) if getattr(main, "__spec__", None) is None else None
+    if path is None:
+        return pool.submit(fn, arg)
+    del main.__file__  # type: ignore[union-attr]
+    try:
+        return pool.submit(fn, arg)
+    finally:
+        main.__file__ = path  # type: ignore[union-attr]
 
 
 def _as_smiles(chunk: Sequence[str]) -> list[str]:

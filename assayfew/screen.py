@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import csv
 import gzip
-import os
+import sys
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import numpy as np
+import torch
 
 from assayfew.adaptation import AssayAdaptation
 from assayfew.chem import featurize_chunks, max_tanimoto
@@ -247,11 +249,15 @@ def open_library(path: Path, smiles_col: str | None = None) -> Library:
 
 def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[str] | None, *, units: str = "p",
                   in_domain_similarity: float = IN_DOMAIN_SIMILARITY, chunk_size: int = CHUNK_SIZE,
-                  n_jobs: int | None = None, standardize: bool = False,
+                  n_jobs: int | None = None, standardize: bool = False, model_threads: int | None = 1,
                   progress: Callable[[int, int], None] | None = None) -> LibrarySummary:
     """Score every row of `library` and write them, in input order, as CSV to `out` (a path: written to a
     temporary file beside it and renamed at the end, so `out` is either complete or untouched; a text
-    stream: written as it goes). `progress(rows done, bytes of the file read)` after each chunk."""
+    stream: written as it goes). `progress(rows done, bytes of the file read)` after each chunk.
+
+    n_jobs: featurisation worker processes (None = all cores; 1 = in-process). model_threads: torch threads
+    for scoring while workers keep the other cores busy (None = torch's setting), restored afterwards.
+    """
     replaced = [c for c in library.columns if c in SCORE_COLUMNS]
     keep = [i for i, c in enumerate(library.columns) if c not in SCORE_COLUMNS]
     header = [library.columns[i] for i in keep] + list(SCORE_COLUMNS)
@@ -282,10 +288,15 @@ def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[
         if counts["rows"] == 0:
             raise InputError(f"{library.path}: no compounds (only a header)")
 
-    if out is None or not isinstance(out, (str, Path)):
-        write(out if out is not None else _stdout())
-    else:
-        atomic_write(Path(out), lambda tmp: _write_file(tmp, write))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(model_threads if model_threads and n_jobs != 1 else threads)
+    try:
+        if out is None or not isinstance(out, (str, Path)):
+            write(out if out is not None else sys.stdout)
+        else:
+            atomic_write(Path(out), lambda tmp: _write_file(tmp, write))
+    finally:
+        torch.set_num_threads(threads)
     return LibrarySummary(n_rows=counts["rows"], n_invalid=counts["invalid"], replaced_columns=replaced)
 
 
@@ -309,18 +320,10 @@ def _write_file(tmp: Path, write: Callable[[IO[str]], None]) -> None:
         write(handle)
 
 
-def _stdout() -> IO[str]:
-    import sys
-
-    return sys.stdout
-
-
 class _Tee:
     """Iterates over chunks and remembers those handed out but not yet taken back (the ones in flight)."""
 
     def __init__(self, source: Iterator[LibraryChunk]) -> None:
-        from collections import deque
-
         self.source = source
         self.taken: deque[LibraryChunk] = deque()
 

@@ -482,9 +482,11 @@ class MetaLearner(nn.Module):
         return out if adapted.batched else out.squeeze(0)
 
     @torch.no_grad()
-    def predict_many(self, adapted: Sequence[AdaptedParams], x: Tensor) -> list[Tensor]:
+    def predict_many(self, adapted: Sequence[AdaptedParams], x: Tensor, memo: dict | None = None) -> list[Tensor]:
         """[predict(a, x) for a in adapted] for 2-D adaptations; when they share block 1's parameters
-        (head-only learners: adaptation leaves the body unchanged) its linear map on x runs once."""
+        (head-only learners: adaptation leaves the body unchanged) its linear map on x runs once.
+        `memo`: x's sparse form and non-zero count as memoised callables ("sparse_rows", "input_nnz"), when
+        the caller shares them between learners."""
         first = ("block1_weight", "block1_bias", "block1_transform")
 
         def body_key(a: AdaptedParams) -> tuple:
@@ -493,7 +495,7 @@ class MetaLearner(nn.Module):
         if (not isinstance(self.model, MLP) or any(a.batched for a in adapted)
                 or len({body_key(a) for a in adapted}) > 1):
             return [self.predict(a, x) for a in adapted]
-        seen: dict = {}  # the first trace memoises block 1's linear map ("lin1") here
+        seen: dict = dict(memo or {})  # the first trace memoises block 1's linear map ("lin1") here
         out = []
         for a in adapted:
             cache = {"lin1": seen["lin1"]} if "lin1" in seen else seen
