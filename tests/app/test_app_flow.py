@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from assayfew.checkpoint import load_model
-from assayfew.predict import PredictOptions, adapt_and_predict, example_assay, read_input_csv
+from assayfew.predict import PredictOptions, adapt_and_predict, example_assay
+from assayfew.userfiles import read_user_table
 
 pytest.importorskip("streamlit")
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  # noqa: E402
@@ -87,7 +88,7 @@ def test_uploaded_csv_with_other_seed_matches_library(app, tiny_model_dir, downl
     app.button(key="adapt").click().run()
     assert not app.exception and not app.error
 
-    expected = adapt_and_predict(read_input_csv(path), load_model(tiny_model_dir), options=PredictOptions(seed=5))
+    expected = adapt_and_predict(read_user_table(path).table, load_model(tiny_model_dir), options=PredictOptions(seed=5))
     assert downloads[-1] == expected.table.to_csv(index=False).encode()
     assert len(results_frame(app)) == len(table)
 

@@ -99,22 +99,3 @@ def test_nanomolar_input_predictions_come_back_in_nanomolar(model, assay):
 def test_example_assay_masks_exactly_n_measured():
     table, truth = example_assay(n_measured=32, seed=0)
     assert table["pIC50"].notna().sum() == 32 and len(truth) == len(table) > 900
-
-
-def test_csv_reader_keeps_text_and_rejects_ragged_rows(tmp_path):
-    from assayfew.predict import read_input_csv
-
-    good = tmp_path / "good.csv"
-    good.write_text("smiles,pIC50,note\nCCO,5.10,a\nCCN,,\n\nc1ccccc1,007,x\n")
-    table = read_input_csv(good)
-    assert len(table) == 3 and table.loc[2, "pIC50"] == "007" and pd.isna(table.loc[1, "pIC50"])
-    ragged = tmp_path / "ragged.csv"
-    ragged.write_text("smiles,pIC50\nCCO,5.1,extra\n")
-    with pytest.raises(InputError, match="line 2: 3 fields but the header has 2"):
-        read_input_csv(ragged)
-    with pytest.raises(InputError, match="limit of 1 rows"):
-        read_input_csv(good, max_rows=1)
-    dup = tmp_path / "dup.csv"
-    dup.write_text("smiles,smiles\nC,C\n")
-    with pytest.raises(InputError, match="duplicate column"):
-        read_input_csv(dup)
