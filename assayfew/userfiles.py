@@ -45,7 +45,7 @@ class UserTable:
 def read_user_table(source: str | Path | IO, *, sep: str | None = None, max_rows: int | None = None,
                     max_bytes: int | None = None) -> UserTable:
     """Read a path or an open file (bytes or text; its `name` picks SDF when the content is ambiguous)."""
-    name = str(getattr(source, "name", source))
+    name = str(source) if isinstance(source, (str, Path)) else str(getattr(source, "name", "input"))
     raw = _read_raw(source, name, max_bytes)
     if isinstance(raw, str):
         return _delimited(raw, name, sep, max_rows, notes=[])
