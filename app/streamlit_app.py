@@ -156,7 +156,7 @@ def results_section(result: PredictionResult) -> None:
     cols = st.columns(4)
     cols[0].metric("Measured (support)", result.n_measured)
     cols[1].metric("Predicted", result.n_predicted)
-    cols[2].metric("Invalid SMILES", result.n_invalid)
+    cols[2].metric("Invalid structures", result.n_invalid)
     cols[3].metric("Support CV R²", f"{result.cv_r2:.2f}")
 
     top = top_predicted(result, 12)

@@ -34,6 +34,7 @@ __all__ = [
     "Featurized",
     "featurize_smiles",
     "max_tanimoto",
+    "may_change_on_standardizing",
     "parse_molblock",
     "parse_smiles",
 ]
@@ -90,7 +91,7 @@ def _parse(smiles: str, standardize: bool) -> tuple[Chem.Mol | None, str]:
             return None, reason
     if mol.GetNumAtoms() == 0:
         return None, "empty SMILES"
-    if standardize and _MAY_NEED_STANDARDIZING.search(smiles):
+    if standardize and may_change_on_standardizing(smiles):
         try:
             mol = _standardizer().standardize(mol)
         except Exception as exc:
@@ -98,6 +99,11 @@ def _parse(smiles: str, standardize: bool) -> tuple[Chem.Mol | None, str]:
         if mol is None or mol.GetNumAtoms() == 0:
             return None, "standardization failed: no atoms left"
     return mol, ""
+
+
+def may_change_on_standardizing(smiles: str) -> bool:
+    """Whether standardisation (largest fragment + neutralisation) can change this SMILES' structure."""
+    return isinstance(smiles, str) and _MAY_NEED_STANDARDIZING.search(smiles) is not None
 
 
 def parse_molblock(block: str) -> tuple[Chem.Mol | None, str]:
@@ -217,7 +223,7 @@ def _featurize_chunk(
     fast = not canonical  # canonical SMILES need the reference parser's stereo
     with rdBase.BlockLogs():
         for i, smi in enumerate(smiles):
-            if fast and not (standardize and isinstance(smi, str) and _MAY_NEED_STANDARDIZING.search(smi)):
+            if fast and not (standardize and may_change_on_standardizing(smi)):
                 mol, reason = _parse_for_fingerprint(smi)
             else:
                 mol, reason = _parse(smi, standardize)

@@ -10,6 +10,7 @@ One library function, `adapt_and_predict`, serves the CLI and the app. Rules it 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import pandas as pd
 
 from assayfew.checkpoint import MetaModel, load_model
 from assayfew.baselines import ridge_predict
-from assayfew.chem import FingerprintSpec, featurize_smiles, max_tanimoto
+from assayfew.chem import FingerprintSpec, featurize_smiles, max_tanimoto, may_change_on_standardizing
 from assayfew.metrics import r2_pearson
 from assayfew.paths import default_model_dir, rdkit_example_dir
 from assayfew.userfiles import InputError
@@ -90,8 +91,15 @@ def detect_column(columns: Sequence[str], candidates: Sequence[str], given: str 
     return found[0]
 
 
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
+
+
 def parse_activities(raw: pd.Series, units: str) -> tuple[np.ndarray, list[str]]:
-    """Activities in p-units (NaN where unmeasured) and a per-row problem ('' when fine)."""
+    """Activities in p-units (NaN where unmeasured) and a per-row problem ('' when fine).
+
+    A decimal comma is read as a decimal point ('6,5' → 6.5), except where it could be a thousands
+    separator of a potency ('1,500' nM is flagged as ambiguous).
+    """
     if units not in UNITS:
         raise InputError(f"unknown units {units!r}; choose from {', '.join(UNITS)}")
     values = np.full(len(raw), np.nan)
@@ -99,8 +107,15 @@ def parse_activities(raw: pd.Series, units: str) -> tuple[np.ndarray, list[str]]
     for i, v in enumerate(raw.tolist()):
         if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
             continue
+        text = str(v).strip().replace("\u2010", "-").replace("\u2212", "-")
+        if _DECIMAL_COMMA.match(text):  # 6,5 from a semicolon-separated export
+            if units != "p" and len(text.split(",")[1]) == 3:
+                problems[i] = (f"invalid activity value {v!r} (ambiguous: decimal comma or thousands separator?): "
+                               "not used as measured")
+                continue
+            text = text.replace(",", ".")
         try:
-            x = float(str(v).strip().replace("\u2010", "-").replace("\u2212", "-"))
+            x = float(text)
         except ValueError:
             problems[i] = f"invalid activity value {v!r} (not a number): not used as measured"
             continue
@@ -192,10 +207,10 @@ def _note_replicates(support: _Support, values: np.ndarray, status: list[str], u
         spread = float(np.ptp(values[rows]))
         for row in rows:
             others = ", ".join(str(r + 1) for r in rows if r != row)
-            status[row] = (f"ok; same compound as row(s) {others}: the mean of {len(rows)} measurements "
-                           f"({_format(y, units)}) is used as one point")
+            _add_note(status, row, f"same compound as row(s) {others}: the mean of {len(rows)} measurements "
+                                   f"({_format(y, units)}) is used as one point")
             if spread > DISAGREEMENT:
-                status[row] += f"; they disagree by {spread:.1f} log units"
+                _add_note(status, row, f"they disagree by {spread:.1f} log units")
         if spread > DISAGREEMENT:
             disagreeing.append((rows, spread))
     sameness = "same structure after standardisation" if standardize else "same structure"
@@ -207,6 +222,24 @@ def _note_replicates(support: _Support, values: np.ndarray, status: list[str], u
         warnings.append(f"replicate measurements disagree by more than {DISAGREEMENT:g} log unit for "
                         f"{len(disagreeing)} compound(s) ({examples}): check them; their mean was used")
     return warnings
+
+
+def _add_note(status: list[str], row: int, note: str) -> None:
+    """Append a note to a usable row's status ('ok; note; ...')."""
+    status[row] = f"{status[row] or 'ok'}; {note}"
+
+
+def _note_standardized(smiles: list[str], rows: np.ndarray, status: list[str], model: MetaModel) -> None:
+    """Note, on usable rows, the structure standardisation made of the user's SMILES (e.g. a salt's parent)."""
+    rows = [i for i in rows.tolist() if not status[i] and may_change_on_standardizing(smiles[i])]
+    if not rows:
+        return
+    given = [smiles[i] for i in rows]
+    before = featurize_smiles(given, model.spec, standardize=False).canonical or []
+    after = featurize_smiles(given, model.spec, standardize=True).canonical or []
+    for i, old, new in zip(rows, before, after):
+        if old != new:
+            _add_note(status, i, f"standardised to {new}")
 
 
 def _format(p_value: float, units: str) -> str:
@@ -246,6 +279,8 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
     ys = support.y
     if np.ptp(ys) == 0:
         raise InputError(f"all {len(measured)} measured activities are equal ({ys[0]:g}): nothing to learn from")
+    if standardize:
+        _note_standardized(smiles, np.flatnonzero(feats.valid), status, model)
     warnings = _note_replicates(support, values, status, units, standardize)
     first_rows = np.array([rows[0] for rows in support.rows])
     xs = feats.fingerprints[first_rows].astype(np.float32)

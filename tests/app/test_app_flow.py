@@ -136,6 +136,17 @@ def test_bad_pasted_input_shows_an_error_not_a_traceback(app, pasted, message):
     assert len(app.error) == 1 and message in app.error[0].value, [e.value for e in app.error]
 
 
+def test_cells_pasted_from_a_spreadsheet_are_tab_separated(app):
+    app.text_area(key="pasted").input("CCO\t5,1\nCCN\t6.2\nCCC\t7\nCCCl\t\n").run()
+    app.button(key="use_pasted").click().run()
+    assert not app.error and not app.info, [e.value for e in app.error]
+    app.button(key="adapt").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    frame = results_frame(app)
+    assert list(frame.columns[:2]) == ["smiles", "activity"] and len(frame) == 4
+    assert (frame["status"] == "ok").all()
+
+
 def test_missing_model_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("ASSAYFEW_MODEL_DIR", str(tmp_path / "nowhere"))
     at = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT)

@@ -104,6 +104,7 @@ def _status(row: int, prefix: str) -> Callable[[pd.DataFrame], None]:
 def _salt_equals_parent(out: pd.DataFrame) -> None:
     assert list(out["smiles"].iloc[-2:]) == ["OC(=O)c1ccccc1C(=O)N", "[Na+].[O-]C(=O)c1ccccc1C(=O)N"]
     assert out["prediction"].iloc[-1] == pytest.approx(out["prediction"].iloc[-2], abs=1e-6)
+    assert list(out["status"].iloc[-2:]) == ["ok", "ok; standardised to NC(=O)c1ccccc1C(=O)O"]
 
 
 def _salt_differs(out: pd.DataFrame) -> None:
@@ -150,6 +151,8 @@ CASES = [
          check=_all_ok, rows=N),
     Case("semicolon", "assay.csv", lambda p: csv_bytes(assay(), sep=";"), 0, ("read as semicolon-separated",),
          check=_all_ok, rows=N),
+    Case("semicolon-decimal-comma", "eu.csv", lambda p: csv_bytes(assay(), sep=";", decimal=","), 0,
+         ("read as semicolon-separated", "measured: 10", "rejected activity values: 0"), check=_all_ok, rows=N),
     Case("sep-forced-wrong", "assay.csv", lambda p: csv_bytes(assay(), sep=";"), 2,
          ("no smiles column found",), args=("--sep", ",")),
     Case("sep-unknown", "assay.csv", lambda p: csv_bytes(assay()), 2, ("unknown separator '|'",),

@@ -40,6 +40,11 @@ def test_units_convert_to_p_values():
     assert "must be > 0" in problems[3] and "not a number" in problems[4]
     values, _ = parse_activities(pd.Series(["10"]), "uM")
     assert values[0] == pytest.approx(5.0)
+    values, problems = parse_activities(pd.Series(["6,5", "1,500", "1,5", "1,2,3"]), "nM")
+    np.testing.assert_allclose(values[[0, 2]], [9 - np.log10(6.5), 9 - np.log10(1.5)])
+    assert "ambiguous" in problems[1] and "not a number" in problems[3]
+    values, problems = parse_activities(pd.Series(["6,125"]), "p")
+    assert values[0] == pytest.approx(6.125) and problems == [""]
 
 
 def test_rows_kept_in_order_with_invalid_smiles_flagged(model, assay):
@@ -172,6 +177,8 @@ def test_salts_are_stripped_by_default_and_the_users_smiles_kept(model, assay):
     result = adapt_and_predict(table, model, options=OPTS)
     assert result.standardized and model.standardize
     assert result.table.loc[unmeasured[1], "smiles"] == "CC(=O)[O-].[Na+]"
+    assert result.table.loc[unmeasured[1], "status"] == "ok; standardised to CC(=O)O"
+    assert result.table.loc[unmeasured[0], "status"] == "ok"
     pred = result.table.loc[unmeasured, "prediction"].to_numpy()
     assert pred[0] == pytest.approx(pred[1], abs=1e-6)
     raw = adapt_and_predict(table, model, options=PredictOptions(n_ensemble=4, cv_folds=3, standardize=False))
