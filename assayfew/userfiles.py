@@ -227,8 +227,8 @@ def _cell_text(value: object) -> str:
 def _sdf(text: str, name: str, max_rows: int | None, notes: list[str]) -> UserTable:
     """One row per record: `name` (title line), `smiles` (from the structure) and every data item."""
     records = _sdf_records(text)
-    if not records:
-        raise InputError(f"{name}: no molecules found in the SDF file")
+    if not any(line.startswith("M  END") for lines in records for line in lines):
+        raise InputError(f"{name}: no molecules found in the SDF file (no 'M  END' line)")
     _check_rows(len(records), max_rows, name)
     items = [_sdf_items(lines) for lines in records]
     properties = list(dict.fromkeys(key for item in items for key in item))
