@@ -161,6 +161,10 @@ CASES = [
          ("not UTF-8; read as Windows-1252 (Latin-1) text",), check=_all_ok, rows=N),
     Case("utf8-bom", "assay.csv", lambda p: b"\xef\xbb\xbf" + csv_bytes(assay()), 0, ("measured: 10",),
          check=_all_ok, rows=N),
+    Case("csv-gz", "assay.csv.gz", lambda p: gzip.compress(csv_bytes(assay())), 0, ("measured: 10",),
+         check=_all_ok, rows=N),
+    Case("utf16-excel-unicode-text", "assay.txt", lambda p: csv_bytes(assay(), sep="\t").decode().encode("utf-16"),
+         0, ("read as tab-separated",), check=_all_ok, rows=N),
     Case("binary", "image.csv", lambda p: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff", 2, ("a binary file",)),
     # --- file structure
     Case("header-only", "h.csv", lambda p: b"smiles,pIC50\n", 2, ("h.csv: no data rows (only a header line",)),
