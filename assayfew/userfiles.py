@@ -48,14 +48,15 @@ def read_user_table(source: str | Path | IO, *, sep: str | None = None, max_rows
     name = str(source) if isinstance(source, (str, Path)) else str(getattr(source, "name", "input"))
     raw = _read_raw(source, name, max_bytes)
     if isinstance(raw, str):
-        return _delimited(raw, name, sep, max_rows, notes=[])
-    if raw[:2] == _GZIP_MAGIC:
-        raw = _gunzip(raw, name, max_bytes)
-    if raw[:4] == _ZIP_MAGIC:
-        return _excel(raw, name, max_rows)
-    if raw[:4] == _OLE_MAGIC:
-        raise InputError(f"{name}: a legacy Excel .xls file; save it as .xlsx or CSV")
-    text, notes = _decode(raw, name)
+        text, notes = raw, []
+    else:
+        if raw[:2] == _GZIP_MAGIC:
+            raw = _gunzip(raw, name, max_bytes)
+        if raw[:4] == _ZIP_MAGIC:
+            return _excel(raw, name, max_rows)
+        if raw[:4] == _OLE_MAGIC:
+            raise InputError(f"{name}: a legacy Excel .xls file; save it as .xlsx or CSV")
+        text, notes = _decode(raw, name)
     if _looks_like_sdf(text, name):
         return _sdf(text, name, max_rows, notes)
     return _delimited(text, name, sep, max_rows, notes)

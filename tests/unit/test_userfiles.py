@@ -157,6 +157,7 @@ def test_sdf_is_recognised_by_content_without_its_suffix(tmp_path):
     path = tmp_path / "export.txt"
     path.write_text(SDF_GOOD)
     assert read_user_table(path).format == "sdf"
+    assert read_user_table(io.StringIO(SDF_GOOD)).format == "sdf"
     not_sdf = tmp_path / "table.sdf"
     not_sdf.write_text("smiles,pIC50\nCCO,5\n")
     with pytest.raises(InputError, match="no molecules found in the SDF file"):
