@@ -150,12 +150,15 @@ def from_p(values: np.ndarray, units: str) -> np.ndarray:
 def check_plausible(values: np.ndarray, raw: pd.Series, units: str, column: str) -> None:
     """Refuse activities outside P_RANGE (after unit conversion), suggesting --units for concentrations."""
     lo, hi = P_RANGE
+    finite = values[np.isfinite(values)]
+    if units == "p" and len(finite) and 0 < finite.max() < 0.01:  # e.g. 1e-7: a molar concentration
+        raise InputError(f"all values in column {column!r} are below 0.01, e.g. {raw[np.isfinite(values)].iloc[0]}: "
+                         "they look like molar concentrations; convert them to nM and give --units nM")
     bad = np.flatnonzero(np.isfinite(values) & ((values < lo) | (values > hi)))
     if not len(bad):
         return
     examples = ", ".join(f"{raw.iloc[i]} (row {i + 1})" for i in bad[:3])
     what = f"{len(bad)} value(s) in column {column!r} outside the plausible range of {lo:g}–{hi:g} p-units"
-    finite = values[np.isfinite(values)]
     if units == "p" and finite.min() > 0 and np.median(finite) > hi:
         hint = "they look like concentrations: give --units nM or --units uM"
     elif units == "p":

@@ -148,6 +148,7 @@ def test_replicates_are_averaged_into_one_point(model, assay):
     (["3162", "10000", "250", "12"], "p", "look like concentrations: give --units nM or --units uM"),
     (["-3", "5", "6", "7"], "p", "p-units are −log10 molar"),
     (["1e-12", "5", "6", "7"], "nM", "as nM these are implausible"),
+    (["1e-7", "3e-6", "2e-9", "5e-8"], "p", "look like molar concentrations; convert them to nM"),
 ])
 def test_implausible_activities_are_errors(model, values, units, message):
     table = pd.DataFrame({"smiles": ["CCO", "CCN", "CCC", "CCCl", "c1ccccc1"], "pIC50": values + [None]})
