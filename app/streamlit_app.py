@@ -87,6 +87,8 @@ def input_section() -> None:
                         key="seed")
         st.number_input("Adaptation steps (0 = the model's default)", min_value=0, max_value=200, value=0, step=1,
                         key="steps")
+        st.checkbox("Keep structures as given (no salt stripping or neutralisation; like --no-standardize)",
+                    key="no_standardize")
 
 
 def mapping_section(table: pd.DataFrame) -> tuple[str | None, str | None, str]:
@@ -125,10 +127,12 @@ def run_prediction(table: pd.DataFrame, smiles_col: str, activity_col: str, unit
     bar = st.progress(0.0, text="loading the model")
     try:
         model = cached_model(str(model_dir()))
-        options = PredictOptions(steps=int(state.get("steps", 0)) or None, seed=int(state.get("seed", 0)))
+        options = PredictOptions(steps=int(state.get("steps", 0)) or None, seed=int(state.get("seed", 0)),
+                                 standardize=False if state.get("no_standardize") else None)
         result = adapt_and_predict(
             table, model, smiles_col=smiles_col, activity_col=activity_col, units=units, options=options,
-            input_problems=state.get("problems"), progress=lambda fraction, message: bar.progress(min(max(float(fraction), 0.0), 1.0), text=message))
+            input_problems=state.get("problems"),
+            progress=lambda fraction, message: bar.progress(min(max(float(fraction), 0.0), 1.0), text=message))
     except InputError as exc:
         show_failure(str(exc))
     except Exception as exc:  # last resort: a short message, the traceback goes to the server log

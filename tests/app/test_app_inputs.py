@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.cli.test_bad_input_catalogue_inputs import (assay, csv_bytes, nanomolar_in_p_column,
-                                                       replicate_disagreeing, sdf_bytes, xlsx_bytes)
+                                                       replicate_disagreeing, salt_and_parent, sdf_bytes, xlsx_bytes)
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -102,3 +102,22 @@ def test_size_limit_is_enforced_by_the_app(app):
     body = b"smiles,pIC50,note\n" + b"CCO,5," + b"x" * 10_000_100 + b"\n"
     upload(app, "big.csv", body)
     assert [e for e in shown(app.error) if "big.csv: larger than the limit of 10 MB" in e]
+
+
+def test_keeping_structures_as_given_matches_no_standardize(app, tiny_model_dir, tmp_path):
+    path = tmp_path / "salt.csv"
+    path.write_bytes(csv_bytes(salt_and_parent()))
+    upload(app, "salt.csv", path.read_bytes())
+    app.checkbox(key="no_standardize").check().run()
+    app.button(key="adapt").click().run()
+    assert not app.exception and not app.error
+    from assayfew.cli import typer_app
+
+    out = tmp_path / "cli.csv"
+    res = runner.invoke(typer_app, ["predict", str(path), "--model", str(tiny_model_dir), "--out", str(out),
+                                    "--no-standardize"])
+    assert res.exit_code == 0, res.output
+    frame = next(d.value for d in app.dataframe if "status" in d.value.columns and "prediction" in d.value.columns)
+    expected = pd.read_csv(out)
+    assert frame["prediction"].iloc[-1] == pytest.approx(expected["prediction"].iloc[-1], abs=1e-9)
+    assert frame["prediction"].iloc[-1] != pytest.approx(frame["prediction"].iloc[-2], abs=1e-6)
