@@ -24,6 +24,7 @@ class AssayAdaptation:
     full: Adaptation
     members: list[Adaptation]
     support_fingerprints: np.ndarray  # (n_measured, bits) 0/1, for similarity to the measured set
+    standardize: bool = False  # whether structures were standardised before featurizing (do the same to others)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(prediction, uncertainty) of each row of the fingerprint matrix x, in the assay's p-units.
@@ -39,10 +40,11 @@ class AssayAdaptation:
 
 
 def adapt_to_assay(model: MetaModel, support_x: np.ndarray, support_y: np.ndarray, *, steps: int | None,
-                   n_ensemble: int, rng: np.random.Generator,
+                   n_ensemble: int, rng: np.random.Generator, standardize: bool = False,
                    progress: Callable[[int], None] | None = None) -> AssayAdaptation:
     """Adapt to the measured set and to `n_ensemble` bootstrap resamples of it (drawn from `rng`; resamples
-    whose activities are all equal are skipped). `progress(b)` after each resample."""
+    whose activities are all equal are skipped). `standardize`: how the measured structures were featurized
+    (compounds scored later are featurized the same way). `progress(b)` after each resample."""
     full = model.adapt(support_x, support_y, steps=steps)
     members = []
     for b in range(n_ensemble):
@@ -52,4 +54,4 @@ def adapt_to_assay(model: MetaModel, support_x: np.ndarray, support_y: np.ndarra
         if progress is not None:
             progress(b)
     return AssayAdaptation(model=model, full=full, members=members,
-                           support_fingerprints=np.asarray(support_x) != 0)
+                           support_fingerprints=np.asarray(support_x) != 0, standardize=standardize)

@@ -25,7 +25,8 @@ import torch
 from assayfew.adaptation import AssayAdaptation
 from assayfew.chem import featurize_chunks, max_tanimoto
 from assayfew.io import atomic_write
-from assayfew.predict import IN_DOMAIN_SIMILARITY, SMILES_COLUMNS, InputError, detect_column, from_p
+from assayfew.predict import IN_DOMAIN_SIMILARITY, SMILES_COLUMNS, detect_column, from_p
+from assayfew.userfiles import InputError, _sdf_items, _sdf_smiles
 
 #: Columns added to every library row (the assay's own output has these plus cv_prediction).
 SCORE_COLUMNS = ("prediction", "uncertainty", "similarity_to_support", "in_domain", "status")
@@ -99,11 +100,10 @@ class Library:
                 raise InputError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
 
     def _read_header(self, smiles_col: str | None) -> tuple[list[str], int]:
-        if self.format == "sdf":
+        if self.format == "sdf":  # columns as `userfiles` reads an SDF: name, smiles, data items
             props = self._sdf_properties()
-            derived = "smiles" if "smiles" not in props else "structure_smiles"
-            title = "title" if "title" not in props else "structure_title"
-            return [title, derived, *props], 1
+            return ["name" if "name" not in props else "sdf_name",
+                    "smiles" if "smiles" not in props else "sdf_smiles", *props], 1
         lines = self._lines()
         try:
             first = next((line for _, line in lines if line.strip()), None)
@@ -133,17 +133,26 @@ class Library:
             raise InputError(f"{self.path}: {exc}") from None
         return header, header.index(column)
 
-    def _sdf_properties(self) -> list[str]:
-        """Property names of an SDF, in first-seen order (one quick pass over the text)."""
-        names: dict[str, None] = {}
-        any_line = False
+    def _sdf_records(self) -> Iterator[list[str]]:
+        """Each SDF record's lines (without line ends), streamed."""
+        record: list[str] = []
         for _, line in self._lines():
-            any_line = any_line or bool(line.strip())
-            if line.startswith(">"):
-                start, end = line.find("<"), line.rfind(">")
-                if 0 < start < end:
-                    names.setdefault(line[start + 1:end], None)
-        if not any_line:
+            if line.strip() == "$$$$":
+                yield record
+                record = []
+            else:
+                record.append(line.rstrip("\r\n"))
+        if any(line.strip() for line in record):  # a last record without its $$$$
+            yield record
+
+    def _sdf_properties(self) -> list[str]:
+        """Data item names of an SDF, in first-seen order (one pass over the file)."""
+        names: dict[str, None] = {}
+        n_records = 0
+        for record in self._sdf_records():
+            n_records += 1
+            names.update(dict.fromkeys(_sdf_items(record)))
+        if not n_records:
             raise InputError(f"{self.path}: empty file (no compounds)")
         return list(names)
 
@@ -196,19 +205,12 @@ class Library:
             raise InputError(f"{self.path}, line {reader.line_num}: not a readable CSV ({exc})") from None
 
     def _sdf_rows(self) -> Iterator[tuple[list[str], str]]:
-        from rdkit import rdBase
-
         props = self.columns[2:]
-        record: list[str] = []
-        with rdBase.BlockLogs():
-            for _, line in self._lines():
-                if line.startswith("$$$$"):
-                    yield _sdf_record(record, props)
-                    record = []
-                else:
-                    record.append(line)
-            if any(line.strip() for line in record):  # a last record without its $$$$
-                yield _sdf_record(record, props)
+        for number, lines in enumerate(self._sdf_records(), start=1):
+            items = _sdf_items(lines)
+            smiles, problem = _sdf_smiles(lines)
+            yield ([lines[0].strip() if lines else "", smiles, *(items.get(p, "") for p in props)],
+                   f"invalid structure in SDF record {number}: {problem}" if problem else "")
 
 
 def _join_cx(line: str, n: int) -> list[str]:
@@ -220,28 +222,6 @@ def _join_cx(line: str, n: int) -> list[str]:
     return [f"{smiles} {rest[:end + 1]}", *rest[end + 1:].split(None, max(n - 2, 0))]
 
 
-def _sdf_record(lines: list[str], props: list[str]) -> tuple[list[str], str]:
-    """(title, SMILES, property values...) of one SDF record, and a problem ("" when its structure reads)."""
-    from rdkit import Chem
-
-    end = next((i for i, line in enumerate(lines) if line.startswith("M  END")), None)
-    values: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in lines[(end + 1) if end is not None else len(lines):]:
-        if line.startswith(">"):
-            start, stop = line.find("<"), line.rfind(">")
-            current = values.setdefault(line[start + 1:stop], []) if 0 < start < stop else None
-        elif not line.strip():
-            current = None
-        elif current is not None:
-            current.append(line.rstrip("\r\n"))
-    title = lines[0].strip() if lines else ""
-    mol = Chem.MolFromMolBlock("".join(lines[: end + 1]), sanitize=True) if end is not None else None
-    smiles = Chem.MolToSmiles(mol) if mol is not None and mol.GetNumAtoms() else ""
-    problem = "" if smiles else "invalid structure: RDKit could not read this SDF record's molecule"
-    return [title, smiles, *("\n".join(values.get(p, [])) for p in props)], problem
-
-
 def open_library(path: Path, smiles_col: str | None = None) -> Library:
     """Open a library file for streaming; a clear `InputError` naming the file when it cannot be used."""
     return Library(path, smiles_col)
@@ -249,11 +229,12 @@ def open_library(path: Path, smiles_col: str | None = None) -> Library:
 
 def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[str] | None, *, units: str = "p",
                   in_domain_similarity: float = IN_DOMAIN_SIMILARITY, chunk_size: int = CHUNK_SIZE,
-                  n_jobs: int | None = None, standardize: bool = False, model_threads: int | None = 1,
+                  n_jobs: int | None = None, model_threads: int | None = 1,
                   progress: Callable[[int, int], None] | None = None) -> LibrarySummary:
     """Score every row of `library` and write them, in input order, as CSV to `out` (a path: written to a
     temporary file beside it and renamed at the end, so `out` is either complete or untouched; a text
-    stream: written as it goes). `progress(rows done, bytes of the file read)` after each chunk.
+    stream: written as it goes). Structures are standardised (or not) as the assay's were.
+    `progress(rows done, bytes of the file read)` after each chunk.
 
     n_jobs: featurisation worker processes (None = all cores; 1 = in-process). model_threads: torch threads
     for scoring while workers keep the other cores busy (None = torch's setting), restored afterwards.
@@ -268,7 +249,7 @@ def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         chunks = _Tee(library.chunks(chunk_size))
-        featurized = featurize_chunks((c.smiles for c in chunks), adaptation.model.spec, standardize=standardize,
+        featurized = featurize_chunks((c.smiles for c in chunks), adaptation.model.spec, standardize=adaptation.standardize,
                                       n_jobs=n_jobs)
         for packed, reasons in featurized:
             chunk = chunks.taken.popleft()

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import typer
@@ -33,7 +34,7 @@ def score_with_progress(result: PredictionResult, library: Library, out: Path | 
             summary = score_library(result.adaptation, library, out, units=result.units, progress=report)
         except InputError as exc:
             bar.stop()
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
         bar.update(task, completed=max(library.size, 1))
     seconds = time.perf_counter() - start

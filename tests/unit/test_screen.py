@@ -158,7 +158,7 @@ def test_formats_give_the_same_scores(reference, assay, tmp_path):
         handle.write("".join(text))
     for name in ("lib.sdf", "lib.sdf.gz"):
         table = scored(reference, tmp_path / name, tmp_path, chunk_size=7)
-        assert list(table.columns) == ["title", "smiles", "compound_id", "supplier", *SCORE_COLUMNS]
+        assert list(table.columns) == ["name", "smiles", "compound_id", "supplier", *SCORE_COLUMNS]
         assert (table["supplier"] == "acme").all()
         bad = table["compound_id"].str.startswith("bad")
         assert table.loc[bad, "status"].str.startswith("invalid structure").all()
