@@ -95,12 +95,13 @@ def build_library(size: int, data: Path, cache: Path, jobs: int) -> Path:
     return path
 
 
-def featurize_rate(smiles_file: Path, jobs: int, bits_spec) -> float:
-    """SMILES per second of featurize_smiles over the library's SMILES (in slices of 50,000: bounded memory)."""
+def featurize_rate(smiles_file: Path, jobs: int, bits_spec, standardize: bool) -> float:
+    """SMILES per second of featurize_smiles over the library's SMILES (in slices of 50,000: bounded memory),
+    with the model's standardisation setting (the command featurises the library the same way)."""
     smiles = [line.split(None, 1)[0] if not line[:1].isspace() else "" for line in open(smiles_file)]
     start = time.perf_counter()
     for a in range(0, len(smiles), 50_000):
-        featurize_smiles(smiles[a:a + 50_000], bits_spec, n_jobs=jobs, canonical=False)
+        featurize_smiles(smiles[a:a + 50_000], bits_spec, n_jobs=jobs, canonical=False, standardize=standardize)
     return len(smiles) / (time.perf_counter() - start)
 
 
@@ -194,14 +195,15 @@ def main() -> None:
     table, _ = example_assay(n_measured=32, seed=0)
     from assayfew.checkpoint import load_model
 
-    spec = load_model(args.model).spec
+    loaded = load_model(args.model)
+    spec, standardize = loaded.spec, loaded.standardize
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         assay = Path(tmp) / "assay.csv"
         table[table["pIC50"].notna()].to_csv(assay, index=False)
         rates, runs = [], []
         for _ in range(args.repeats):
-            rates.append(featurize_rate(library, args.jobs, spec))
+            rates.append(featurize_rate(library, args.jobs, spec, standardize))
             runs.append(run_screen(assay, library, Path(tmp) / "scored.csv", args.model,
                                    [] if args.uncertainty else ["--no-uncertainty"]))
         invalid = check_output(Path(tmp) / "scored.csv", args.size)
@@ -211,7 +213,8 @@ def main() -> None:
               "compounds_per_s": round(args.size / seconds), "featurize_smiles_per_s": round(rate),
               "ratio": round(args.size / seconds / rate, 3),
               "peak_rss_mb": round(max(r[1] for r in runs)), "peak_pss_mb": round(max(r[2] for r in runs)),
-              "uncertainty": args.uncertainty, "invalid_rows_kept": invalid, "order_preserved": True, "jobs": args.jobs, "repeats": args.repeats,
+              "uncertainty": args.uncertainty, "standardize": standardize, "invalid_rows_kept": invalid,
+              "order_preserved": True, "jobs": args.jobs, "repeats": args.repeats,
               "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     print(json.dumps(result))
 

@@ -36,6 +36,10 @@ def score_with_progress(result: PredictionResult, library: Library, out: Path | 
             bar.stop()
             err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
+        except OSError as exc:  # the output cannot be written (a directory, no permission, disk full)
+            bar.stop()
+            err.print(f"[red]error:[/red] cannot write {escape(str(out))}: {escape(exc.strerror or str(exc))}")
+            raise typer.Exit(2) from None
         bar.update(task, completed=max(library.size, 1))
     seconds = time.perf_counter() - start
     err.print(f"library: {summary.n_rows:,} compounds scored in {seconds:.1f} s "

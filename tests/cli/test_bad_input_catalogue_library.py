@@ -91,6 +91,7 @@ CASES = [
     Case("unknown extension", "lib.xlsx", text("whatever"), 2, "lib.xlsx: unknown library format", "untouched"),
     Case("duplicate column names", "lib.csv", text("smiles,id,id\nCCO,1,2\n"), 2,
          "lib.csv: duplicate column name(s) in the header: id", "untouched"),
+    Case("--out is a directory", "lib.smi", text("CCO a\n"), 2, "cannot write", "untouched", ("--out", "{root}")),
     # borderline inputs that must work: rows that cannot be scored are kept with a status
     Case("invalid and empty SMILES rows", "lib.smi", text("CCO a\nnot_a_smiles b\n  c\nC1CC d\n"), 0,
          "rows that could not be scored: 3", "written"),
@@ -108,15 +109,16 @@ def test_bad_library(case: Case, tiny_model: Path, tmp_path: Path) -> None:
         case.make(library)
     out = tmp_path / "scored.csv"
     out.write_text(PREVIOUS)
+    args = [a.format(root=tmp_path) for a in case.args]  # a later --out replaces the first
     res = runner.invoke(typer_app, ["predict", str(assay), "--model", str(tiny_model), "--library", str(library),
-                                    "--out", str(out), *case.args])
+                                    "--out", str(out), *args])
     output = " ".join(res.output.split())  # rich wraps long lines
     assert res.exit_code == case.exit_code, res.output
     assert case.message in output, res.output
     assert "Traceback" not in res.output
     if case.exit_code:
         assert output.count("error:") == 1  # one line, naming the file
-        assert str(library.name) in output
+        assert (str(tmp_path) if "--out" in case.args else library.name) in output
     if case.output == "untouched":
         assert out.read_text() == PREVIOUS
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
