@@ -8,7 +8,7 @@ from assayfew.checkpoint import load_model
 from assayfew.predict import (InputError, PredictOptions, adapt_and_predict, detect_column, example_assay,
                               parse_activities)
 
-OPTS = PredictOptions(n_ensemble=4, cv_folds=3)
+OPTS = PredictOptions(cv_folds=3)
 
 
 @pytest.fixture(scope="module")
