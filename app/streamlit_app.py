@@ -81,7 +81,7 @@ def input_section() -> None:
             table, _ = example_assay(EXAMPLE_MEASURED, seed=seed)
             set_table(table, f"example CHEMBL2321810 (seed {seed})")
     with st.expander("Settings"):
-        st.number_input("Seed (ensemble, cross-validation and the example draw)", min_value=0, value=0, step=1,
+        st.number_input("Seed (cross-validation and the example draw)", min_value=0, value=0, step=1,
                         key="seed")
         st.number_input("Adaptation steps (0 = the model's default)", min_value=0, max_value=200, value=0, step=1,
                         key="steps")
