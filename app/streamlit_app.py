@@ -166,7 +166,9 @@ def results_section(result: PredictionResult) -> None:
     st.markdown("**All rows** (click a column header to sort)")
     st.dataframe(result.table, hide_index=True, key="results_table",
                  column_config={"prediction": st.column_config.NumberColumn(format="%.3f"),
-                                "uncertainty": st.column_config.NumberColumn(format="%.3f"),
+                                "uncertainty": st.column_config.NumberColumn(
+                                    format="%.3f", help="Standard deviation of the prediction error in log "
+                                    "units: prediction ± 1.96 × uncertainty is a 95% interval (p-scale)"),
                                 "cv_prediction": st.column_config.NumberColumn(format="%.3f")})
     st.download_button("Download predictions (CSV)", data=st.session_state.csv_bytes,
                        file_name="assayfew_predictions.csv", mime="text/csv", on_click="ignore", key="download")
