@@ -30,7 +30,7 @@ def main(
             raise ValueError("--seeds must be ≥ 1 and every --support-k ≥ 2")
         loaded = load_model(model)
         taskset, split_def = experiment_data(group=None, data_dir=None, corpus=corpus, fmt=None, split=split,
-                                             spec=loaded.spec)
+                                             spec=loaded.spec, standardize=loaded.standardize)
         val = split_taskset(taskset, split_def).val
         if len(val) == 0:
             raise ValueError("the split's validation side has no assays in this corpus")
