@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from assayfew.adaptation import AssayAdaptation
-from assayfew.chem import featurize_chunks, max_tanimoto
+from assayfew.chem import featurize_chunks
 from assayfew.io import atomic_write
 from assayfew.predict import IN_DOMAIN_SIMILARITY, SMILES_COLUMNS, detect_column, from_p
 from assayfew.userfiles import InputError, _sdf_items, _sdf_smiles
@@ -284,10 +284,9 @@ def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[
 def _score(adaptation: AssayAdaptation, fps: np.ndarray, units: str,
            in_domain_similarity: float) -> tuple[list[str], list[str], list[str], list[str]]:
     """Text cells (prediction, uncertainty, similarity_to_support, in_domain) for valid rows' fingerprints."""
-    prediction, uncertainty = adaptation.predict(fps)
-    similarity = np.round(max_tanimoto(fps, adaptation.support_fingerprints), 4)
+    prediction, uncertainty, similarity = adaptation.predict(fps)
     in_domain = similarity >= in_domain_similarity
-    return (_floats(from_p(prediction, units)), _floats(uncertainty), _floats(similarity),
+    return (_floats(from_p(prediction, units)), _floats(uncertainty), _floats(np.round(similarity, 4)),
             ["True" if d else "False" for d in in_domain.tolist()])
 
 

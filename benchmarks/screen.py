@@ -1,6 +1,6 @@
 """Screening-library speed and memory: `assayfew predict assay.csv --library lib.smi --out scored.csv`.
 
-    python benchmarks/screen.py [--size 1000000] [--repeats 1] [--no-uncertainty] [--model models/default]
+    python benchmarks/screen.py [--size 1000000] [--repeats 1] [--model models/default]
 
 The library: real SMILES from ../shared/data (every distinct SMILES of the SIMPD, ChEMBL28, KIBA, Davis and
 ChEMBL33 sets), then randomised SMILES of the same molecules (RDKit `doRandom`; every row a different string,
@@ -133,12 +133,12 @@ def _tree_memory(root: int) -> tuple[int, int]:
     return rss, pss
 
 
-def run_screen(assay: Path, library: Path, out: Path, model: Path, extra: list[str]) -> tuple[float, float, float]:
+def run_screen(assay: Path, library: Path, out: Path, model: Path) -> tuple[float, float, float]:
     """(seconds, peak RSS MB, peak PSS MB) of the command end to end."""
     exe = Path(sys.executable).with_name("assayfew")
     start = time.perf_counter()
     proc = subprocess.Popen([str(exe), "predict", str(assay), "--model", str(model), "--library", str(library),
-                             "--out", str(out), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = [0, 0]
     done = threading.Event()
 
@@ -178,8 +178,6 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1_000_000, help="library rows (default 1,000,000)")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each measurement (median reported)")
     ap.add_argument("--model", type=Path, default=default_model_dir())
-    ap.add_argument("--no-uncertainty", dest="uncertainty", action="store_false",
-                    help="score with `--no-uncertainty` (no bootstrap ensemble: predictions only)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "assayfew-bench-screen",
                     help="where the generated library is kept between runs (never the repository)")
     args = ap.parse_args()
@@ -204,8 +202,7 @@ def main() -> None:
         rates, runs = [], []
         for _ in range(args.repeats):
             rates.append(featurize_rate(library, args.jobs, spec, standardize))
-            runs.append(run_screen(assay, library, Path(tmp) / "scored.csv", args.model,
-                                   [] if args.uncertainty else ["--no-uncertainty"]))
+            runs.append(run_screen(assay, library, Path(tmp) / "scored.csv", args.model))
         invalid = check_output(Path(tmp) / "scored.csv", args.size)
     seconds = statistics.median(r[0] for r in runs)
     rate = statistics.median(rates)
@@ -213,7 +210,7 @@ def main() -> None:
               "compounds_per_s": round(args.size / seconds), "featurize_smiles_per_s": round(rate),
               "ratio": round(args.size / seconds / rate, 3),
               "peak_rss_mb": round(max(r[1] for r in runs)), "peak_pss_mb": round(max(r[2] for r in runs)),
-              "uncertainty": args.uncertainty, "standardize": standardize, "invalid_rows_kept": invalid,
+              "standardize": standardize, "invalid_rows_kept": invalid,
               "order_preserved": True, "jobs": args.jobs, "repeats": args.repeats,
               "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     print(json.dumps(result))

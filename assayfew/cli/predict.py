@@ -31,7 +31,7 @@ def main(
     activity_col: Annotated[Optional[str], typer.Option(help="Activity column (auto-detected).")] = None,
     units: Annotated[str, typer.Option(help="Activity units: p (pIC50/pKi...), nM or uM.")] = "p",
     steps: Annotated[Optional[int], typer.Option(help="Gradient steps of adaptation (default: the model's).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the ensemble and cross-validation draws.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the cross-validation draws.")] = 0,
     example: Annotated[bool, typer.Option("--example", help="Run on RDKit's bundled ChEMBL assay "
                                                             "CHEMBL2321810 (pIC50).")] = False,
     n_measured: Annotated[int, typer.Option(help="With --example: how many compounds count as measured.")] = 32,
@@ -47,9 +47,6 @@ def main(
                        ] = None,
     library_smiles_col: Annotated[Optional[str], typer.Option(help="SMILES column of a --library CSV "
                                                                    "(auto-detected).")] = None,
-    uncertainty: Annotated[bool, typer.Option(help="Compute the uncertainty column (an ensemble of adaptations "
-                                                   "to resamples of the measured set); --no-uncertainty scores "
-                                                   "about 2x faster and leaves it empty.")] = True,
 ) -> None:
     """Predict activities for the unmeasured compounds of one assay."""
     try:
@@ -65,11 +62,10 @@ def main(
                 err.print(f"note: {note}")
             table, truth, problems = user.table, None, user.problems
         screen = open_library(library, library_smiles_col) if library is not None else None
-        options = PredictOptions(steps=steps, seed=seed, standardize=standardize,
-                                 n_ensemble=PredictOptions.n_ensemble if uncertainty else 0)
         with err.status("adapting…"):
             result = adapt_and_predict(table, loaded, smiles_col=smiles_col, activity_col=activity_col,
-                                       units=units, input_problems=problems, options=options)
+                                       units=units, input_problems=problems,
+                                       options=PredictOptions(steps=steps, seed=seed, standardize=standardize))
     except InputError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None

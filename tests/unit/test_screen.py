@@ -10,7 +10,7 @@ from rdkit import Chem
 
 from assayfew.baselines import ridge_predict
 from assayfew.chem import featurize_chunks, featurize_smiles
-from assayfew.predict import InputError, PredictOptions, adapt_and_predict
+from assayfew.predict import InputError, adapt_and_predict
 from assayfew.screen import SCORE_COLUMNS, open_library, score_library
 
 from tests.unit.test_predict import OPTS, assay, model  # noqa: F401  (the same fixtures as predict's tests)
@@ -195,14 +195,3 @@ def test_smi_without_header_and_cxsmiles(reference, tmp_path):
     assert list(table["smiles"].fillna("")) == ["CCO", "CC(C)O |$;;$|", "", "c1ccccc1"]
     assert list(table["name"].fillna("")) == ["first compound", "second", "no_smiles_here", ""]
     assert list(table["status"]) == ["ok", "ok", "invalid SMILES: empty SMILES", "ok"]
-
-
-def test_without_the_uncertainty_ensemble_predictions_are_unchanged(model, assay, reference, tmp_path):
-    plain = adapt_and_predict(assay, model, options=PredictOptions(n_ensemble=0, cv_folds=3))
-    rows = library_rows(assay)
-    write_smi(tmp_path / "lib.smi", rows)
-    table = scored(plain, tmp_path / "lib.smi", tmp_path)
-    assert table["uncertainty"].isna().all()
-    ok = table["status"] == "ok"
-    want = reference.table.set_index("compound_id").loc[table.loc[ok, "name"], "prediction"]
-    np.testing.assert_allclose(table.loc[ok, "prediction"], want, rtol=0, atol=1e-6)
