@@ -21,8 +21,8 @@ class RichReporter(Reporter):
     def start(self, total_iters: int, done_iters: int) -> None:
         self.task = self.progress.add_task("meta-training", total=total_iters, completed=done_iters, info="")
 
-    def iteration(self, epoch: int, loss: float) -> None:
-        self.progress.update(self.task, advance=1,
+    def iteration(self, epoch: int, loss: float, n: int = 1) -> None:
+        self.progress.update(self.task, advance=n,
                              info=f"epoch {epoch}  loss {loss:.3f}  val R² {self.last_val:.3f}")
 
     def epoch(self, row: dict) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from assayfew.meta.batch import TaskBatch
-from assayfew.meta.mixing import Mixer, _gather_rows, _mix
+from assayfew.meta.mixing import Mixer, MixPlan, _gather_rows, _mix
 from assayfew.meta.headloop import head_inner_loop
 from assayfew.meta.model import MLP, FunctionalModel, Stats, linear, masked_moments
 
@@ -104,8 +104,8 @@ class _Body:
         hs, stats = m.trace(self.params, self.xs, 0, mask=self.ms, stop=last - 1, cache=self._cs)
         hq = m.trace(self.params, self.xq, 0, stats=stats, stop=last - 1, cache=self._cq)[0][-1]
         (t, ns, width), nq = hs[-1].shape, hq.shape[1]
-        si = (self.ms.reshape(-1) > 0).nonzero().squeeze(1)
-        qi = (self.mq.reshape(-1) > 0).nonzero().squeeze(1)
+        assert self.batch is not None
+        si, qi = self.batch.valid_rows("s"), self.batch.valid_rows("q")  # no device sync when given on the host
         rows = torch.cat([hs[-1].reshape(t * ns, width).index_select(0, si),
                           hq.reshape(t * nq, width).index_select(0, qi)])
         z = m.pre_activation(self.params, rows, last)
@@ -389,13 +389,15 @@ class MetaLearner(nn.Module):
 
     # ---- public API ---------------------------------------------------------------------------
     def meta_loss(self, batch: TaskBatch, mixer: Mixer, *, generator: torch.Generator, epoch: int | None = None,
-                  second_order: bool = True) -> tuple[Tensor, dict]:
+                  second_order: bool = True, plan: MixPlan | None = None) -> tuple[Tensor, dict]:
         """Scalar outer loss of a padded meta-batch (differentiable w.r.t. all meta-parameters) and info
         {"support_loss": mean support loss before adaptation, "outer_loss": the returned loss (detached),
         "layer": the mixing position drawn}. The mixer's random plan (layer, λ, pairs) is drawn once and
-        shared by all multi-step-loss terms. `epoch=None` uses the epoch recorded by `epoch_end`."""
+        shared by all multi-step-loss terms. `epoch=None` uses the epoch recorded by `epoch_end`. `plan`: a
+        plan drawn beforehand (e.g. on the host, see `assayfew.trainstep`) instead of one from `generator`."""
         epoch = self.epoch if epoch is None else epoch
-        plan = mixer.sample(batch, self.model.n_layers, generator)
+        if plan is None:
+            plan = mixer.sample(batch, self.model.n_layers, generator)
         weights = self.step_weights(epoch, self.inner_steps)
         create_graph = second_order and epoch >= self.first_order_epochs
         meta = dict(self.params.items())
