@@ -289,7 +289,7 @@ class MetaLearner(nn.Module):
         lrs: dict[str, nn.Parameter] = {}
         for n in self.adapt_names:
             if lr_mode == "per_step":
-                lrs[n] = nn.Parameter(torch.full((self.inner_steps,), self.inner_lr))
+                lrs[n] = nn.Parameter(torch.full((self.inner_steps,), self.inner_lr, device=init[n].device))
             elif lr_mode == "per_param":
                 lrs[n] = nn.Parameter(torch.full_like(init[n], self.inner_lr))
         self.lrs = nn.ParameterDict(lrs)

@@ -148,7 +148,7 @@ class Mixer:
             for i in range(m_to.shape[0]):
                 valid = np.flatnonzero(m_to[i] > 0)
                 lam[i, valid] = rng.beta(self.alpha, self.beta, size=valid.size)
-        return torch.as_tensor(lam, dtype=like.dtype).to(like.device)
+        return torch.as_tensor(lam, dtype=like.dtype, device=like.device)
 
     def _plan(self, m_from: Tensor, m_to: Tensor, n_positions: int, generator: torch.Generator) -> MixPlan:
         bad = [l for l in self.layers if l >= n_positions]
