@@ -65,6 +65,15 @@ class DistContext:
         dist.all_reduce(out)
         return out
 
+    def broadcast_int(self, value: int) -> int:
+        """Rank 0's `value` on every rank."""
+        if not self.active:
+            return int(value)
+        t = torch.tensor([int(value)], dtype=torch.int64,
+                         device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(t, src=0)
+        return int(t.item())
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
