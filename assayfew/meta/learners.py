@@ -369,10 +369,12 @@ class MetaLearner(nn.Module):
         last = model.n_layers - 1
         z, mean, var = body.last_preact()
         bn_w, bn_b = meta[f"block{last}_bn_weight"], meta[f"block{last}_bn_bias"]
-        bn_rows = torch.tensor([min(self.bn_step(s), bn_w.shape[0] - 1) for s in range(steps)], dtype=torch.long,
-                               device=z.device)
+        bn_rows = self._constant(("bn_rows", steps, bn_w.shape[0]), lambda: torch.tensor(
+            [min(self.bn_step(s), bn_w.shape[0] - 1) for s in range(steps)], dtype=torch.long), z.device)
         rates = [torch.stack([torch.as_tensor(self.lr(name, s), dtype=z.dtype, device=z.device)
-                              for s in range(steps)]) for name in ("head_weight", "head_bias")]
+                              for s in range(steps)]) for name in ("head_weight", "head_bias")
+                 ] if self.lr_mode != "fixed" else [self._constant(("rates", steps, z.dtype), lambda: torch.full(
+                     (steps,), self.inner_lr, dtype=z.dtype), z.device)] * 2
         t = z.shape[0]
         w0 = meta["head_weight"].unsqueeze(0).expand(t, *meta["head_weight"].shape)
         b0 = meta["head_bias"].unsqueeze(0).expand(t, *meta["head_bias"].shape)
@@ -386,6 +388,15 @@ class MetaLearner(nn.Module):
             if on_step is not None:
                 on_step(s, params, self.bn_step(s))
         return params, loss0.mean()
+
+    def _constant(self, key: tuple, make: Callable[[], Tensor], device: torch.device) -> Tensor:
+        """A small constant tensor built on the host once and kept on `device` (a host-to-device copy every
+        meta-iteration would make the host wait for the GPU)."""
+        cache = self.__dict__.setdefault("_constants", {})
+        full_key = (*key, device)
+        if full_key not in cache:
+            cache[full_key] = make().to(device)
+        return cache[full_key]
 
     # ---- public API ---------------------------------------------------------------------------
     def meta_loss(self, batch: TaskBatch, mixer: Mixer, *, generator: torch.Generator, epoch: int | None = None,

@@ -113,3 +113,39 @@ def test_cuda_training_validates_checkpoints_and_matches_cpu(tmp_path):
                                load_model(tmp_path / "gpu" / "model").adapt_predict(task.support_x, task.support_y,
                                                                                     task.query_x), atol=1e-4)
     train(TrainConfig(**cfg | {"device": "cuda", "epochs": 2}), tr, va, tmp_path / "gpu", resume=True)
+
+
+@cuda
+def test_training_iterations_never_wait_for_the_gpu(one_thread):
+    """Between progress reports the loop only queues work: a host sync inside a meta-iteration is an error."""
+    from assayfew.checkpoint import build_learner_from_config
+    from assayfew.distributed import SINGLE
+    from assayfew.meta import build_mixer
+    from assayfew.tasks import EpisodeSampler
+    from assayfew.train import model_config
+    from assayfew.trainstep import meta_step
+
+    tr, _ = _data()
+    cfg = TrainConfig(**TINY_CONFIG | {"device": "cuda"})
+    device = resolve_device("cuda")
+    learner = build_learner_from_config(model_config(cfg, tr.spec, tr)).to(device)
+    opt = torch.optim.Adam(learner.parameters(), lr=cfg.outer_lr, fused=True)
+    sampler = EpisodeSampler(tr, support_range=(8, 16), query_range=(8, 16), max_support=16, max_query=16)
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = meta_step(learner, build_mixer("metamix"), tr, sampler.sample_rows(4), label_scaling="center",
+                         min_std=0.5, generator=gen, epoch=0, device=device, dist=SINGLE)
+        torch.nn.utils.clip_grad_norm_(learner.parameters(), 10.0, foreach=True)
+        opt.step()
+        return loss
+
+    step()  # warm-up: one-time allocations and constants
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [step() for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(bool(torch.isfinite(x)) for x in losses)
