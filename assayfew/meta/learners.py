@@ -370,11 +370,11 @@ class MetaLearner(nn.Module):
         z, mean, var = body.last_preact()
         bn_w, bn_b = meta[f"block{last}_bn_weight"], meta[f"block{last}_bn_bias"]
         bn_rows = self._constant(("bn_rows", steps, bn_w.shape[0]), lambda: torch.tensor(
-            [min(self.bn_step(s), bn_w.shape[0] - 1) for s in range(steps)], dtype=torch.long), z.device)
+            [min(self.bn_step(s), bn_w.shape[0] - 1) for s in range(steps)], dtype=torch.long, device="cpu"), z.device)
         rates = [torch.stack([torch.as_tensor(self.lr(name, s), dtype=z.dtype, device=z.device)
                               for s in range(steps)]) for name in ("head_weight", "head_bias")
                  ] if self.lr_mode != "fixed" else [self._constant(("rates", steps, z.dtype), lambda: torch.full(
-                     (steps,), self.inner_lr, dtype=z.dtype), z.device)] * 2
+                     (steps,), self.inner_lr, dtype=z.dtype, device="cpu"), z.device)] * 2
         t = z.shape[0]
         w0 = meta["head_weight"].unsqueeze(0).expand(t, *meta["head_weight"].shape)
         b0 = meta["head_bias"].unsqueeze(0).expand(t, *meta["head_bias"].shape)
@@ -390,7 +390,7 @@ class MetaLearner(nn.Module):
         return params, loss0.mean()
 
     def _constant(self, key: tuple, make: Callable[[], Tensor], device: torch.device) -> Tensor:
-        """A small constant tensor built on the host once and kept on `device` (a host-to-device copy every
+        """A small constant tensor built on the host (`make`) once and kept on `device` (a host-to-device copy every
         meta-iteration would make the host wait for the GPU)."""
         cache = self.__dict__.setdefault("_constants", {})
         full_key = (*key, device)
