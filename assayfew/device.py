@@ -21,7 +21,7 @@ _PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """The device named by `--device`: "auto" is CUDA when available (under torchrun, the GPU of the
-    process's LOCAL_RANK), else the CPU; "cuda" under torchrun also means the local rank's GPU.
+    process's LOCAL_RANK, modulo the GPUs there are), else the CPU; "cuda" under torchrun likewise.
     A clear ValueError for a malformed name or a CUDA device this machine does not have."""
     if isinstance(name, torch.device):
         name = str(name)
@@ -35,8 +35,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device is available here (torch {torch.__version__}"
                          f"{'' if torch.version.cuda else ', a CPU-only build'}); use --device cpu")
-    if text == "cuda":
-        text = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    if text == "cuda":  # under torchrun: the local rank's GPU (ranks share GPUs when there are more of them)
+        text = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     index = int(text.split(":")[1])
     if index >= torch.cuda.device_count():
         raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")

@@ -70,7 +70,8 @@ class DistContext:
         if not self.active:
             return int(value)
         t = torch.tensor([int(value)], dtype=torch.int64,
-                         device="cuda" if dist.get_backend() == "nccl" else "cpu")
+                         device=torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
+                         else "cpu")
         dist.broadcast(t, src=0)
         return int(t.item())
 
@@ -84,13 +85,16 @@ SINGLE = DistContext()
 
 def init_from_env(device: torch.device) -> DistContext:
     """Join the job torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT in the
-    environment): NCCL when `device` is a GPU, else gloo. Without them (or WORLD_SIZE=1): one process."""
+    environment): NCCL when `device` is a GPU of its own, gloo on CPUs and when ranks share a GPU (NCCL
+    refuses two ranks on one device). Without them (or WORLD_SIZE=1): one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if device.type == "cuda" and local_ranks <= torch.cuda.device_count():
             dist.init_process_group("nccl", device_id=device)
         else:
             dist.init_process_group("gloo")

@@ -51,8 +51,9 @@ def _csv_ints(text: str) -> tuple[int, ...]:
 
 
 def main(
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (config.toml, metrics.csv, model/); default: "
-                                                     "a new runs/group<N>-<timestamp> (runs/train-<timestamp>).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (config.toml, metrics.csv, model/); "
+                                                     "default: a new runs/group<N>-<timestamp> "
+                                                     "(runs/train-<timestamp>).")] = None,
     group: Annotated[Optional[int], typer.Option(min=1, max=4, help="pQSAR drug group 1-4.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the pQSAR SI files (default: "
                                                           "$ASSAYFEW_PQSAR_DIR, else ./pqsar).")] = None,
