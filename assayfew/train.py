@@ -174,6 +174,9 @@ def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path,
         load_learner_state(learner, load_file(str(state_dir / "learner.safetensors"), device=str(device)))
         _load_optimizer(opt, load_file(str(state_dir / "optimizer.safetensors"), device=str(device)), st["optimizer"])
         start_epoch, best_val, best_epoch, history = st["epoch"] + 1, st["best_val"], st["best_epoch"], st["history"]
+    if dist.active and dist.broadcast_int(start_epoch) != start_epoch:
+        raise ValueError(f"rank {dist.rank} does not see the state rank 0 resumes from in {run_dir}: the run "
+                         "directory must be on a file system every node shares")
     elif dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
