@@ -78,6 +78,9 @@ def main(
     seed: Annotated[Optional[int], typer.Option()] = None,
     device: Annotated[Optional[str], typer.Option(help=DEVICE_HELP)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR from its last completed epoch.")] = False,
+    standardize: Annotated[Optional[bool], typer.Option(
+        "--standardize/--no-standardize", help="Strip salts and neutralise structures before featurizing "
+                                               "(default: yes; predict follows the model's choice).")] = None,
 ) -> None:
     """Meta-train ANIL++ (or another learner) with MetaMix (or another mixing strategy).
 
@@ -90,7 +93,7 @@ def main(
         flags = {"algo": algo, "mix": mix, "alpha": alpha, "beta": beta, "fixed_lambda": fixed_lambda,
                  "epochs": epochs, "iters": iters, "meta_batch": meta_batch, "inner_steps": inner_steps,
                  "inner_lr": inner_lr, "outer_lr": outer_lr, "label_scaling": label_scaling, "seed": seed,
-                 "device": device, "layers": _csv_ints(layers) if layers else None,
+                 "device": device, "standardize": standardize, "layers": _csv_ints(layers) if layers else None,
                  "hidden": _csv_ints(hidden) if hidden else None}
         if resume and out is not None and (out / "config.toml").exists() and not config:
             values = read_toml(out / "config.toml")
@@ -100,7 +103,8 @@ def main(
         out = out if out is not None else default_run_dir(group, dist)
         if not dist.is_main:
             dist.barrier()  # rank 0 reads and featurizes first; the others then hit its caches
-        taskset, split_def = experiment_data(group=group, data_dir=data_dir, corpus=corpus, fmt=format, split=split)
+        taskset, split_def = experiment_data(group=group, data_dir=data_dir, corpus=corpus, fmt=format, split=split,
+                                             standardize=cfg.standardize)
         if dist.is_main:
             dist.barrier()
         data = split_taskset(taskset, split_def, seed=cfg.seed)
