@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from assayfew.bounds import check_train_options
 from assayfew.checkpoint import MetaModel, build_learner_from_config, save_model
 from assayfew.chem import FingerprintSpec
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
@@ -61,6 +62,9 @@ class TrainConfig:
     first_order_epochs: int = 0
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_train_options(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from assayfew.bounds import MAX_STEPS, SEED_MAX
+from assayfew.io import check_output_file, write_csv
 from assayfew.metrics import r2_pearson
 from assayfew.predict import (InputError, PredictOptions, adapt_and_predict, example_assay, load_default_model,
                               read_input_csv, ridge_baseline_r2)
@@ -25,13 +27,17 @@ def main(
     smiles_col: Annotated[Optional[str], typer.Option(help="SMILES column (auto-detected).")] = None,
     activity_col: Annotated[Optional[str], typer.Option(help="Activity column (auto-detected).")] = None,
     units: Annotated[str, typer.Option(help="Activity units: p (pIC50/pKi...), nM or uM.")] = "p",
-    steps: Annotated[Optional[int], typer.Option(help="Gradient steps of adaptation (default: the model's).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the ensemble and cross-validation draws.")] = 0,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS,
+                                                 help="Gradient steps of adaptation (default: the model's).")] = None,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX,
+                                      help="Seed for the ensemble and cross-validation draws.")] = 0,
     example: Annotated[bool, typer.Option("--example", help="Run on RDKit's bundled ChEMBL assay "
                                                             "CHEMBL2321810 (pIC50).")] = False,
-    n_measured: Annotated[int, typer.Option(help="With --example: how many compounds count as measured.")] = 32,
+    n_measured: Annotated[int, typer.Option(min=3, help="With --example: how many compounds count as measured.")] = 32,
 ) -> None:
     """Predict activities for the unmeasured compounds of one assay."""
+    if out is not None:
+        check_output_file(out)  # before the work, not after it
     try:
         loaded = load_default_model(model)
         if example:
@@ -48,7 +54,7 @@ def main(
         raise typer.Exit(2) from None
 
     if out is not None:
-        result.table.to_csv(out, index=False)
+        write_csv(out, result.table)
     err.print(f"measured: {result.n_measured}   predicted: {result.n_predicted}   invalid rows: {result.n_invalid}")
     err.print(f"cross-validated R² on the measured compounds: {result.cv_r2:.3f}")
     for warning in result.warnings:
