@@ -29,7 +29,8 @@ def main(
     """Featurize every row of INPUT_CSV (input order kept; invalid rows are all-zero with valid=False)."""
     console = Console()
     if not input_csv.is_file():
-        raise typer.BadParameter(f"file not found: {input_csv}", param_hint="INPUT_CSV")
+        problem = "is a directory, not a CSV file" if input_csv.is_dir() else "file not found"
+        raise typer.BadParameter(f"{input_csv}: {problem}", param_hint="INPUT_CSV")
     check_output_file(out)
     try:
         smiles, column = read_smiles_csv(input_csv, smiles_col)

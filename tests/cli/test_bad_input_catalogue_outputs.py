@@ -258,6 +258,8 @@ CASES = [
     Case("featurize_missing_column_names_the_option", command("featurize", "{csv}", "--out", "{root}/f.npz",
                                                               "--smiles-col", "structure"), 2, "--smiles-col",
          out="f.npz"),
+    Case("featurize_input_is_a_directory", command("featurize", "{root}", "--out", "{root}/f.npz"), 2,
+         "is a directory, not a CSV file", out="f.npz"),
     # already right before issue 11; kept so they stay right
     Case("predict_missing_input_file", command("predict", "{root}/none.csv", "--model", "{model}"), 2, "none.csv"),
     Case("predict_happy_path", predict(), 0, "wrote", out="pred.csv", out_state="written"),
@@ -400,3 +402,23 @@ def test_sigterm_to_the_app_leaves_no_server_behind(ws: Workspace) -> None:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (edit_config(lambda c: c.update(members=[])), "members: [] should be non-empty"),
+    (write_weights(tensors_with(_nan_first)), "non-finite values"),
+], ids=["members_empty", "weights_nan"])
+def test_app_shows_the_same_model_message(ws: Workspace, monkeypatch, damage, message) -> None:
+    """The dashboard reports a damaged model with the CLI's words, not a traceback or empty predictions."""
+    from streamlit.testing.v1 import AppTest
+
+    damage(ws)
+    cli = runner.invoke(typer_app, predict()(ws))
+    assert cli.exit_code == 2 and message in flat(cli.output)
+    monkeypatch.setenv("ASSAYFEW_MODEL_DIR", str(ws.model))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"), default_timeout=60)
+    at.run()
+    at.button(key="load_example").click().run()
+    at.button(key="adapt").click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and INVALID_MODEL in at.error[0].value and message in at.error[0].value
