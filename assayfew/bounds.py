@@ -60,6 +60,9 @@ def check_train_options(options: dict) -> None:
         raise ValueError(f"hidden must list 1 to {MAX_HIDDEN_LAYERS} layer widths, not {len(hidden)}")
     for width in hidden:
         check_range("hidden width", width, 1, MAX_HIDDEN_WIDTH, integer=True)
+    if options.get("mix", "none") != "none":
+        for layer in options.get("layers") or []:  # mixing positions: 0 = input, i = after hidden block i
+            check_range("mixing layer", layer, 0, len(hidden), integer=True)
     for low, high in (("support_min", "support_max"), ("query_min", "query_max")):
         if options.get(low) is not None and options.get(high) is not None and options[low] > options[high]:
             raise ValueError(f"{low} ({options[low]}) is larger than {high} ({options[high]})")

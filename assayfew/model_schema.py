@@ -101,7 +101,8 @@ def check_config(config: Any, model_dir: Path, *, member: bool = False) -> None:
         where = _where(error.absolute_path)
         message = error.message
         if error.validator == "pattern" and where.startswith("members"):
-            message = f"{error.instance!r} is not a plain sub-directory name (members must lie inside the model directory)"
+            message = (f"{error.instance!r} is not a plain sub-directory name "
+                       "(members must lie inside the model directory)")
         elif error.validator == "const":
             message = f"expected {error.validator_value!r}, found {error.instance!r}"
         raise ModelError(model_dir, f"config.json{': ' + where if where else ''}: {message}")

@@ -24,8 +24,10 @@ def main(
     corpus: Annotated[Optional[list[Path]], typer.Option(help="Corpus or task cache (repeatable).")] = None,
     format: Annotated[Optional[str], typer.Option("--format", help="pqsar|long|dir|fsmol (auto).")] = None,
     split: Annotated[Optional[Path], typer.Option(help="Split file; its 'test' side is evaluated.")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Adaptation steps (default: the model's).")] = None,
-    support_k: Annotated[Optional[int], typer.Option(min=1, help="Draw K support compounds from TRN (default: all).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS,
+                                                 help="Adaptation steps (default: the model's).")] = None,
+    support_k: Annotated[Optional[int], typer.Option(min=1,
+                                                     help="Draw K support compounds from TRN (default: all).")] = None,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX)] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Per-assay CSV.")] = None,
 ) -> None:

@@ -19,7 +19,7 @@ from assayfew.io import atomic_write, check_output_file
 
 def main(
     input_csv: Path = typer.Argument(..., help="CSV file with a SMILES column."),
-    out: Path = typer.Option(..., "--out", help="Output .npz (fingerprints, valid, smiles), written at exactly this path."),
+    out: Path = typer.Option(..., "--out", help="Output .npz (fingerprints, valid, smiles), at exactly this path."),
     smiles_col: str | None = typer.Option(None, "--smiles-col", help="SMILES column (default: auto-detect)."),
     radius: int = typer.Option(2, "--radius", min=0, max=MAX_FP_RADIUS, help="Morgan radius."),
     bits: int = typer.Option(1024, "--bits", min=MIN_FP_BITS, max=MAX_FP_BITS, help="Fingerprint length."),

@@ -242,6 +242,8 @@ CASES = [
     Case("train_inner_steps_huge", command("train", "--out", "{root}/r", "--inner-steps", "1000000000"), 2,
          "inner_steps must be ≥ 1 and ≤ 200"),
     Case("train_hidden_zero", command("train", "--out", "{root}/r", "--hidden", "0,8"), 2, "hidden width"),
+    Case("train_mixing_layer_beyond_the_network", command("train", "--out", "{root}/r", "--layers", "1,5"), 2,
+         "mixing layer must be ≥ 0 and ≤ 2, not 5"),
     Case("train_inner_lr_zero", command("train", "--out", "{root}/r", "--inner-lr", "0"), 2, "inner_lr must be > 0"),
     Case("featurize_bits_huge", command("featurize", "{csv}", "--out", "{root}/f.npz", "--bits", "1000000000"), 2,
          "--bits", out="f.npz"),
@@ -301,7 +303,8 @@ def test_catalogue_is_large_enough() -> None:
 
 def test_written_outputs_are_what_they_claim(ws: Workspace) -> None:
     """The npz written without a suffix and the predictions CSV are complete and readable."""
-    assert runner.invoke(typer_app, command("featurize", "{csv}", "--out", "{root}/fps", "--no-cache")(ws)).exit_code == 0
+    featurize = command("featurize", "{csv}", "--out", "{root}/fps", "--no-cache")
+    assert runner.invoke(typer_app, featurize(ws)).exit_code == 0
     with np.load(ws.root / "fps", allow_pickle=False) as data:
         assert data["smiles"].tolist() == SMILES and data["fingerprints"].shape == (len(SMILES), 1024)
     assert runner.invoke(typer_app, predict()(ws)).exit_code == 0
@@ -333,7 +336,8 @@ def test_train_refuses_a_run_unless_resumed_or_overwritten(ws: Workspace) -> Non
 
     taskset = make_synthetic_taskset(n_assays=8, bits=64, n_per_assay=40, with_split=True)
     taskset.save(ws.root / "cache")
-    Split(train=taskset.assay_ids[:5], val=taskset.assay_ids[5:7], test=taskset.assay_ids[7:]).save(ws.root / "split.json")
+    ids = taskset.assay_ids
+    Split(train=ids[:5], val=ids[5:7], test=ids[7:]).save(ws.root / "split.json")
     run = ws.root / "run"
     args = ["train", "--corpus", str(ws.root / "cache"), "--split", str(ws.root / "split.json"), "--out", str(run),
             "--iters", "3", "--meta-batch", "2", "--hidden", "8,8", "--device", "cpu"]
@@ -343,7 +347,8 @@ def test_train_refuses_a_run_unless_resumed_or_overwritten(ws: Workspace) -> Non
     weights = (run / "model" / "weights.safetensors").read_bytes()
     refused = runner.invoke(typer_app, args + ["--epochs", "1"])
     assert refused.exit_code == 2 and "--resume" in flat(refused.output) and "--overwrite" in flat(refused.output)
-    assert (run / "metrics.csv").read_bytes() == metrics and (run / "model" / "weights.safetensors").read_bytes() == weights
+    assert (run / "metrics.csv").read_bytes() == metrics
+    assert (run / "model" / "weights.safetensors").read_bytes() == weights
     replaced = runner.invoke(typer_app, args + ["--epochs", "1", "--overwrite", "--seed", "1"])
     assert replaced.exit_code == 0, replaced.output
     assert len(pd.read_csv(run / "metrics.csv")) == 1
