@@ -105,6 +105,10 @@ def guarded(command: F) -> F:
             return command(*args, **kwargs)
         except _PASS_THROUGH:
             raise
+        except BrokenPipeError:  # the reader of our output went away (`| head`): stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except Exception as exc:  # noqa: BLE001 - this is the last line of defence
             message = _known_message(exc)
             if message is not None:

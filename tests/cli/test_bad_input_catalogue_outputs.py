@@ -427,3 +427,16 @@ def test_app_shows_the_same_model_message(ws: Workspace, monkeypatch, damage, me
     at.button(key="adapt").click().run()
     assert not at.exception
     assert len(at.error) == 1 and INVALID_MODEL in at.error[0].value and message in at.error[0].value
+
+
+def test_closed_output_pipe_stops_quietly(ws: Workspace) -> None:
+    """`assayfew predict in.csv | head` : no traceback, no 'Broken pipe' noise when the reader leaves."""
+    big = ws.root / "big.csv"  # ~100 kB of predictions: more than a pipe buffer holds
+    pd.DataFrame({"smiles": SMILES * 100, "pIC50": ACTIVITY + [""] * 990}).to_csv(big, index=False)
+    proc = subprocess.Popen(_cli("predict", str(big), "--model", str(ws.model)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=os.environ | {"ASSAYFEW_CACHE": str(ws.root / "cache")})
+    assert proc.stdout.read(10)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr and "Exception ignored" not in stderr, stderr
