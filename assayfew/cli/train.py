@@ -75,7 +75,6 @@ def main(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
 ) -> None:
     """Meta-train ANIL++ (or another learner) with MetaMix (or another mixing strategy)."""
-    check_run_target(out, resume=resume, overwrite=overwrite)
     with user_errors():
         values: dict = read_toml(config) if config else {}
         flags = {"algo": algo, "mix": mix, "alpha": alpha, "beta": beta, "fixed_lambda": fixed_lambda,
@@ -87,6 +86,7 @@ def main(
             values = read_toml(out / "config.toml")
         values |= {k: v for k, v in flags.items() if v is not None}
         cfg = TrainConfig.from_dict(values)
+        check_run_target(out, resume=resume, overwrite=overwrite)
         taskset, split_def = experiment_data(group=group, data_dir=data_dir, corpus=corpus, fmt=format, split=split)
         data = split_taskset(taskset, split_def, seed=cfg.seed)
         if len(data.train) == 0 or len(data.val) == 0:
