@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from assayfew.bounds import MAX_STEPS, SEED_MAX
+from assayfew.cli._common import fail
 from assayfew.io import check_output_file, write_csv
 from assayfew.metrics import r2_pearson
 from assayfew.predict import (InputError, PredictOptions, adapt_and_predict, example_assay, load_default_model,
@@ -50,8 +51,7 @@ def main(
             result = adapt_and_predict(table, loaded, smiles_col=smiles_col, activity_col=activity_col,
                                        units=units, options=PredictOptions(steps=steps, seed=seed))
     except InputError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
 
     if out is not None:
         write_csv(out, result.table)

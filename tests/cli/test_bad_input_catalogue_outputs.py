@@ -285,6 +285,9 @@ def test_bad_input_catalogue(case: Case, ws: Workspace) -> None:
     output = flat(result.output)
     assert result.exit_code == case.code, result.output
     assert flat(case.message.replace("{root}", str(ws.root))) in output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    if errors:  # our own messages: exactly one line, never wrapped
+        assert len(errors) == 1 and case.message.replace("{root}", str(ws.root)) in errors[0], result.output
     assert "Traceback" not in result.output and "internal error" not in output
     for phrase in case.not_in_output:
         assert phrase not in output, result.output
