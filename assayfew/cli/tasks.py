@@ -12,18 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from assayfew.chem import FingerprintSpec
 from assayfew.bounds import MAX_FP_BITS, MAX_FP_RADIUS, MIN_FP_BITS, SEED_MAX
+from assayfew.chem import FingerprintSpec
+from assayfew.cli._common import fail as _fail
 from assayfew.io import OutputError, check_output_dir, write_json
 from assayfew.splits import Split, SplitError
 from assayfew.tasks import TaskSet, build_taskset, taskset_summary
 
 FORMATS = ("pqsar", "long", "dir", "fsmol")
-
-
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 def main(
