@@ -68,6 +68,12 @@ class MetaModel:
         return FingerprintSpec(radius=int(fp["radius"]), bits=int(fp["bits"]))
 
     @property
+    def standardize(self) -> bool:
+        """Whether structures are standardised (largest fragment, neutralised) before featurizing, as in
+        training; models that do not record it (made before the choice was recorded) standardise."""
+        return bool(self.config["fingerprint"].get("standardize", True))
+
+    @property
     def inner_steps(self) -> int:
         return int(self.config["algorithm"]["inner_steps"])
 

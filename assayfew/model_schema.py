@@ -70,9 +70,8 @@ SCHEMA: dict[str, Any] = {
                             "properties": {"msl_epochs": _COUNT, "first_order_epochs": _COUNT}},
             },
         },
-        "prediction": {
+        "prediction": {  # other keys are left to `MetaModel` (it refuses settings it does not know)
             "type": "object",
-            "additionalProperties": False,
             "properties": {"head": {"enum": ["gd", "ridge"]}, "head_ridge_alpha": _POSITIVE,
                            "fp_ridge_weight": _FRACTION, "fp_ridge_alpha": _POSITIVE},
         },

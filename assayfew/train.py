@@ -62,6 +62,7 @@ class TrainConfig:
     first_order_epochs: int = 0
     seed: int = 0
     device: str = "auto"
+    standardize: bool = True  # data preparation: largest fragment + neutralise before featurizing
 
     def __post_init__(self) -> None:
         check_train_options(self.to_dict())
@@ -97,7 +98,8 @@ def model_config(cfg: TrainConfig, spec: FingerprintSpec, train_set: TaskSet, ex
         "format": "assayfew-model/1",
         "architecture": {"type": "mlp", "in_dim": spec.bits, "hidden": list(cfg.hidden), "negative_slope": 0.01,
                          "per_step_blocks": cfg.per_step_blocks},
-        "fingerprint": spec.to_dict(),
+        "fingerprint": spec.to_dict() | ({} if train_set.standardized is None
+                                         else {"standardize": bool(train_set.standardized)}),
         "label_scaling": {"mode": cfg.label_scaling, "min_std": cfg.min_std},
         "algorithm": {"name": cfg.algo, "inner_steps": cfg.inner_steps, "inner_lr": cfg.inner_lr,
                       "options": algo_options},
