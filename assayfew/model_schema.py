@@ -75,6 +75,12 @@ SCHEMA: dict[str, Any] = {
             "properties": {"head": {"enum": ["gd", "ridge"]}, "head_ridge_alpha": _POSITIVE,
                            "fp_ridge_weight": _FRACTION, "fp_ridge_alpha": _POSITIVE},
         },
+        "uncertainty": {  # calibration written by `assayfew calibrate` (assayfew.uncertainty)
+            "type": "object",
+            "properties": {**{name: {"type": "number", "minimum": -100, "maximum": 100}
+                              for name in ("intercept", "cv_slope", "distance_slope")},
+                           "cv_rmse_floor": _POSITIVE},
+        },
         "members": {
             "type": "array", "minItems": 1, "maxItems": MAX_ENSEMBLE_MEMBERS, "uniqueItems": True,
             # plain sub-directory names: no separators, no '.', '..' or hidden names, no absolute paths

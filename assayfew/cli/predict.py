@@ -34,7 +34,7 @@ def main(
     steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS,
                                                  help="Gradient steps of adaptation (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX,
-                                      help="Seed for the ensemble and cross-validation draws.")] = 0,
+                                      help="Seed for the cross-validation draws.")] = 0,
     example: Annotated[bool, typer.Option("--example", help="Run on RDKit's bundled ChEMBL assay "
                                                             "CHEMBL2321810 (pIC50).")] = False,
     n_measured: Annotated[int, typer.Option(min=3, help="With --example: how many compounds count as measured.")] = 32,
