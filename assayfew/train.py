@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from assayfew.bounds import check_train_options
 from assayfew.checkpoint import MetaModel, build_learner_from_config, save_model
 from assayfew.chem import FingerprintSpec
 from assayfew.device import resolve_device
@@ -64,6 +65,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     standardize: bool = True  # data preparation: largest fragment + neutralise before featurizing
+
+    def __post_init__(self) -> None:
+        check_train_options(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -9,11 +9,12 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from assayfew.cli._common import err, user_errors
+from assayfew.cli._common import err, fail, user_errors
 from assayfew.device import DEVICE_HELP, resolve_device
 from assayfew.distributed import DistContext, init_from_env
 from assayfew.experiment import experiment_data, split_taskset
-from assayfew.io import read_toml
+from assayfew.io import check_output_dir, read_toml
+from assayfew.rundir import clear_run, run_artefacts
 from assayfew.train import Reporter, TrainConfig, train
 
 
@@ -50,6 +51,17 @@ def _csv_ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
 
+def check_run_target(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Before any work: --out must be writable, and must not hold a run unless --resume or --overwrite says so."""
+    if resume and overwrite:
+        raise fail("--resume and --overwrite contradict each other: choose one")
+    check_output_dir(out)
+    found = run_artefacts(out)
+    if found and not (resume or overwrite):
+        raise fail(f"{out} already holds a training run ({', '.join(found)}): continue it with --resume, "
+                   "choose a new --out, or pass --overwrite to replace it")
+
+
 def main(
     out: Annotated[Optional[Path], typer.Option(help="Run directory (config.toml, metrics.csv, model/); "
                                                      "default: a new runs/group<N>-<timestamp> "
@@ -78,6 +90,7 @@ def main(
     seed: Annotated[Optional[int], typer.Option()] = None,
     device: Annotated[Optional[str], typer.Option(help=DEVICE_HELP)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR from its last completed epoch.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
     standardize: Annotated[Optional[bool], typer.Option(
         "--standardize/--no-standardize", help="Strip salts and neutralise structures before featurizing "
                                                "(default: yes; predict follows the model's choice).")] = None,
@@ -100,7 +113,10 @@ def main(
         values |= {k: v for k, v in flags.items() if v is not None}
         cfg = TrainConfig.from_dict(values)
         dist = init_from_env(resolve_device(cfg.device))
-        out = out if out is not None else default_run_dir(group, dist)
+        if out is not None:  # a named run directory is checked before any work
+            check_run_target(out, resume=resume, overwrite=overwrite)
+        else:  # a new default one is made only once the data have loaded (no empty run dirs left behind)
+            out = default_run_dir(group, dist)
         if not dist.is_main:
             dist.barrier()  # rank 0 reads and featurizes first; the others then hit its caches
         taskset, split_def = experiment_data(group=group, data_dir=data_dir, corpus=corpus, fmt=format, split=split,
@@ -113,6 +129,9 @@ def main(
         if not dist.is_main:
             train(cfg, data.train, data.val, out, resume=resume, dist=dist)
             return
+        check_run_target(out, resume=resume, overwrite=overwrite)
+        if overwrite:
+            clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
         data.split.save(out / "split.json")
         ranks = f" on {dist.world_size} ranks" if dist.active else ""
