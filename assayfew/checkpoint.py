@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -10,16 +11,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from assayfew.baselines import RidgeFit, ridge_fit
 from assayfew.blas import single_threaded_numpy_blas
+from assayfew.bounds import MAX_STEPS, check_range
 from assayfew.chem import FingerprintSpec
-from assayfew.io import atomic_write, read_json, write_json
+from assayfew.io import atomic_write, write_json
 from assayfew.meta import MLP, build_learner
 from assayfew.meta.learners import AdaptedParams
 from assayfew.meta.sparse import SparseRows
 from assayfew.meta.state import learner_state, load_learner_state
+from assayfew.model_schema import ModelError, check_config, member_dir
 from assayfew.provenance import stamp
 from assayfew.scaling import LabelScaling, fit_scaling
 
@@ -82,6 +86,17 @@ class MetaModel:
         """How this model predicts a new assay (see PREDICTION_DEFAULTS)."""
         return PREDICTION_DEFAULTS | self.config.get("prediction", {})
 
+    @property
+    def device(self) -> torch.device:
+        """Where the learners live (adaptation runs there)."""
+        return next(self.learners[0].parameters()).device
+
+    def to(self, device: torch.device | str) -> MetaModel:
+        """Move the learners to `device` (in place; returns the model)."""
+        for learner in self.learners:
+            learner.to(device)
+        return self
+
     def with_prediction(self, **overrides: Any) -> MetaModel:
         """The same weights with other prediction settings (for comparing variants)."""
         unknown = set(overrides) - set(PREDICTION_DEFAULTS)
@@ -106,13 +121,16 @@ class MetaModel:
     def adapt(self, support_x: np.ndarray, support_y: np.ndarray, *, steps: int | None = None) -> Adaptation:
         """Adapt every member to one assay's measured compounds (gradient steps or the ridge head); fit the
         fingerprint ridge regression when the model blends it in."""
+        if steps is not None:
+            check_range("steps", steps, 1, MAX_STEPS, integer=True)
         settings = self.prediction
         scaling_cfg = self.config.get("label_scaling", {"mode": "center"})
         scaling = fit_scaling(support_y, scaling_cfg.get("mode", "center"), float(scaling_cfg.get("min_std", 0.5)))
+        device = self.device  # every tensor is created where the learners live
         ridge_alpha = float(settings["head_ridge_alpha"]) if settings["head"] == "ridge" else None
         with single_threaded_numpy_blas():
-            xs = torch.as_tensor(np.asarray(support_x, dtype=np.float32))
-            ys = torch.as_tensor(scaling.forward(support_y))
+            xs = torch.as_tensor(np.asarray(support_x, dtype=np.float32), device=device)
+            ys = torch.as_tensor(scaling.forward(support_y), device=device)
             states = []
             for learner in self.learners:
                 learner.eval()
@@ -130,7 +148,7 @@ class MetaModel:
         """
         weight = float(self.prediction["fp_ridge_weight"])
         with single_threaded_numpy_blas():
-            xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32))
+            xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32), device=self.device)
             memo = {"sparse_rows": cache(lambda: SparseRows.from_dense(xq)),
                     "input_nnz": cache(lambda: int(torch.count_nonzero(xq)))}  # shared by the learners
             per_learner = [learner.predict_many([a.states[i] for a in adaptations], xq, memo)
@@ -161,36 +179,88 @@ class Adaptation:
 SHARED_KEYS = ("architecture", "fingerprint", "label_scaling", "algorithm")
 
 
+MAX_CONFIG_BYTES = 10_000_000
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _read_config(model_dir: Path) -> dict[str, Any]:
+    """Parse `config.json` (strict JSON: no NaN/Infinity) or raise ModelError saying what is wrong."""
+    if not model_dir.is_dir():
+        raise ModelError(model_dir, "no such directory")
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ModelError(model_dir, f"missing {CONFIG_FILE}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ModelError(model_dir, f"{CONFIG_FILE} is larger than {MAX_CONFIG_BYTES // 1_000_000} MB")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ModelError(model_dir, f"{CONFIG_FILE} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(model_dir, f"{CONFIG_FILE} is not valid JSON ({exc.msg} at line {exc.lineno}, "
+                                    f"column {exc.colno})") from None
+    except ValueError as exc:
+        raise ModelError(model_dir, f"{CONFIG_FILE}: {exc}") from None
+    except OSError as exc:
+        raise ModelError(model_dir, f"cannot read {CONFIG_FILE} ({exc.strerror or exc})") from None
+
+
+def _read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The tensors of `weights.safetensors` (never unpickled), all finite, or ModelError."""
+    path = model_dir / WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelError(model_dir, f"missing {WEIGHTS_FILE}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(model_dir, f"{WEIGHTS_FILE} is not a readable safetensors file (empty, truncated or "
+                                    f"another format: {detail})") from None
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ModelError(model_dir, f"{WEIGHTS_FILE}: tensor {key!r} holds non-finite values (NaN or infinity)")
+    return tensors
+
+
 def _load_learner(model_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (model_dir / name).exists()]
-    if missing:
-        raise FileNotFoundError(f"{model_dir} is not a model directory: missing {', '.join(missing)}")
-    config = read_json(model_dir / CONFIG_FILE)
-    learner = build_learner_from_config(config)
-    load_learner_state(learner, load_file(str(model_dir / WEIGHTS_FILE)))
+    """One single (non-ensemble) model directory, validated: config against the schema, weights against it."""
+    model_dir = Path(model_dir)
+    config = _read_config(model_dir)
+    check_config(config, model_dir, member=True)
+    tensors = _read_weights(model_dir)
+    try:
+        learner = build_learner_from_config(config)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(model_dir, f"{CONFIG_FILE}: {exc}") from None
+    try:
+        load_learner_state(learner, tensors)
+    except ValueError as exc:
+        raise ModelError(model_dir, f"{WEIGHTS_FILE} does not match {CONFIG_FILE} ({exc})") from None
     learner.eval()
     return learner, config
 
 
 def load_model(model_dir: Path) -> MetaModel:
-    """Load a model directory (safetensors only: nothing is unpickled).
+    """Load a model directory (safetensors only: nothing is unpickled); ModelError when it is not valid.
 
     Either a single model (`weights.safetensors` + `config.json`, as training writes it) or an ensemble: a
     `config.json` whose `members` lists sub-directories that are single models.
     """
     model_dir = Path(model_dir)
-    if not (model_dir / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{model_dir} is not a model directory: missing {CONFIG_FILE}")
-    config = read_json(model_dir / CONFIG_FILE)
+    config = _read_config(model_dir)
+    check_config(config, model_dir)
     if "members" not in config:
         learner, config = _load_learner(model_dir)
         return MetaModel(learners=[learner], config=config, path=model_dir)
     learners = []
     for name in config["members"]:
-        learner, member = _load_learner(model_dir / name)
+        learner, member = _load_learner(member_dir(model_dir, name))
         differing = [k for k in SHARED_KEYS if member.get(k) != config.get(k)]
         if differing:
-            raise ValueError(f"{model_dir / name}: ensemble member differs from the ensemble in {differing}")
+            raise ModelError(model_dir, f"ensemble member {name!r} differs from the ensemble in {differing}")
         learners.append(learner)
     return MetaModel(learners=learners, config=config, path=model_dir)
 
@@ -215,7 +285,7 @@ def save_ensemble(member_dirs: list[Path], out_dir: Path, *, prediction: dict[st
         dst = out_dir / name
         dst.mkdir(parents=True, exist_ok=True)
         for file in (WEIGHTS_FILE, CONFIG_FILE):
-            shutil.copyfile(Path(src) / file, dst / file)
+            atomic_write(dst / file, lambda p, f=Path(src) / file: shutil.copyfile(f, p))
     config = {k: configs[0][k] for k in ("format", *SHARED_KEYS)} | {
         "members": names,
         "member_training": [c.get("training", {}) | {"commit": c.get("commit")} for c in configs],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from collections.abc import Sequence
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -15,17 +14,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from assayfew.bounds import check_train_options
 from assayfew.checkpoint import MetaModel, build_learner_from_config, save_model
 from assayfew.chem import FingerprintSpec
+from assayfew.device import resolve_device
+from assayfew.distributed import SINGLE, DistContext
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
 from assayfew.io import atomic_write, read_json, write_json, write_toml
 from assayfew.meta import build_mixer
-from assayfew.meta.batch import TaskBatch
-from assayfew.meta.sparse import SparseRows
 from assayfew.meta.state import learner_state, load_learner_state
 from assayfew.provenance import array_digest, stamp
-from assayfew.scaling import fit_scaling
 from assayfew.tasks import EpisodeSampler, TaskSet
+from assayfew.trainstep import episode_batch, meta_step
+
+__all__ = ["TrainConfig", "TrainResult", "Reporter", "train", "model_config", "episode_batch", "resolve_device",
+           "cosine_lr", "LOG_EVERY"]
 
 
 @dataclass
@@ -63,6 +66,9 @@ class TrainConfig:
     device: str = "auto"
     standardize: bool = True  # data preparation: largest fragment + neutralise before featurizing
 
+    def __post_init__(self) -> None:
+        check_train_options(self.to_dict())
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
@@ -77,12 +83,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def model_config(cfg: TrainConfig, spec: FingerprintSpec, train_set: TaskSet, extra: dict | None = None) -> dict:
@@ -105,45 +105,6 @@ def model_config(cfg: TrainConfig, spec: FingerprintSpec, train_set: TaskSet, ex
                                                       train_set.fingerprints),
                      "n_train_assays": len(train_set), "seed": cfg.seed} | (extra or {}),
     } | stamp()
-
-
-def episode_batch(taskset: TaskSet, episodes: Sequence[tuple[int, np.ndarray, np.ndarray]], mode: str,
-                  min_std: float) -> TaskBatch:
-    """Padded meta-batch of episodes (assay, support rows, query rows) from `EpisodeSampler.sample_rows`,
-    each task's labels mapped with its own support statistics. Inputs are gathered straight from the task
-    set's fingerprint table and their sparse form from its stored on-bits (no dense-to-sparse pass);
-    the result equals `pad_tasks` of the materialised, scaled Tasks."""
-    if not episodes:
-        raise ValueError("episode_batch: no episodes")
-    indptr, bit_ids = taskset.bit_index()
-    n_tasks, bits = len(episodes), taskset.spec.bits
-    out: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, SparseRows]] = {}
-    scalings = [fit_scaling(taskset.values[s], mode, min_std) for _, s, _ in episodes]
-    for which, pick in (("s", 1), ("q", 2)):
-        parts = [ep[pick] for ep in episodes]
-        width = max(len(p) for p in parts)
-        if width == 0:
-            raise ValueError("episode_batch: an episode has an empty support or query")
-        y = np.zeros((n_tasks, width), dtype=np.float32)
-        mask = np.zeros((n_tasks, width), dtype=np.float32)
-        for t, (p, sc) in enumerate(zip(parts, scalings)):
-            y[t, : len(p)] = sc.forward(taskset.values[p])
-            mask[t, : len(p)] = 1.0
-        flat = np.concatenate([t * width + np.arange(len(p)) for t, p in enumerate(parts)])
-        fp = taskset.fp_rows[np.concatenate(parts)]
-        x = np.zeros((n_tasks * width, bits), dtype=np.float32)
-        x[flat] = taskset.fingerprints[fp]
-        lens = indptr[fp + 1] - indptr[fp]
-        starts = np.repeat(indptr[fp] - (np.cumsum(lens) - lens), lens)
-        cols = bit_ids[starts + np.arange(int(lens.sum()))]
-        sparse = SparseRows.from_coordinates(torch.from_numpy(np.repeat(flat, lens)), torch.from_numpy(cols),
-                                             n_tasks * width, bits)
-        out[which] = (torch.from_numpy(x).view(n_tasks, width, bits), torch.from_numpy(y),
-                      torch.from_numpy(mask), sparse)
-    batch = TaskBatch(out["s"][0], out["s"][1], out["s"][2], out["q"][0], out["q"][1], out["q"][2])
-    batch.set_sparse_rows("s", out["s"][3])
-    batch.set_sparse_rows("q", out["q"][3])
-    return batch
 
 
 def cosine_lr(cfg: TrainConfig, step: int, total: int) -> float:
@@ -176,23 +137,34 @@ class TrainResult:
 
 
 class Reporter:
-    """Progress hooks; the CLI renders them, the library stays quiet."""
+    """Progress hooks; the CLI renders them, the library stays quiet. `iteration` comes every LOG_EVERY
+    meta-iterations (and at the end of an epoch) with the mean loss of the `n` iterations since the last
+    call: losses stay on the device in between (no per-step host sync)."""
 
     def start(self, total_iters: int, done_iters: int) -> None: ...
-    def iteration(self, epoch: int, loss: float) -> None: ...
+    def iteration(self, epoch: int, loss: float, n: int = 1) -> None: ...
     def epoch(self, row: dict) -> None: ...
+
+
+#: meta-iterations between progress reports (the only points where the training loop waits for the device)
+LOG_EVERY = 20
 
 
 METRICS_FIELDS = ["epoch", "train_loss", "val_mean_r2", "val_median_r2", "val_gt03", "lr", "seconds"]
 
 
 def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path, *, resume: bool = False,
-          reporter: Reporter | None = None, split_info: dict | None = None) -> TrainResult:
-    """Meta-train on `train_set`, select the epoch with the best meta-validation mean R², write RUN_DIR."""
+          reporter: Reporter | None = None, split_info: dict | None = None,
+          dist: DistContext = SINGLE) -> TrainResult:
+    """Meta-train on `train_set`, select the epoch with the best meta-validation mean R², write RUN_DIR.
+
+    `dist`: this process's rank in a torchrun job (`assayfew.distributed.init_from_env`); every rank calls
+    train() with the same arguments, rank 0 validates and writes RUN_DIR (resume reads it on every rank)."""
     reporter = reporter or Reporter()
     run_dir = Path(run_dir)
     model_dir, state_dir = run_dir / "model", run_dir / "state"
     device = resolve_device(cfg.device)
+    dist.share(cfg.meta_batch)  # every rank needs a task: fail before any work
     torch.manual_seed(cfg.seed)
     spec = train_set.spec
     mconf = model_config(cfg, spec, train_set, {"split": split_info or {}})
@@ -208,10 +180,14 @@ def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path,
         load_learner_state(learner, load_file(str(state_dir / "learner.safetensors"), device=str(device)))
         _load_optimizer(opt, load_file(str(state_dir / "optimizer.safetensors"), device=str(device)), st["optimizer"])
         start_epoch, best_val, best_epoch, history = st["epoch"] + 1, st["best_val"], st["best_epoch"], st["history"]
-    else:
+    if dist.active and dist.broadcast_int(start_epoch) != start_epoch:
+        raise ValueError(f"rank {dist.rank} does not see the state rank 0 resumes from in {run_dir}: the run "
+                         "directory must be on a file system every node shares")
+    elif dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    write_toml(run_dir / "config.toml", cfg.to_dict())
-    write_json(run_dir / "val_assays.json", {"val": val_set.assay_ids, "n_train": len(train_set)})
+    if dist.is_main:
+        write_toml(run_dir / "config.toml", cfg.to_dict())
+        write_json(run_dir / "val_assays.json", {"val": val_set.assay_ids, "n_train": len(train_set)})
 
     val_eps = evaluation_episodes(val_set.subset(val_set.assay_ids[: cfg.val_max_assays]),
                                   support_k=cfg.val_support_k, seed=cfg.seed)
@@ -227,43 +203,56 @@ def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path,
                                  max_query=cfg.query_max, weights=weights, seed=cfg.seed * 1_000_003 + epoch)
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 100_003 + epoch)
         learner.train()
-        losses = []
+        losses: list[float] = []
+        pending: list[torch.Tensor] = []  # this rank's loss shares since the last report, on the device
         for it in range(cfg.iters):
             lr = cosine_lr(cfg, epoch * cfg.iters + it, total)
             for group in opt.param_groups:
                 group["lr"] = lr
-            batch = episode_batch(train_set, sampler.sample_rows(cfg.meta_batch), cfg.label_scaling,
-                                  cfg.min_std).to(device)
-            loss, _ = learner.meta_loss(batch, mixer, generator=gen, epoch=epoch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            pending.append(meta_step(learner, mixer, train_set, sampler.sample_rows(cfg.meta_batch),
+                                     label_scaling=cfg.label_scaling, min_std=cfg.min_std, generator=gen,
+                                     epoch=epoch, device=device, dist=dist))
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(learner.parameters(), cfg.grad_clip, foreach=True)
             opt.step()
-            losses.append(float(loss.detach()))
-            reporter.iteration(epoch, losses[-1])
+            if len(pending) == LOG_EVERY or it == cfg.iters - 1:
+                chunk = dist.sum(torch.stack(pending)).double().cpu().tolist()
+                losses.extend(chunk)
+                pending.clear()
+                reporter.iteration(epoch, float(np.mean(chunk)), len(chunk))
         learner.epoch_end(epoch, cfg.epochs)
 
         current = MetaModel(learners=[learner], config=mconf)
-        val = evaluate_episodes(val_eps, current.adapt_predict, n_boot=0).summary if val_eps else {}
+        val = (evaluate_episodes(val_eps, current.adapt_predict, n_boot=0).summary
+               if val_eps and dist.is_main else {})
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_mean_r2": val.get("mean", float("nan")),
                "val_median_r2": val.get("median", float("nan")), "val_gt03": val.get("gt03", 0), "lr": lr,
                "seconds": time.perf_counter() - t_epoch}
         history.append(row)
-        if row["val_mean_r2"] > best_val or best_epoch < 0:
-            best_val, best_epoch = row["val_mean_r2"], epoch
-            mconf["training"] |= {"epoch": epoch, "val_mean_r2": best_val}
-            save_model(model_dir, learner, mconf)
-        _write_metrics(run_dir / "metrics.csv", history)
-        tensors, opt_meta = _optimizer_tensors(opt)
-        state_tensors = {k: v.detach().cpu().contiguous() for k, v in learner_state(learner).items()}
-        atomic_write(state_dir / "learner.safetensors", lambda p: save_file(state_tensors, str(p)))
-        atomic_write(state_dir / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
-        write_json(state_dir / "state.json", {"epoch": epoch, "best_val": best_val, "best_epoch": best_epoch,
-                                              "history": history, "optimizer": opt_meta, "config": cfg.to_dict()})
+        if dist.is_main:
+            if row["val_mean_r2"] > best_val or best_epoch < 0:
+                best_val, best_epoch = row["val_mean_r2"], epoch
+                mconf["training"] |= {"epoch": epoch, "val_mean_r2": best_val}
+                save_model(model_dir, learner, mconf)
+            _write_state(run_dir, learner, opt, cfg, epoch, best_val, best_epoch, history)
+        dist.barrier()  # the epoch's state is on disk before any rank goes on (or stops)
         reporter.epoch(row)
     return TrainResult(run_dir=run_dir, best_epoch=best_epoch, best_val=best_val, history=history,
                        wall_s=time.perf_counter() - t0)
+
+
+def _write_state(run_dir: Path, learner: torch.nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig,
+                 epoch: int, best_val: float, best_epoch: int, history: list[dict]) -> None:
+    """metrics.csv and the resumable state (learner, optimizer, progress) after `epoch`."""
+    state_dir = run_dir / "state"
+    _write_metrics(run_dir / "metrics.csv", history)
+    tensors, opt_meta = _optimizer_tensors(opt)
+    state_tensors = {k: v.detach().cpu().contiguous() for k, v in learner_state(learner).items()}
+    atomic_write(state_dir / "learner.safetensors", lambda p: save_file(state_tensors, str(p)))
+    atomic_write(state_dir / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
+    write_json(state_dir / "state.json", {"epoch": epoch, "best_val": best_val, "best_epoch": best_epoch,
+                                          "history": history, "optimizer": opt_meta, "config": cfg.to_dict()})
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:

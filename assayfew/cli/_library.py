@@ -6,11 +6,9 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-import typer
-
+from assayfew.cli._common import fail
 from assayfew.predict import InputError, PredictionResult
 from assayfew.screen import Library, score_library
 
@@ -34,12 +32,10 @@ def score_with_progress(result: PredictionResult, library: Library, out: Path | 
             summary = score_library(result.adaptation, library, out, units=result.units, progress=report)
         except InputError as exc:
             bar.stop()
-            err.print(f"[red]error:[/red] {escape(str(exc))}")
-            raise typer.Exit(2) from None
-        except OSError as exc:  # the output cannot be written (a directory, no permission, disk full)
+            raise fail(str(exc)) from None
+        except OSError as exc:  # the output cannot be written (disk full, ...)
             bar.stop()
-            err.print(f"[red]error:[/red] cannot write {escape(str(out))}: {escape(exc.strerror or str(exc))}")
-            raise typer.Exit(2) from None
+            raise fail(f"cannot write {out}: {exc.strerror or exc}") from None
         bar.update(task, completed=max(library.size, 1))
     seconds = time.perf_counter() - start
     err.print(f"library: {summary.n_rows:,} compounds scored in {seconds:.1f} s "

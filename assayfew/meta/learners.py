@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from assayfew.meta.batch import TaskBatch
-from assayfew.meta.mixing import Mixer, _gather_rows, _mix
+from assayfew.meta.mixing import Mixer, MixPlan, _gather_rows, _mix
 from assayfew.meta.headloop import head_inner_loop
 from assayfew.meta.model import MLP, FunctionalModel, Stats, linear, masked_moments
 
@@ -104,8 +104,8 @@ class _Body:
         hs, stats = m.trace(self.params, self.xs, 0, mask=self.ms, stop=last - 1, cache=self._cs)
         hq = m.trace(self.params, self.xq, 0, stats=stats, stop=last - 1, cache=self._cq)[0][-1]
         (t, ns, width), nq = hs[-1].shape, hq.shape[1]
-        si = (self.ms.reshape(-1) > 0).nonzero().squeeze(1)
-        qi = (self.mq.reshape(-1) > 0).nonzero().squeeze(1)
+        assert self.batch is not None
+        si, qi = self.batch.valid_rows("s"), self.batch.valid_rows("q")  # no device sync when given on the host
         rows = torch.cat([hs[-1].reshape(t * ns, width).index_select(0, si),
                           hq.reshape(t * nq, width).index_select(0, qi)])
         z = m.pre_activation(self.params, rows, last)
@@ -289,7 +289,7 @@ class MetaLearner(nn.Module):
         lrs: dict[str, nn.Parameter] = {}
         for n in self.adapt_names:
             if lr_mode == "per_step":
-                lrs[n] = nn.Parameter(torch.full((self.inner_steps,), self.inner_lr))
+                lrs[n] = nn.Parameter(torch.full((self.inner_steps,), self.inner_lr, device=init[n].device))
             elif lr_mode == "per_param":
                 lrs[n] = nn.Parameter(torch.full_like(init[n], self.inner_lr))
         self.lrs = nn.ParameterDict(lrs)
@@ -369,10 +369,12 @@ class MetaLearner(nn.Module):
         last = model.n_layers - 1
         z, mean, var = body.last_preact()
         bn_w, bn_b = meta[f"block{last}_bn_weight"], meta[f"block{last}_bn_bias"]
-        bn_rows = torch.tensor([min(self.bn_step(s), bn_w.shape[0] - 1) for s in range(steps)], dtype=torch.long,
-                               device=z.device)
+        bn_rows = self._constant(("bn_rows", steps, bn_w.shape[0]), lambda: torch.tensor(
+            [min(self.bn_step(s), bn_w.shape[0] - 1) for s in range(steps)], dtype=torch.long, device="cpu"), z.device)
         rates = [torch.stack([torch.as_tensor(self.lr(name, s), dtype=z.dtype, device=z.device)
-                              for s in range(steps)]) for name in ("head_weight", "head_bias")]
+                              for s in range(steps)]) for name in ("head_weight", "head_bias")
+                 ] if self.lr_mode != "fixed" else [self._constant(("rates", steps, z.dtype), lambda: torch.full(
+                     (steps,), self.inner_lr, dtype=z.dtype, device="cpu"), z.device)] * 2
         t = z.shape[0]
         w0 = meta["head_weight"].unsqueeze(0).expand(t, *meta["head_weight"].shape)
         b0 = meta["head_bias"].unsqueeze(0).expand(t, *meta["head_bias"].shape)
@@ -387,15 +389,26 @@ class MetaLearner(nn.Module):
                 on_step(s, params, self.bn_step(s))
         return params, loss0.mean()
 
+    def _constant(self, key: tuple, make: Callable[[], Tensor], device: torch.device) -> Tensor:
+        """A small constant tensor built on the host (`make`) once and kept on `device` (a host-to-device copy every
+        meta-iteration would make the host wait for the GPU)."""
+        cache = self.__dict__.setdefault("_constants", {})
+        full_key = (*key, device)
+        if full_key not in cache:
+            cache[full_key] = make().to(device)
+        return cache[full_key]
+
     # ---- public API ---------------------------------------------------------------------------
     def meta_loss(self, batch: TaskBatch, mixer: Mixer, *, generator: torch.Generator, epoch: int | None = None,
-                  second_order: bool = True) -> tuple[Tensor, dict]:
+                  second_order: bool = True, plan: MixPlan | None = None) -> tuple[Tensor, dict]:
         """Scalar outer loss of a padded meta-batch (differentiable w.r.t. all meta-parameters) and info
         {"support_loss": mean support loss before adaptation, "outer_loss": the returned loss (detached),
         "layer": the mixing position drawn}. The mixer's random plan (layer, λ, pairs) is drawn once and
-        shared by all multi-step-loss terms. `epoch=None` uses the epoch recorded by `epoch_end`."""
+        shared by all multi-step-loss terms. `epoch=None` uses the epoch recorded by `epoch_end`. `plan`: a
+        plan drawn beforehand (e.g. on the host, see `assayfew.trainstep`) instead of one from `generator`."""
         epoch = self.epoch if epoch is None else epoch
-        plan = mixer.sample(batch, self.model.n_layers, generator)
+        if plan is None:
+            plan = mixer.sample(batch, self.model.n_layers, generator)
         weights = self.step_weights(epoch, self.inner_steps)
         create_graph = second_order and epoch >= self.first_order_epochs
         meta = dict(self.params.items())

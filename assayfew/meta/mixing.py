@@ -54,6 +54,15 @@ class MixPlan:
     lam: Tensor | None = None
     idx: Tensor | None = None
 
+    def tasks(self, start: int, stop: int) -> MixPlan:
+        """The plan of tasks start..stop-1 of its batch (a rank's share of a meta-batch)."""
+        pick = (lambda t: None if t is None else t[start:stop])
+        return MixPlan(self.layer, pick(self.lam), pick(self.idx))
+
+    def to(self, device: torch.device, *, non_blocking: bool = False) -> MixPlan:
+        move = (lambda t: None if t is None else t.to(device, non_blocking=non_blocking))
+        return MixPlan(self.layer, move(self.lam), move(self.idx))
+
 
 def numpy_rng(generator: torch.Generator) -> np.random.Generator:
     """A numpy generator seeded from a torch generator (keeps runs reproducible from one seed)."""
@@ -139,7 +148,7 @@ class Mixer:
             for i in range(m_to.shape[0]):
                 valid = np.flatnonzero(m_to[i] > 0)
                 lam[i, valid] = rng.beta(self.alpha, self.beta, size=valid.size)
-        return torch.as_tensor(lam, dtype=like.dtype).to(like.device)
+        return torch.as_tensor(lam, dtype=like.dtype, device=like.device)
 
     def _plan(self, m_from: Tensor, m_to: Tensor, n_positions: int, generator: torch.Generator) -> MixPlan:
         bad = [l for l in self.layers if l >= n_positions]

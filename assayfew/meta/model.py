@@ -141,27 +141,28 @@ class MLP:
 
     def init_params(self, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Linear weights (in, out), uniform(±1/sqrt(fan_in)) as torch.nn.Linear; BN weight 1 / bias 0;
-        transforms = I."""
+        transforms = I. Created on the generator's device (the CPU without one): move the learner after."""
         params: dict[str, Tensor] = {}
         dims = (self.in_dim, *self.hidden)
+        device = generator.device if generator is not None else torch.device("cpu")
 
         def lin(fan_in: int, fan_out: int) -> tuple[Tensor, Tensor]:
             bound = 1.0 / math.sqrt(fan_in)
-            w = (torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound
-            b = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
+            w = (torch.rand(fan_in, fan_out, generator=generator, device=device) * 2 - 1) * bound
+            b = (torch.rand(fan_out, generator=generator, device=device) * 2 - 1) * bound
             return w, b
 
         for k in range(1, len(self.hidden) + 1):
             w, b = lin(dims[k - 1], dims[k])
             params[f"block{k}_weight"], params[f"block{k}_bias"] = w, b
-            params[f"block{k}_bn_weight"] = torch.ones(self.bn_rows(k), dims[k])
-            params[f"block{k}_bn_bias"] = torch.zeros(self.bn_rows(k), dims[k])
+            params[f"block{k}_bn_weight"] = torch.ones(self.bn_rows(k), dims[k], device=device)
+            params[f"block{k}_bn_bias"] = torch.zeros(self.bn_rows(k), dims[k], device=device)
             if self.transforms:
-                params[f"block{k}_transform"] = torch.eye(dims[k])
+                params[f"block{k}_transform"] = torch.eye(dims[k], device=device)
         w, b = lin(dims[-1], self.out_dim)
         params["head_weight"], params["head_bias"] = w, torch.full_like(b, self.out_bias)
         if self.transforms:
-            params["head_transform"] = torch.eye(self.out_dim)
+            params["head_transform"] = torch.eye(self.out_dim, device=device)
         return params
 
     def bn_rows(self, k: int) -> int:

@@ -1,9 +1,9 @@
 """Bad-input catalogue (issue 11, screening libraries): `assayfew predict ASSAY --library LIB --out OUT`.
 
-Each row writes one bad (or borderline) library file, runs the command in process (typer's CliRunner) on a
-tiny untrained model built here, and states the exit code, a phrase the one-line message must contain
-(every error names the library file) and whether the output exists afterwards. An output that existed before
-a failed run is left as it was.
+Each row writes one bad (or borderline) library file, runs the command in process (typer's CliRunner) on the
+outputs catalogue's tiny untrained model, and states the exit code, a phrase the one-line message must
+contain (every error names the library file) and whether the output exists afterwards. An output that
+existed before a failed run is left as it was.
 """
 
 from __future__ import annotations
@@ -15,32 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from assayfew.checkpoint import build_learner_from_config, save_model
 from assayfew.cli import typer_app
+from tests.cli.test_bad_input_catalogue_outputs import ACTIVITY, SMILES, tiny_model  # noqa: F401  (shared)
 
 runner = CliRunner()
 
-SMILES = ["CCO", "CCN", "CCCO", "c1ccccc1O", "c1ccccc1N", "CC(=O)O"]
-TINY_CONFIG = {
-    "format": "assayfew-model/1",
-    "architecture": {"type": "mlp", "in_dim": 64, "hidden": [8, 8], "negative_slope": 0.01, "per_step_blocks": "last"},
-    "fingerprint": {"radius": 2, "bits": 64},
-    "label_scaling": {"mode": "center", "min_std": 0.5},
-    "algorithm": {"name": "anil++", "inner_steps": 2, "inner_lr": 0.01,
-                  "options": {"msl_epochs": 10, "first_order_epochs": 0}},
-}
 PREVIOUS = "previous results\n"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    torch.manual_seed(0)
-    save_model(path, build_learner_from_config(TINY_CONFIG), TINY_CONFIG)
-    return path
 
 
 @dataclass
@@ -91,7 +73,9 @@ CASES = [
     Case("unknown extension", "lib.xlsx", text("whatever"), 2, "lib.xlsx: unknown library format", "untouched"),
     Case("duplicate column names", "lib.csv", text("smiles,id,id\nCCO,1,2\n"), 2,
          "lib.csv: duplicate column name(s) in the header: id", "untouched"),
-    Case("--out is a directory", "lib.smi", text("CCO a\n"), 2, "cannot write", "untouched", ("--out", "{root}")),
+    Case("--out is a directory (refused before the work)", "lib.smi", text("CCO a\n"), 2,
+         "is a directory; give a file name", "untouched",
+         ("--out", "{root}")),
     # borderline inputs that must work: rows that cannot be scored are kept with a status
     Case("invalid and empty SMILES rows", "lib.smi", text("CCO a\nnot_a_smiles b\n  c\nC1CC d\n"), 0,
          "rows that could not be scored: 3", "written"),
@@ -103,7 +87,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_library(case: Case, tiny_model: Path, tmp_path: Path) -> None:
     assay = tmp_path / "assay.csv"
-    pd.DataFrame({"smiles": SMILES, "pIC50": ["5.1", "6.2", "5.8", "7.0", "6.6", "4.9"]}).to_csv(assay, index=False)
+    pd.DataFrame({"smiles": SMILES, "pIC50": ACTIVITY}).to_csv(assay, index=False)
     library = tmp_path / case.library
     if case.make is not None:
         case.make(library)
