@@ -16,8 +16,11 @@ from assayfew.meta.mixing import Mixer, MixPlan
 __all__ = ["reference_meta_loss"]
 
 
-def _mse(pred: Tensor, y: Tensor) -> Tensor:
-    return (pred.reshape(-1) - y.reshape(-1)).square().mean()
+def _loss(model, pred: Tensor, y: Tensor) -> Tensor:
+    """The model's own loss of one task's rows: pred (1, N, ...), y (N,) scalars or (N, C) soft targets."""
+    if pred.shape[-1] == 1 and y.dim() == 1:
+        return (pred.reshape(-1) - y).square().mean()
+    return model.loss(pred, y[None], y.new_ones(1, y.shape[0])).mean()
 
 
 def _task_outer(learner: MetaLearner, mixer: Mixer, plan: MixPlan, p: dict[str, Tensor], b: int,
@@ -26,9 +29,9 @@ def _task_outer(learner: MetaLearner, mixer: Mixer, plan: MixPlan, p: dict[str, 
     hs, stats = model.trace(p, xs[None], b)
     hq, _ = model.trace(p, xq[None], b, stats=stats)
     if mixer.name == "none":
-        return _mse(hq[-1], yq)
+        return _loss(model, hq[-1], yq)
     if mixer.name == "cob":
-        return _mse(torch.cat([hs[-1], hq[-1]], 1), torch.cat([ys, yq]))
+        return _loss(model, torch.cat([hs[-1], hq[-1]], 1), torch.cat([ys, yq]))
     assert lam is not None and idx is not None
     l = plan.layer
     if mixer.name == "metamix":
@@ -41,8 +44,9 @@ def _task_outer(learner: MetaLearner, mixer: Mixer, plan: MixPlan, p: dict[str, 
         raise ValueError(f"reference: unsupported mixer {mixer.name!r}")
     lam_h = lam.reshape(-1, *([1] * (a_h.dim() - 1)))
     h = lam_h * a_h + (1 - lam_h) * b_h
-    y = lam * a_y + (1 - lam) * b_y
-    return _mse(model.trace(p, h[None], b, stats=stats, start=l)[0][-1], y)
+    lam_y = lam.reshape(-1, *([1] * (a_y.dim() - 1)))
+    y = lam_y * a_y + (1 - lam_y) * b_y
+    return _loss(model, model.trace(p, h[None], b, stats=stats, start=l)[0][-1], y)
 
 
 def _local(idx: Tensor, mask: Tensor) -> Tensor:
@@ -72,7 +76,7 @@ def reference_meta_loss(learner: MetaLearner, batch: TaskBatch, mixer: Mixer, *,
         for s in range(learner.inner_steps):
             b = learner.bn_step(s)
             out, _ = model.trace({**meta, **fast}, xs[None], b)
-            loss = _mse(out[-1], ys)
+            loss = _loss(model, out[-1], ys)
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create)
             fast = {n: fast[n] - learner.lr(n, s) * g for n, g in zip(list(fast), grads)}
             if weights[s] > 0:
