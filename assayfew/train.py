@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from assayfew.checkpoint import MetaModel, build_learner_from_config, save_model
+from assayfew.checkpoint import MODEL_FORMAT, MetaModel, save_model
 from assayfew.chem import FingerprintSpec
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
 from assayfew.io import atomic_write, read_json, write_json, write_toml
-from assayfew.meta import build_mixer
+from assayfew.meta import LEARNERS, MIXERS
+from assayfew.meta.config import CoreConfig, Part
+from assayfew.meta.registry import option_names
 from assayfew.meta.batch import TaskBatch
 from assayfew.meta.sparse import SparseRows
 from assayfew.meta.state import learner_state, load_learner_state
@@ -64,6 +66,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Validated: unknown options, and options the chosen learner or mixer does not have set to anything
+        but their default (e.g. alpha with mix = "none"), are errors."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -72,10 +76,36 @@ class TrainConfig:
         for key in ("layers", "hidden"):
             if key in values:
                 values[key] = tuple(int(v) for v in values[key])
-        return cls(**values)
+        cfg = cls(**values)
+        cfg.core(in_dim=1)  # validates the learner/mixer options
+        return cfg
+
+    def core(self, in_dim: int) -> CoreConfig:
+        """The learner + model + mixer these options describe (the one schema that builds them)."""
+        defaults = TrainConfig()
+        parts: dict[str, dict[str, Any]] = {"learner": {}, "mixer": {}}
+        names = {"learner": self.algo, "mixer": self.mix}
+        registries = {"learner": LEARNERS, "mixer": MIXERS}
+        for what, keys in _PART_OPTIONS.items():
+            own = option_names(registries[what].get(names[what]))
+            for key in keys:
+                value = getattr(self, key)
+                if key in own:
+                    parts[what][key] = list(value) if isinstance(value, tuple) else value
+                elif value != getattr(defaults, key):
+                    raise ValueError(f"training option {key} = {value!r} is not used by {what} {names[what]!r}")
+        model = {"in_dim": int(in_dim), "hidden": list(self.hidden), "n_steps": self.inner_steps,
+                 "negative_slope": 0.01, "per_step_blocks": self.per_step_blocks}
+        return CoreConfig(model=Part("mlp", model), learner=Part(self.algo, parts["learner"]),
+                          mixer=Part(self.mix, parts["mixer"]))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+#: TrainConfig fields that are options of the learner / the mixer (passed only to parts that have them).
+_PART_OPTIONS = {"learner": ("inner_steps", "inner_lr", "msl_epochs", "first_order_epochs"),
+                 "mixer": ("alpha", "beta", "layers", "fixed_lambda")}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,19 +116,11 @@ def resolve_device(name: str) -> torch.device:
 
 def model_config(cfg: TrainConfig, spec: FingerprintSpec, train_set: TaskSet, extra: dict | None = None) -> dict:
     """The `model/config.json` content: what is needed to rebuild and use the model, and where it came from."""
-    algo_options: dict[str, Any] = {}
-    if cfg.algo == "anil++":
-        algo_options = {"msl_epochs": cfg.msl_epochs, "first_order_epochs": cfg.first_order_epochs}
     return {
-        "format": "assayfew-model/1",
-        "architecture": {"type": "mlp", "in_dim": spec.bits, "hidden": list(cfg.hidden), "negative_slope": 0.01,
-                         "per_step_blocks": cfg.per_step_blocks},
+        "format": MODEL_FORMAT,
+        "core": cfg.core(spec.bits).to_dict(),
         "fingerprint": spec.to_dict(),
         "label_scaling": {"mode": cfg.label_scaling, "min_std": cfg.min_std},
-        "algorithm": {"name": cfg.algo, "inner_steps": cfg.inner_steps, "inner_lr": cfg.inner_lr,
-                      "options": algo_options},
-        "mixing": {"name": cfg.mix, "alpha": cfg.alpha, "beta": cfg.beta, "layers": list(cfg.layers),
-                   "fixed_lambda": cfg.fixed_lambda},
         "training": {"data_fingerprint": array_digest(train_set.fp_rows, train_set.values, train_set.offsets,
                                                       train_set.fingerprints),
                      "n_train_assays": len(train_set), "seed": cfg.seed} | (extra or {}),
@@ -194,8 +216,8 @@ def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path,
     torch.manual_seed(cfg.seed)
     spec = train_set.spec
     mconf = model_config(cfg, spec, train_set, {"split": split_info or {}})
-    learner = build_learner_from_config(mconf).to(device)
-    mixer = build_mixer(cfg.mix, alpha=cfg.alpha, beta=cfg.beta, layers=cfg.layers, fixed_lambda=cfg.fixed_lambda)
+    learner, mixer = cfg.core(spec.bits).build()
+    learner = learner.to(device)
     opt = torch.optim.Adam(learner.parameters(), lr=cfg.outer_lr, fused=True)
 
     start_epoch, best_val, best_epoch, history = 0, -math.inf, -1, []
