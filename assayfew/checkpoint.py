@@ -14,7 +14,7 @@ from assayfew.baselines import ridge_predict
 from assayfew.blas import single_threaded_numpy_blas
 from assayfew.chem import FingerprintSpec
 from assayfew.io import atomic_write, read_json, write_json
-from assayfew.meta import MLP, build_learner
+from assayfew.meta.config import CoreConfig
 from assayfew.meta.state import learner_state, load_learner_state
 from assayfew.provenance import stamp
 from assayfew.scaling import fit_scaling
@@ -25,17 +25,23 @@ WEIGHTS_FILE = "weights.safetensors"
 PREDICTION_DEFAULTS: dict[str, Any] = {"head": "gd", "head_ridge_alpha": 10.0, "fp_ridge_weight": 0.0,
                                        "fp_ridge_alpha": 10.0}
 CONFIG_FILE = "config.json"
+#: Model config format: 2 = the learner/model/kind as one `core` config (`assayfew.meta.config.CoreConfig`);
+#: 1 (still read) = `architecture` + `algorithm` [+ `mixing`].
+MODEL_FORMAT = "assayfew-model/2"
 
 
 def build_learner_from_config(config: dict[str, Any]) -> torch.nn.Module:
-    """A fresh learner with the architecture and algorithm a model config describes."""
-    arch = config["architecture"]
-    algo = config["algorithm"]
-    model = MLP(in_dim=int(arch["in_dim"]), hidden=tuple(arch["hidden"]), n_steps=int(algo["inner_steps"]),
-                negative_slope=float(arch.get("negative_slope", 0.01)),
-                per_step_blocks=str(arch.get("per_step_blocks", "all")))
-    return build_learner(algo["name"], model, inner_steps=int(algo["inner_steps"]),
-                         inner_lr=float(algo["inner_lr"]), **algo.get("options", {}))
+    """A fresh learner as a model config describes it (its `core`, or a legacy `architecture`/`algorithm`)."""
+    return CoreConfig.of_model(config).build_learner()
+
+
+def shared_part(config: dict[str, Any]) -> dict[str, Any]:
+    """What ensemble members must share (they are adapted and averaged in one label space): the learner,
+    model and task kind (not the mixer they were trained with, nor the seed of their initialisation), the
+    fingerprints and the label scaling."""
+    core = CoreConfig.of_model(config).with_mixer(None).to_dict()
+    core["learner"]["options"].pop("seed", None)
+    return {"core": core} | {k: config.get(k) for k in ("fingerprint", "label_scaling")}
 
 
 def save_model(model_dir: Path, learner: torch.nn.Module, config: dict[str, Any]) -> None:
@@ -65,7 +71,7 @@ class MetaModel:
 
     @property
     def inner_steps(self) -> int:
-        return int(self.config["algorithm"]["inner_steps"])
+        return int(self.learners[0].inner_steps)
 
     @property
     def prediction(self) -> dict[str, Any]:
@@ -87,8 +93,10 @@ class MetaModel:
         Each query row's prediction is independent of the other query rows (batch-norm statistics come
         from the support set only). Head: `steps` gradient steps (default: the model's), or a closed-form
         ridge head when the model's prediction setting says so; optionally blended with ridge regression on
-        the fingerprints.
+        the fingerprints. `steps=0` predicts with the meta-learned initialisation (no adaptation).
         """
+        if steps is not None and steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
         if len(query_x) == 0:
             return np.zeros(0, dtype=np.float64)
         with single_threaded_numpy_blas():
@@ -107,7 +115,7 @@ class MetaModel:
         for learner in self.learners:
             learner.eval()
             with torch.enable_grad():
-                pred = learner.adapt_and_predict(xs, ys, xq, steps=steps or self.inner_steps, ridge_alpha=ridge_alpha)
+                pred = learner.adapt_and_predict(xs, ys, xq, steps=self.inner_steps if steps is None else steps, ridge_alpha=ridge_alpha)
             preds.append(pred.detach().cpu().numpy().reshape(-1))
         out = scaling.inverse(np.mean(preds, axis=0))
         weight = float(settings["fp_ridge_weight"])
@@ -117,8 +125,6 @@ class MetaModel:
         return out
 
 
-#: Keys that must agree between ensemble members (they are adapted and averaged in one label space).
-SHARED_KEYS = ("architecture", "fingerprint", "label_scaling", "algorithm")
 
 
 def _load_learner(model_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -148,7 +154,8 @@ def load_model(model_dir: Path) -> MetaModel:
     learners = []
     for name in config["members"]:
         learner, member = _load_learner(model_dir / name)
-        differing = [k for k in SHARED_KEYS if member.get(k) != config.get(k)]
+        mine, theirs = shared_part(member), shared_part(config)
+        differing = [k for k in mine if mine[k] != theirs[k]]
         if differing:
             raise ValueError(f"{model_dir / name}: ensemble member differs from the ensemble in {differing}")
         learners.append(learner)
@@ -164,7 +171,8 @@ def save_ensemble(member_dirs: list[Path], out_dir: Path, *, prediction: dict[st
     out_dir = Path(out_dir)
     configs = [_load_learner(Path(m))[1] for m in member_dirs]  # validates every member first
     for m, c in zip(member_dirs[1:], configs[1:]):
-        differing = [k for k in SHARED_KEYS if c.get(k) != configs[0].get(k)]
+        mine, first = shared_part(c), shared_part(configs[0])
+        differing = [k for k in mine if mine[k] != first[k]]
         if differing:
             raise ValueError(f"{m}: cannot join an ensemble with {member_dirs[0]}: they differ in {differing}")
     unknown = set(prediction or {}) - set(PREDICTION_DEFAULTS)
@@ -176,7 +184,7 @@ def save_ensemble(member_dirs: list[Path], out_dir: Path, *, prediction: dict[st
         dst.mkdir(parents=True, exist_ok=True)
         for file in (WEIGHTS_FILE, CONFIG_FILE):
             shutil.copyfile(Path(src) / file, dst / file)
-    config = {k: configs[0][k] for k in ("format", *SHARED_KEYS)} | {
+    config = {"format": MODEL_FORMAT} | shared_part(configs[0]) | {
         "members": names,
         "member_training": [c.get("training", {}) | {"commit": c.get("commit")} for c in configs],
         "prediction": PREDICTION_DEFAULTS | (prediction or {}),
