@@ -19,8 +19,7 @@ import statistics
 
 import torch
 
-from assayfew.images.conv import Conv4
-from assayfew.meta import build_learner, build_mixer
+from assayfew.meta import Classification, Conv4, build_learner, build_mixer
 from assayfew.meta.batch import TaskBatch
 from assayfew.meta.reference import reference_meta_loss
 from meta_step import _time_interleaved  # benchmarks/ is the script's directory
@@ -43,12 +42,13 @@ def main() -> None:
     t, way, shot, query = 4, 5, 1, 15
     gen = torch.Generator().manual_seed(args.seed)
     img = (args.channels, args.size, args.size)
-    ys = torch.nn.functional.one_hot(torch.arange(way).repeat_interleave(shot).repeat(t, 1), way).float()
-    yq = torch.nn.functional.one_hot(torch.arange(way).repeat_interleave(query).repeat(t, 1), way).float()
-    batch = TaskBatch(torch.rand(t, way * shot, *img, generator=gen), ys, torch.ones(ys.shape[:2]),
-                      torch.rand(t, way * query, *img, generator=gen), yq, torch.ones(yq.shape[:2])).to(device)
-    model = Conv4(way, in_channels=args.channels, image_size=args.size)
-    learner = build_learner("maml", model, inner_steps=5, inner_lr=0.4, seed=args.seed).to(device)
+    ys = torch.arange(way).repeat_interleave(shot).repeat(t, 1).float()
+    yq = torch.arange(way).repeat_interleave(query).repeat(t, 1).float()
+    batch = TaskBatch(torch.rand(t, way * shot, *img, generator=gen), ys, torch.ones(ys.shape),
+                      torch.rand(t, way * query, *img, generator=gen), yq, torch.ones(yq.shape)).to(device)
+    model = Conv4(out_dim=way, in_channels=args.channels, image_size=args.size)
+    learner = build_learner("maml", model, Classification(n_classes=way), inner_steps=5, inner_lr=0.4,
+                            seed=args.seed).to(device)
     mixer = build_mixer("metamix", alpha=2.0, beta=2.0, layers=tuple(range(model.n_layers)))
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     mix_gen = torch.Generator().manual_seed(args.seed + 1)

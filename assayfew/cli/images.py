@@ -14,7 +14,7 @@ from assayfew.cli._common import err, user_errors
 from assayfew.images.data import load_images
 from assayfew.images.train import ImageTrainConfig, evaluate_images, load_image_model, train_images
 from assayfew.io import read_toml, write_json
-from assayfew.train import Reporter
+from assayfew.loop import Reporter
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -36,21 +36,23 @@ class _RichReporter(Reporter):
     def iteration(self, epoch: int, loss: float) -> None:
         self.values.append(loss)
         recent = self.values[-50:]
-        label = "loss" if self.what == "meta-training" else "accuracy"
-        self.progress.update(self.task, advance=1, info=f"{label} {sum(recent) / len(recent):.3f}")
+        info = f"epoch {epoch}  loss {sum(recent) / len(recent):.3f}" if self.what == "meta-training" else ""
+        self.progress.update(self.task, advance=1, info=info)
 
     def epoch(self, row: dict) -> None:
-        self.progress.console.print(f"iteration {row['iteration']}: loss {row['train_loss']:.4f} "
-                                    f"({row['seconds']:.1f} s)")
+        self.progress.console.print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  validation accuracy "
+                                    f"{100 * row['val_accuracy']:.2f}% ± {100 * row['val_ci95']:.2f}%  "
+                                    f"({row['seconds']:.0f} s)")
 
 
-def _evaluate(learner, data: Path, split: Optional[str], way: int, shot: int, query: int, episodes: int,
+def _evaluate(learner, data: Path, split: Optional[str], shot: int, query: int, episodes: int,
               steps: Optional[int], seed: int, device: str, nme: bool = False) -> dict:
     images = load_images(data, split=split, size=learner.model.image_size)
+    if images.channels != learner.model.in_channels:
+        raise ValueError(f"{data}: {images.channels}-channel images, the model takes {learner.model.in_channels}")
     with _progress() as progress:
-        return evaluate_images(learner, images, n_way=way, k_shot=shot, query=query, episodes=episodes,
-                               steps=steps, nme=nme, seed=seed, device=device,
-                               progress=_RichReporter(progress, "meta-testing"))
+        return evaluate_images(learner, images, k_shot=shot, query=query, episodes=episodes, steps=steps, nme=nme,
+                               seed=seed, device=device, progress=_RichReporter(progress, "meta-testing"))
 
 
 def _print_result(result: dict) -> None:
@@ -78,7 +80,8 @@ def train(
     alpha: Annotated[Optional[float], typer.Option(help="Beta(α, β) of the mixing weight.")] = None,
     beta: Annotated[Optional[float], typer.Option()] = None,
     layers: Annotated[Optional[str], typer.Option(help="Candidate mixing positions, e.g. 0,1,2,3,4")] = None,
-    iters: Annotated[Optional[int], typer.Option(help="Meta-iterations.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (validated after each; the best is kept).")] = None,
+    iters: Annotated[Optional[int], typer.Option(help="Meta-iterations per epoch.")] = None,
     meta_batch: Annotated[Optional[int], typer.Option(help="Tasks per meta-iteration.")] = None,
     inner_steps: Annotated[Optional[int], typer.Option(help="Inner steps at meta-training.")] = None,
     eval_steps: Annotated[Optional[int], typer.Option(help="Inner steps at meta-testing.")] = None,
@@ -86,7 +89,7 @@ def train(
     outer_lr: Annotated[Optional[float], typer.Option()] = None,
     first_order: Annotated[Optional[bool], typer.Option("--first-order/--second-order")] = None,
     filters: Annotated[Optional[int], typer.Option(help="Channels of each conv block (64).")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Iterations between checkpoints.")] = None,
+    val_episodes: Annotated[Optional[int], typer.Option(help="Validation episodes per epoch.")] = None,
     episodes: Annotated[int, typer.Option(help="Meta-test episodes for --test-data.")] = 600,
     test_query: Annotated[int, typer.Option(help="Query images per class in meta-test episodes.")] = 15,
     seed: Annotated[Optional[int], typer.Option()] = None,
@@ -99,21 +102,23 @@ def train(
         if resume and (out / "config.toml").exists() and not config:
             values = read_toml(out / "config.toml")
         flags = {"n_way": way, "k_shot": shot, "query": query, "nme": nme, "algo": algo, "mix": mix,
-                 "alpha": alpha, "beta": beta, "iters": iters, "meta_batch": meta_batch,
+                 "alpha": alpha, "beta": beta, "epochs": epochs, "iters": iters, "meta_batch": meta_batch,
                  "inner_steps": inner_steps, "eval_steps": eval_steps, "inner_lr": inner_lr, "outer_lr": outer_lr,
-                 "second_order": None if first_order is None else not first_order, "filters": filters,
-                 "checkpoint_every": checkpoint_every, "seed": seed, "device": device,
+                 "first_order": first_order, "filters": filters, "val_episodes": val_episodes, "seed": seed,
+                 "device": device,
                  "layers": [int(v) for v in layers.split(",") if v.strip()] if layers else None}
         values |= {k: v for k, v in flags.items() if v is not None}
         cfg = ImageTrainConfig.from_dict(values)
         images = load_images(data, split=split or ("train" if data.is_dir() else None))
         err.print(f"meta-training on {images.n_classes} classes, {len(images)} images from {images.source}")
         with _progress() as progress:
-            learner = train_images(cfg, images, out, resume=resume, reporter=_RichReporter(progress, "meta-training"))
-        err.print(f"model in {out / 'model'}")
+            fitted = train_images(cfg, images, out, resume=resume, reporter=_RichReporter(progress, "meta-training"))
+        err.print(f"best epoch {fitted.best_epoch}: validation accuracy {100 * fitted.best_val:.2f}%; "
+                  f"model in {out / 'model'}")
         if test_data is not None:
+            learner, _ = load_image_model(out / "model")
             result = _evaluate(learner, test_data, test_split or ("test" if test_data.is_dir() else None),
-                               cfg.n_way, cfg.k_shot, test_query, episodes, cfg.eval_steps, cfg.seed, cfg.device)
+                               cfg.k_shot, test_query, episodes, cfg.eval_steps, cfg.seed, cfg.device)
             write_json(out / "evaluation.json", result)
     if test_data is not None:
         _print_result(result)
@@ -124,7 +129,6 @@ def evaluate(
     model: Annotated[Path, typer.Option(help="Model directory (a run's model/).")],
     data: Annotated[Path, typer.Option("--data", help=f"Meta-test images: {_DATA_HELP}")],
     split: Annotated[Optional[str], typer.Option(help="MiniImagenet split (test).")] = None,
-    way: Annotated[Optional[int], typer.Option(help="Classes per task (default: the model's).")] = None,
     shot: Annotated[int, typer.Option(help="Support images per class (K).")] = 1,
     query: Annotated[int, typer.Option(help="Query images per class.")] = 15,
     episodes: Annotated[int, typer.Option(help="Test episodes (>= 600 for the usual 95% CI).")] = 600,
@@ -134,12 +138,11 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto|cpu|cuda")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Write the result as JSON here too.")] = None,
 ) -> None:
-    """Accuracy ± 95% CI over seeded N-way K-shot meta-test episodes; prints one JSON line."""
+    """Accuracy ± 95% CI over seeded N-way K-shot meta-test episodes (N = the model's); prints one JSON line."""
     with user_errors():
         learner, config = load_image_model(model)
-        n_way = way or int(config["model"]["n_way"])
-        result = _evaluate(learner, data, split or ("test" if data.is_dir() else None), n_way, shot, query, episodes,
-                           steps or int(config["learner"].get("eval_steps", learner.inner_steps)), seed, device, nme)
+        result = _evaluate(learner, data, split or ("test" if data.is_dir() else None), shot, query, episodes,
+                           steps or int(config["episodes"]["eval_steps"]), seed, device, nme)
         if out is not None:
             write_json(out, result)
     _print_result(result)

@@ -64,6 +64,14 @@ class ImageSet:
     def size(self) -> int:
         return int(self.images.shape[1])
 
+    def subset(self, classes: np.ndarray) -> ImageSet:
+        """The images of `classes` (indices), relabelled 0..len(classes)-1 in that order."""
+        classes = np.asarray(classes, dtype=np.int64)
+        remap = np.full(self.n_classes, -1, dtype=np.int64)
+        remap[classes] = np.arange(classes.size)
+        rows = np.flatnonzero(remap[self.labels] >= 0)
+        return ImageSet(self.images[rows], remap[self.labels[rows]], [self.classes[c] for c in classes], self.source)
+
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.n_classes)
 

@@ -4,8 +4,8 @@
 - Non-mutually-exclusive (NME; Yin et al., 2020, used by MetaMix): the classes are split once (seeded)
   into N fixed label groups; an episode draws one class per group and that class always gets its group's
   label, so a model could memorise class -> label instead of adapting.
-Batches are `TaskBatch`es with images flattened to (T, N, C*H*W), scaled to [0, 1], and one-hot labels
-(T, N, N_way).
+Batches are `TaskBatch`es with images flattened to (T, N, C*H*W), scaled to [0, 1], and labels 0..N-1 as
+class indices (T, N) (the classification task kind one-hot encodes them).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class EpisodeSampler:
                        np.repeat(labels, self.query), classes)
 
     def batch(self, n_tasks: int) -> TaskBatch:
-        return episode_batch(self.images, [self.episode() for _ in range(n_tasks)], self.n_way)
+        return episode_batch(self.images, [self.episode() for _ in range(n_tasks)])
 
 
 def _stack(images: ImageSet, rows: list[np.ndarray]) -> torch.Tensor:
@@ -85,11 +85,11 @@ def _stack(images: ImageSet, rows: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(x).permute(0, 1, 4, 2, 3).reshape(*x.shape[:2], -1).float().div_(255.0)
 
 
-def episode_batch(images: ImageSet, episodes: list[Episode], n_way: int) -> TaskBatch:
-    """Episodes (same sizes) as one `TaskBatch`: x (T, N, C*H*W) in [0, 1], y one-hot (T, N, n_way)."""
+def episode_batch(images: ImageSet, episodes: list[Episode]) -> TaskBatch:
+    """Episodes (same sizes) as one `TaskBatch`: x (T, N, C*H*W) in [0, 1], y class indices (T, N)."""
     if not episodes:
         raise ValueError("episode_batch: no episodes")
-    ys = torch.nn.functional.one_hot(torch.from_numpy(np.stack([e.support_labels for e in episodes])), n_way)
-    yq = torch.nn.functional.one_hot(torch.from_numpy(np.stack([e.query_labels for e in episodes])), n_way)
+    ys = torch.from_numpy(np.stack([e.support_labels for e in episodes])).float()
+    yq = torch.from_numpy(np.stack([e.query_labels for e in episodes])).float()
     xs, xq = _stack(images, [e.support for e in episodes]), _stack(images, [e.query for e in episodes])
-    return TaskBatch(xs, ys.float(), torch.ones(ys.shape[:2]), xq, yq.float(), torch.ones(yq.shape[:2]))
+    return TaskBatch(xs, ys, torch.ones(ys.shape), xq, yq, torch.ones(yq.shape))

@@ -1,66 +1,76 @@
-"""Meta-training and evaluation of few-shot image classifiers (Conv-4 + MAML/ANIL/MetaSGD + a mixer).
+"""The image benchmark on the core's one training loop (`assayfew.loop.fit`) and evaluator
+(`assayfew.evaluate.evaluate_episodes`): Conv-4 + MAML / ANIL / MetaSGD + a mixer on N-way K-shot episodes.
 
-A run directory holds `config.toml`, `metrics.csv` (one row per chunk of `checkpoint_every` iterations),
-`model/` (`weights.safetensors` + `config.json`), `state/` (learner + optimizer tensors and progress, for
-`resume`) and, when evaluated, `evaluation.json`. Each chunk's episodes and mixing draws come from
-generators seeded by (seed, chunk), so a resumed run continues exactly as an uninterrupted one.
+`ImageTrainConfig` is the run config (config.toml); `ImageBenchmark` gives the loop its meta-batches
+(episodes of the training classes, seeded by (seed, epoch)) and validates on held-out classes (accuracy
+over fixed episodes; the best epoch is kept in RUN_DIR/model). `evaluate_images` scores a learner over
+seeded meta-test episodes: accuracy with a 95% confidence interval.
 """
 
 from __future__ import annotations
 
-import csv
 import math
-import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from assayfew.images.conv import Conv4
+from assayfew.evaluate import evaluate_episodes
 from assayfew.images.data import ImageSet
 from assayfew.images.episodes import EpisodeSampler
-from assayfew.io import atomic_write, read_json, write_json, write_toml
-from assayfew.meta import build_learner, build_mixer
+from assayfew.io import read_json
+from assayfew.loop import Reporter, TrainResult, fit, resolve_device
+from assayfew.meta import LEARNERS, MIXERS
+from assayfew.meta.config import CoreConfig, Part
 from assayfew.meta.learners import MetaLearner
-from assayfew.meta.state import learner_state, load_learner_state
+from assayfew.meta.registry import option_names
+from assayfew.meta.state import load_learner_state
 from assayfew.provenance import stamp
-from assayfew.train import Reporter, _load_optimizer, _optimizer_tensors, resolve_device
+from assayfew.tasks import Task
 
-__all__ = ["ImageTrainConfig", "train_images", "evaluate_images", "load_image_model", "accuracy_summary"]
-
-MODEL_FORMAT = "assayfew-image-model/1"
+__all__ = ["ImageTrainConfig", "ImageBenchmark", "train_images", "evaluate_images", "load_image_model",
+           "accuracy_summary", "split_classes"]
 
 
 @dataclass
 class ImageTrainConfig:
-    """Everything that defines an image meta-training run (episodes, model, learner, mixer, schedule)."""
+    """Everything that defines an image meta-training run. Defaults: MAML's Omniglot settings (inner rate
+    0.4, outer rate 0.001 constant, no gradient clipping) at a CPU-sized meta-batch."""
 
     n_way: int = 5
     k_shot: int = 1
     query: int = 15  # query images per class in training episodes
     nme: bool = True  # non-mutually-exclusive training episodes (fixed label groups)
     algo: str = "maml"  # maml | anil | metasgd
-    mix: str = "metamix"  # none | metamix | mixup_ss | mixup_qq | cob
+    mix: str = "metamix"
     alpha: float = 2.0
     beta: float = 2.0
     layers: tuple[int, ...] = (0, 1, 2, 3, 4)
-    iters: int = 500
+    epochs: int = 5
+    iters: int = 100
     meta_batch: int = 4
     inner_steps: int = 5
     eval_steps: int = 10
     inner_lr: float = 0.4
     outer_lr: float = 0.001
-    second_order: bool = True
+    min_outer_lr: float = 0.001
+    grad_clip: float = 0.0
+    first_order: bool = False
     filters: int = 64
-    checkpoint_every: int = 50
+    batching: str = "grouped"
+    val_fraction: float = 0.15  # training classes held out for model selection
+    val_episodes: int = 100
     seed: int = 0
     device: str = "auto"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageTrainConfig:
+        """Validated: unknown options, and learner/mixer options the chosen part does not have set to
+        anything but their default, are errors."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -69,161 +79,150 @@ class ImageTrainConfig:
         if "layers" in values:
             values["layers"] = tuple(int(v) for v in values["layers"])
         cfg = cls(**values)
-        if cfg.algo not in ("maml", "anil", "metasgd"):
-            raise ValueError(f"image training: algo must be maml, anil or metasgd, not {cfg.algo!r}")
-        if min(cfg.iters, cfg.meta_batch, cfg.inner_steps, cfg.eval_steps, cfg.checkpoint_every) < 1:
-            raise ValueError("image training: iters, meta_batch, inner_steps, eval_steps, checkpoint_every must be >= 1")
+        if min(cfg.epochs, cfg.iters, cfg.meta_batch, cfg.inner_steps, cfg.eval_steps, cfg.val_episodes) < 1:
+            raise ValueError("image training: epochs, iters, meta_batch, inner_steps, eval_steps and val_episodes "
+                             "must be >= 1")
+        if not 0.0 < cfg.val_fraction < 1.0:
+            raise ValueError("image training: val_fraction must lie in (0, 1)")
+        cfg.core(channels=1, size=28)  # validates the parts and their options
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
-
-def model_config(cfg: ImageTrainConfig, images: ImageSet, extra: dict | None = None) -> dict:
-    """The `model/config.json` content: how to rebuild the learner, and where it came from."""
-    model = Conv4(cfg.n_way, in_channels=images.channels, image_size=images.size, filters=cfg.filters,
-                  n_steps=max(cfg.inner_steps, cfg.eval_steps))
-    return {"format": MODEL_FORMAT, "model": {"type": "conv4", **model.config()},
-            "learner": {"name": cfg.algo, "inner_steps": cfg.inner_steps, "inner_lr": cfg.inner_lr,
-                        "eval_steps": cfg.eval_steps},
-            "mixing": {"name": cfg.mix, "alpha": cfg.alpha, "beta": cfg.beta, "layers": list(cfg.layers)},
-            "training": {"source": images.source, "n_classes": images.n_classes, "seed": cfg.seed,
-                         "nme": cfg.nme} | (extra or {})} | stamp()
-
-
-def learner_from_model_config(config: dict) -> MetaLearner:
-    if config.get("format") != MODEL_FORMAT:
-        raise ValueError(f"not an image model (format {config.get('format')!r}, expected {MODEL_FORMAT!r})")
-    arch = dict(config["model"])
-    arch.pop("type", None)
-    lcfg = config["learner"]
-    return build_learner(lcfg["name"], Conv4(**arch), inner_steps=int(lcfg["inner_steps"]),
-                         inner_lr=float(lcfg["inner_lr"]))
+    def core(self, channels: int, size: int) -> CoreConfig:
+        """The task kind + Conv-4 + learner + mixer these options describe."""
+        learner: dict[str, Any] = {"inner_steps": self.inner_steps, "inner_lr": self.inner_lr,
+                                   "first_order_epochs": self.epochs if self.first_order else 0}
+        mixer: dict[str, Any] = {}
+        own = option_names(MIXERS.get(self.mix))
+        for key in ("alpha", "beta", "layers"):
+            value = getattr(self, key)
+            if key in own:
+                mixer[key] = list(value) if isinstance(value, tuple) else value
+            elif value != getattr(ImageTrainConfig(), key):
+                raise ValueError(f"image training option {key} = {value!r} is not used by mixer {self.mix!r}")
+        missing = sorted(set(learner) - set(option_names(LEARNERS.get(self.algo))))
+        if missing:
+            raise ValueError(f"learner {self.algo!r} cannot run images (lacks {', '.join(missing)})")
+        model = {"in_channels": channels, "image_size": size, "filters": self.filters,
+                 "n_steps": max(self.inner_steps, self.eval_steps), "batching": self.batching}
+        return CoreConfig(kind=Part("classification", {"n_classes": self.n_way}), model=Part("conv4", model),
+                          learner=Part(self.algo, learner), mixer=Part(self.mix, mixer))
 
 
-def save_image_model(model_dir: Path, learner: MetaLearner, config: dict) -> None:
-    tensors = learner_state(learner)
-    atomic_write(Path(model_dir) / "weights.safetensors", lambda p: save_file(tensors, str(p)))
-    write_json(Path(model_dir) / "config.json", config)
+def split_classes(images: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """(training, held-out) image sets: a seeded `fraction` of the classes held out (at least one each)."""
+    n = images.n_classes
+    n_out = min(max(1, round(fraction * n)), n - 1)
+    held = np.sort(np.random.default_rng([seed, 2]).permutation(n)[:n_out])
+    keep = np.setdiff1d(np.arange(n), held)
+    return images.subset(keep), images.subset(held)
 
 
-def load_image_model(model_dir: Path) -> tuple[MetaLearner, dict]:
-    """A trained image learner and its config from a model directory (safetensors + JSON; no pickles)."""
-    model_dir = Path(model_dir)
-    missing = [n for n in ("weights.safetensors", "config.json") if not (model_dir / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{model_dir} is not an image model directory: missing {', '.join(missing)}")
-    config = read_json(model_dir / "config.json")
-    learner = learner_from_model_config(config)
-    load_learner_state(learner, load_file(str(model_dir / "weights.safetensors")))
-    learner.eval()
-    return learner, config
+class ImageBenchmark:
+    """The image benchmark as the training loop sees it (`assayfew.loop.Benchmark`)."""
 
+    metrics = ("val_accuracy", "val_ci95")
 
-METRICS_FIELDS = ["iteration", "train_loss", "support_loss", "lr", "seconds"]
+    def __init__(self, cfg: ImageTrainConfig, train: ImageSet, val: ImageSet) -> None:
+        self.cfg, self.train, self.val = cfg, train, val
+        EpisodeSampler(val, cfg.n_way, cfg.k_shot, cfg.query)  # fails early on too few classes / images
+
+    def model_info(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"images": {"channels": self.train.channels, "size": self.train.size},
+                "episodes": {"n_way": c.n_way, "k_shot": c.k_shot, "eval_steps": c.eval_steps},
+                "training": {"source": self.train.source, "n_train_classes": self.train.n_classes,
+                             "n_val_classes": self.val.n_classes, "nme": c.nme, "seed": c.seed}} | stamp()
+
+    def train_batches(self, epoch: int, device: torch.device) -> Iterator:
+        c = self.cfg
+        sampler = EpisodeSampler(self.train, c.n_way, c.k_shot, c.query, nme=c.nme,
+                                 seed=c.seed * 1_000_003 + epoch, group_seed=c.seed)
+        for _ in range(c.iters):
+            yield sampler.batch(c.meta_batch).to(device)
+
+    def validate(self, learner: MetaLearner, model_config: dict[str, Any]) -> dict[str, float]:
+        c = self.cfg
+        result = evaluate_images(learner, self.val, k_shot=c.k_shot, query=c.query, episodes=c.val_episodes,
+                                 steps=c.eval_steps, seed=c.seed, device=c.device)
+        return {"val_accuracy": result["accuracy"], "val_ci95": result["ci95"]}
 
 
 def train_images(cfg: ImageTrainConfig, images: ImageSet, run_dir: Path, *, resume: bool = False,
-                 reporter: Reporter | None = None) -> MetaLearner:
-    """Meta-train on episodes of `images`; the final model is written to RUN_DIR/model (no selection).
-    `resume` continues from the last checkpoint (the config may differ only in iters and device).
-    checkpoint_every)."""
-    reporter = reporter or Reporter()
-    run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
-    mconf = model_config(cfg, images)
-    learner = learner_from_model_config(mconf).to(device)
-    mixer = build_mixer(cfg.mix, alpha=cfg.alpha, beta=cfg.beta, layers=cfg.layers)
-    opt = torch.optim.Adam(learner.parameters(), lr=cfg.outer_lr)
-    state_dir = run_dir / "state"
-    done, history = 0, []
-    if resume and (state_dir / "state.json").is_file():
-        st = read_json(state_dir / "state.json")
-        free = ("iters", "device")  # a resumed run may run longer, elsewhere
-        changed = sorted(k for k in set(st["config"]) | set(cfg.to_dict())
-                         if k not in free and st["config"].get(k) != cfg.to_dict().get(k))
-        if changed:
-            raise ValueError(f"cannot resume {run_dir}: its config differs in {', '.join(changed)}")
-        load_learner_state(learner, load_file(str(state_dir / "learner.safetensors"), device=str(device)))
-        _load_optimizer(opt, load_file(str(state_dir / "optimizer.safetensors"), device=str(device)), st["optimizer"])
-        done, history = int(st["iteration"]), st["history"]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_toml(run_dir / "config.toml", cfg.to_dict())
-    reporter.start(cfg.iters, done)
-    while done < cfg.iters:
-        chunk = done // cfg.checkpoint_every
-        sampler = EpisodeSampler(images, cfg.n_way, cfg.k_shot, cfg.query, nme=cfg.nme,
-                                 seed=cfg.seed * 1_000_003 + chunk, group_seed=cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + chunk)
-        t0, losses, support = time.perf_counter(), [], []
-        learner.train()
-        for _ in range(min(cfg.checkpoint_every, cfg.iters - done)):
-            batch = sampler.batch(cfg.meta_batch).to(device)
-            loss, info = learner.meta_loss(batch, mixer, generator=gen, second_order=cfg.second_order)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            support.append(float(info["support_loss"]))
-            if not math.isfinite(losses[-1]):
-                raise ValueError(f"training diverged at iteration {done + 1} (loss {losses[-1]}); "
-                                 f"lower --inner-lr or --outer-lr")
-            done += 1
-            reporter.iteration(chunk, losses[-1])
-        row = {"iteration": done, "train_loss": float(np.mean(losses)), "support_loss": float(np.mean(support)),
-               "lr": cfg.outer_lr, "seconds": time.perf_counter() - t0}
-        history.append(row)
-        save_image_model(run_dir / "model", learner, mconf | {"training": mconf["training"] | {"iterations": done}})
-        _write_metrics(run_dir / "metrics.csv", history)
-        tensors, opt_meta = _optimizer_tensors(opt)
-        state = learner_state(learner)
-        atomic_write(state_dir / "learner.safetensors", lambda p: save_file(state, str(p)))
-        atomic_write(state_dir / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
-        write_json(state_dir / "state.json", {"iteration": done, "history": history, "optimizer": opt_meta,
-                                              "config": cfg.to_dict()})
-        reporter.epoch(row)
-    return learner
+                 reporter: Reporter | None = None) -> TrainResult:
+    """Meta-train on `images` minus the held-out validation classes; RUN_DIR as `assayfew.loop.fit` writes
+    it (the model of the epoch with the best validation accuracy)."""
+    train, val = split_classes(images, cfg.val_fraction, cfg.seed)
+    return fit(cfg.core(images.channels, images.size), ImageBenchmark(cfg, train, val), cfg, run_dir,
+               run_config=cfg.to_dict(), resume=resume, reporter=reporter)
+
+
+def load_image_model(model_dir: Path) -> tuple[MetaLearner, dict]:
+    """A trained image learner and its model config (safetensors + JSON; no pickles)."""
+    model_dir = Path(model_dir)
+    missing = [n for n in ("weights.safetensors", "config.json") if not (model_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{model_dir} is not a model directory: missing {', '.join(missing)}")
+    config = read_json(model_dir / "config.json")
+    core = CoreConfig.of_model(config)
+    if core.model.name != "conv4" or "images" not in config:
+        raise ValueError(f"{model_dir}: not an image model (model {core.model.name!r})")
+    learner = core.build_learner()
+    load_learner_state(learner, load_file(str(model_dir / "weights.safetensors")))
+    return learner.eval(), config
 
 
 def accuracy_summary(acc: np.ndarray) -> dict:
-    """Mean episode accuracy with its 95% confidence half-width (1.96 standard errors)."""
+    """Mean episode accuracy with its 95% confidence half-width (1.96 standard errors over episodes)."""
     acc = np.asarray(acc, dtype=np.float64)
     half = 1.96 * acc.std(ddof=1) / math.sqrt(acc.size) if acc.size > 1 else float("nan")
     return {"accuracy": float(acc.mean()), "ci95": float(half), "episodes": int(acc.size)}
 
 
-def evaluate_images(learner: MetaLearner, images: ImageSet, *, n_way: int, k_shot: int, query: int = 15,
-                    episodes: int = 600, steps: int | None = None, nme: bool = False, seed: int = 0,
-                    device: str = "cpu", batch: int = 20, progress: Reporter | None = None) -> dict:
-    """Accuracy (± 95% CI) over seeded N-way K-shot test episodes (mutually exclusive unless `nme`): adapt
-    on each support set (`steps` inner steps), classify its query images."""
+class _Episodes:
+    """Seeded test episodes as `Task`s, made one at a time (600 20-way episodes would not fit in memory)."""
+
+    def __init__(self, sampler: EpisodeSampler, n: int) -> None:
+        self.sampler, self.n = sampler, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[Task]:
+        for i in range(self.n):
+            b = self.sampler.batch(1)
+            yield Task(f"episode{i}", b.xs[0].numpy(), b.ys[0].numpy(), b.xq[0].numpy(), b.yq[0].numpy())
+
+
+def _accuracy(y: np.ndarray, logits: np.ndarray) -> float:
+    return float(np.mean(np.asarray(logits).argmax(-1) == np.asarray(y)))
+
+
+def evaluate_images(learner: MetaLearner, images: ImageSet, *, k_shot: int, query: int = 15, episodes: int = 600,
+                    steps: int | None = None, nme: bool = False, seed: int = 0, device: str = "cpu",
+                    progress: Reporter | None = None) -> dict:
+    """Accuracy (± 95% CI) over seeded N-way K-shot episodes of `images` (N = the learner's classes; mutually
+    exclusive unless `nme`): adapt on each support set (`steps` inner steps), classify its query images."""
     if episodes < 1:
         raise ValueError("evaluation: episodes must be >= 1")
-    model = learner.model
-    if getattr(model, "n_way", n_way) != n_way:
-        raise ValueError(f"the model classifies {model.n_way} ways, not {n_way}")  # type: ignore[attr-defined]
+    n_way = learner.kind.out_dim
     dev = resolve_device(device)
+    was_training = learner.training
     learner = learner.to(dev).eval()
-    sampler = EpisodeSampler(images, n_way, k_shot, query, nme=nme, seed=seed)
     progress = progress or Reporter()
     progress.start(episodes, 0)
-    acc: list[float] = []
-    while len(acc) < episodes:  # `batch` episodes adapt at once (each on its own support set)
-        b = sampler.batch(min(batch, episodes - len(acc))).to(dev)
-        adapted = learner.adapt(b.xs, b.ys, b.ms, steps=steps)
-        hit = (learner.predict(adapted, b.xq).argmax(-1) == b.yq.argmax(-1)).float().mean(1)
-        acc.extend(hit.tolist())
-        for a in hit.tolist():
-            progress.iteration(0, a)
-    return accuracy_summary(np.asarray(acc)) | {"n_way": n_way, "k_shot": k_shot, "query": query, "nme": nme,
-                                    "steps": steps or learner.inner_steps, "seed": seed, "source": images.source}
 
+    def predict(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
+        adapted = learner.adapt(torch.from_numpy(xs).to(dev), torch.from_numpy(ys).to(dev), steps=steps)
+        logits = learner.predict(adapted, torch.from_numpy(xq).to(dev)).cpu().numpy()
+        progress.iteration(0, float("nan"))  # the predictor never sees the query labels
+        return logits
 
-def _write_metrics(path: Path, history: list[dict]) -> None:
-    def write(p: Path) -> None:
-        with open(p, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=METRICS_FIELDS)
-            w.writeheader()
-            w.writerows(history)
-
-    atomic_write(path, write)
+    sampler = EpisodeSampler(images, n_way, k_shot, query, nme=nme, seed=seed)
+    result = evaluate_episodes(_Episodes(sampler, episodes), predict, scores={"accuracy": _accuracy}, n_boot=0)
+    learner.train(was_training)
+    return accuracy_summary(result.per_assay["accuracy"].to_numpy()) | {
+        "n_way": n_way, "k_shot": k_shot, "query": query, "nme": nme, "steps": steps or learner.inner_steps,
+        "seed": seed, "source": images.source}

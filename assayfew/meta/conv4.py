@@ -4,9 +4,11 @@ Four blocks of 3×3 convolution (`filters` channels, padding 1) -> batch norm ->
 linear head on the flattened features (64 for 28×28 Omniglot, 64·5·5 for 84×84 MiniImagenet). Inputs are
 (T, N, C, H, W); a parameter is shared (its natural shape) or task-specific with a leading T (adapted).
 
-Implements `assayfew.meta.model.FunctionalModel` (positions 0 = the image, k = the output of block k,
-`n_layers` = the logits; mixers read and resume from any position < `n_layers`). Batch-norm statistics are
-those of each task's (masked) support images, per channel over images and pixels, as for the MLP.
+Registered as model "conv4" (`assayfew.meta.model.MODELS`); implements the `FunctionalModel` protocol
+(positions 0 = the image, k = the output of block k, `n_layers` = the logits; mixers read and resume from
+any position < `n_layers`; no fast path: learners use the generic autograd inner loop). `out_dim` = the
+number of ways, filled in from the classification task kind. Batch-norm statistics are those of each
+task's (masked) support images, per channel over images and pixels, as for the MLP.
 
 Task-specific convolution weights run as one grouped convolution (tasks folded into channels,
 `batching="grouped"`), as `torch.func.vmap` over `functional_call` of a `Conv2d` (`batching="vmap"`) or as
@@ -21,20 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from assayfew.meta.model import Stats, linear
+from assayfew.meta.memo import Memo
+from assayfew.meta.model import MODELS, ModelBase, Stats, linear
 
-__all__ = ["Conv4", "masked_soft_cross_entropy", "BATCHINGS"]
+__all__ = ["Conv4", "BATCHINGS"]
 
 #: How task-specific convolution weights run: one grouped convolution, torch.func vmap, or a loop of
 #: per-task convolutions (stacked)
 BATCHINGS = ("grouped", "vmap", "loop")
-
-
-def masked_soft_cross_entropy(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-    """Per-task mean cross-entropy against soft targets: logits/y (T, N, C) (y one-hot or mixed one-hot
-    rows), mask (T, N) -> (T,)."""
-    nll = -(y * F.log_softmax(logits, -1)).sum(-1)
-    return (nll * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
 def _bn_row(p: Tensor, step: int) -> Tensor:
@@ -56,21 +52,24 @@ def _moments(z: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     return mean, var
 
 
-class Conv4:
+@MODELS.register
+class Conv4(ModelBase):
     """Conv-4 over (T, N, C, H, W) images, or the same flattened to (T, N, C*H*W) (then position 0, the
     input, is flat too; batched `MetaLearner.adapt` takes (T, N, D) inputs). Parameter names: block{k}_weight (out, in, 3, 3), block{k}_bias,
     block{k}_bn_weight / _bn_bias (n_steps, filters) (per-step rows, used by learners with per-step batch
-    norm), head_weight (features, n_way), head_bias."""
+    norm), head_weight (features, out_dim), head_bias."""
 
-    def __init__(self, n_way: int = 5, *, in_channels: int = 1, image_size: int = 28, filters: int = 64,
+    name = "conv4"
+
+    def __init__(self, *, out_dim: int = 5, in_channels: int = 1, image_size: int = 28, filters: int = 64,
                  n_blocks: int = 4, n_steps: int = 5, bn_eps: float = 1e-5, batching: str = "grouped") -> None:
-        if min(n_way, in_channels, image_size, filters, n_blocks, n_steps) < 1:
+        if min(out_dim, in_channels, image_size, filters, n_blocks, n_steps) < 1:
             raise ValueError("Conv4: sizes must be positive")
         if image_size >> n_blocks < 1:
             raise ValueError(f"Conv4: {image_size}-pixel images are too small for {n_blocks} pooling blocks")
         if batching not in BATCHINGS:
             raise ValueError(f"Conv4: batching must be one of {BATCHINGS}")
-        self.n_way, self.in_channels, self.image_size = int(n_way), int(in_channels), int(image_size)
+        self.out_dim, self.in_channels, self.image_size = int(out_dim), int(in_channels), int(image_size)
         self.filters, self.n_blocks, self.n_steps = int(filters), int(n_blocks), int(n_steps)
         self.bn_eps, self.batching = float(bn_eps), batching
         self.n_layers = self.n_blocks + 1
@@ -82,7 +81,7 @@ class Conv4:
         self._conv = nn.Conv2d(1, 1, 3, padding=1)  # template for functional_call (its tensors are unused)
 
     def config(self) -> dict:
-        return {"n_way": self.n_way, "in_channels": self.in_channels, "image_size": self.image_size,
+        return {"out_dim": self.out_dim, "in_channels": self.in_channels, "image_size": self.image_size,
                 "filters": self.filters, "n_blocks": self.n_blocks, "n_steps": self.n_steps,
                 "bn_eps": self.bn_eps, "batching": self.batching}
 
@@ -100,8 +99,8 @@ class Conv4:
             params[f"block{k}_bn_bias"] = torch.zeros(self.n_bn_sets, self.filters)
             cin = self.filters
         bound = 1.0 / self.features ** 0.5
-        params["head_weight"] = (torch.rand(self.features, self.n_way, generator=generator) * 2 - 1) * bound
-        params["head_bias"] = torch.zeros(self.n_way)
+        params["head_weight"] = (torch.rand(self.features, self.out_dim, generator=generator) * 2 - 1) * bound
+        params["head_bias"] = torch.zeros(self.out_dim)
         return params
 
     def conv(self, h: Tensor, w: Tensor, b: Tensor) -> Tensor:
@@ -141,10 +140,10 @@ class Conv4:
 
     def trace(self, params: dict[str, Tensor], h: Tensor, step: int, *, mask: Tensor | None = None,
               stats: Stats | None = None, start: int = 0, stop: int | None = None,
-              cache: dict | None = None) -> tuple[list[Tensor], Stats]:
+              memo: Memo | None = None) -> tuple[list[Tensor], Stats]:
         """Run positions start -> stop (default: the logits); returns the hiddens at start..stop and the
-        batch-norm statistics (given ones reused, missing ones from `h`'s masked images). `cache` is
-        accepted for the protocol and unused (no step-independent work worth memoising)."""
+        batch-norm statistics (given ones reused, missing ones from `h`'s masked images). `memo` is
+        accepted for the protocol and unused (the learners already reuse a fixed body across steps)."""
         stop = self.n_layers if stop is None else stop
         if not 0 <= start <= stop <= self.n_layers:
             raise ValueError(f"Conv4.trace: invalid positions start={start}, stop={stop}")
@@ -159,6 +158,3 @@ class Conv4:
                 h = linear(h.flatten(2), params["head_weight"], params["head_bias"])
             out.append(h)
         return out, stats
-
-    def loss(self, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        return masked_soft_cross_entropy(pred, y, mask)
