@@ -89,6 +89,8 @@ def train(
     outer_lr: Annotated[Optional[float], typer.Option()] = None,
     first_order: Annotated[Optional[bool], typer.Option("--first-order/--second-order")] = None,
     filters: Annotated[Optional[int], typer.Option(help="Channels of each conv block (64).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Resize images to this many pixels a side "
+                                                      "(default 28 for Omniglot, 84 for MiniImagenet).")] = None,
     val_episodes: Annotated[Optional[int], typer.Option(help="Validation episodes per epoch.")] = None,
     episodes: Annotated[int, typer.Option(help="Meta-test episodes for --test-data.")] = 600,
     test_query: Annotated[int, typer.Option(help="Query images per class in meta-test episodes.")] = 15,
@@ -104,12 +106,12 @@ def train(
         flags = {"n_way": way, "k_shot": shot, "query": query, "nme": nme, "algo": algo, "mix": mix,
                  "alpha": alpha, "beta": beta, "epochs": epochs, "iters": iters, "meta_batch": meta_batch,
                  "inner_steps": inner_steps, "eval_steps": eval_steps, "inner_lr": inner_lr, "outer_lr": outer_lr,
-                 "first_order": first_order, "filters": filters, "val_episodes": val_episodes, "seed": seed,
-                 "device": device,
+                 "first_order": first_order, "filters": filters, "image_size": image_size,
+                 "val_episodes": val_episodes, "seed": seed, "device": device,
                  "layers": [int(v) for v in layers.split(",") if v.strip()] if layers else None}
         values |= {k: v for k, v in flags.items() if v is not None}
         cfg = ImageTrainConfig.from_dict(values)
-        images = load_images(data, split=split or ("train" if data.is_dir() else None))
+        images = load_images(data, split=split or ("train" if data.is_dir() else None), size=cfg.image_size)
         err.print(f"meta-training on {images.n_classes} classes, {len(images)} images from {images.source}")
         with _progress() as progress:
             fitted = train_images(cfg, images, out, resume=resume, reporter=_RichReporter(progress, "meta-training"))

@@ -103,8 +103,10 @@ def _decode(data: bytes, size: int, channels: int, where: str) -> np.ndarray:
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.LANCZOS)
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{where}: not a readable image ({type(e).__name__}: {e})") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{where}: not a readable image (unknown format or corrupt file)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{where}: not a readable image ({e})") from None
     return arr.reshape(size, size, channels)
 
 

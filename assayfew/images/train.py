@@ -61,6 +61,7 @@ class ImageTrainConfig:
     grad_clip: float = 0.0
     first_order: bool = False
     filters: int = 64
+    image_size: int | None = None  # resize images to this (default: 28 for Omniglot, 84 for MiniImagenet)
     batching: str = "grouped"
     val_fraction: float = 0.15  # training classes held out for model selection
     val_episodes: int = 100
@@ -111,10 +112,14 @@ class ImageTrainConfig:
                           learner=Part(self.algo, learner), mixer=Part(self.mix, mixer))
 
 
-def split_classes(images: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """(training, held-out) image sets: a seeded `fraction` of the classes held out (at least one each)."""
+def split_classes(images: ImageSet, fraction: float, seed: int, minimum: int = 1) -> tuple[ImageSet, ImageSet]:
+    """(training, held-out) image sets: a seeded `fraction` of the classes held out (at least `minimum`
+    on each side, else ValueError)."""
     n = images.n_classes
-    n_out = min(max(1, round(fraction * n)), n - 1)
+    n_out = max(minimum, round(fraction * n))
+    if n - n_out < minimum:
+        raise ValueError(f"{images.source}: {n} classes cannot be split into training and validation classes "
+                         f"with at least {minimum} each")
     held = np.sort(np.random.default_rng([seed, 2]).permutation(n)[:n_out])
     keep = np.setdiff1d(np.arange(n), held)
     return images.subset(keep), images.subset(held)
@@ -127,7 +132,6 @@ class ImageBenchmark:
 
     def __init__(self, cfg: ImageTrainConfig, train: ImageSet, val: ImageSet) -> None:
         self.cfg, self.train, self.val = cfg, train, val
-        EpisodeSampler(val, cfg.n_way, cfg.k_shot, cfg.query)  # fails early on too few classes / images
 
     def model_info(self) -> dict[str, Any]:
         c = self.cfg
@@ -154,7 +158,8 @@ def train_images(cfg: ImageTrainConfig, images: ImageSet, run_dir: Path, *, resu
                  reporter: Reporter | None = None) -> TrainResult:
     """Meta-train on `images` minus the held-out validation classes; RUN_DIR as `assayfew.loop.fit` writes
     it (the model of the epoch with the best validation accuracy)."""
-    train, val = split_classes(images, cfg.val_fraction, cfg.seed)
+    EpisodeSampler(images, cfg.n_way, cfg.k_shot, cfg.query)  # every class has enough images: fail early
+    train, val = split_classes(images, cfg.val_fraction, cfg.seed, minimum=cfg.n_way)
     return fit(cfg.core(images.channels, images.size), ImageBenchmark(cfg, train, val), cfg, run_dir,
                run_config=cfg.to_dict(), resume=resume, reporter=reporter)
 
