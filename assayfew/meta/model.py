@@ -83,7 +83,10 @@ class ModelBase:
     """Defaults of the optional parts of the model protocol: no fast path, no memoised affine maps.
 
     A model overrides `head_fast_path` to offer a fast path and checks its own preconditions there (the
-    task kind's loss, activation, head shape, ...); learners never inspect a model's class."""
+    task kind's loss, activation, head shape, ...); learners never inspect a model's class. Offering
+    `HeadFastPath(closed_form=True)` commits the model to `head_grads(h, w, b, target, mask, create_graph)`
+    (support loss and head gradients from the last hidden h); `fused=True` to `fused_head_inner(...)` too
+    (see `MLP`). A test must show the fast path equals the generic one (`tests/unit/test_meta_core.py`)."""
 
     name: ClassVar[str] = "base"
 
