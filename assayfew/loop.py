@@ -1,7 +1,7 @@
 """The one meta-training loop: outer loop, cosine-annealed outer LR, model selection on meta-validation,
 checkpoints (`model/`: safetensors + config.json with the `core` config), resume, metrics.csv.
 
-What is benchmark-specific plugs in as a `Benchmark`: its training meta-batches, its validation metrics
+What is benchmark-specific plugs in as a `Benchmark`: its training meta-iterations, its validation metrics
 and the benchmark keys of the model config. `assayfew.train` is the drug benchmark's use of it.
 """
 
@@ -24,9 +24,10 @@ from assayfew.io import atomic_write, read_json, write_json, write_toml
 from assayfew.meta.batch import TaskBatch
 from assayfew.meta.config import CoreConfig
 from assayfew.meta.learners import MetaLearner
+from assayfew.meta.mixing import Mixer
 from assayfew.meta.state import learner_state, load_learner_state
 
-__all__ = ["Benchmark", "LoopOptions", "Reporter", "TrainResult", "fit", "cosine_lr", "resolve_device"]
+__all__ = ["Benchmark", "LoopOptions", "Reporter", "TrainResult", "fit", "batch_step", "cosine_lr", "resolve_device"]
 
 
 class Benchmark(Protocol):
@@ -34,15 +35,21 @@ class Benchmark(Protocol):
 
     metrics: names of the validation metrics `validate` returns; the first one selects the epoch (higher
     is better). model_info: keys written beside "core" into model/config.json (what is needed to use the
-    model on this benchmark's data: featurisation, label scaling, data provenance). train_batches: the
-    epoch's meta-batches (seeded by the benchmark from its own seed and the epoch), each on `device`.
-    validate: the metrics of the learner (the model config is what a loaded model would see)."""
+    model on this benchmark's data: featurisation, label scaling, data provenance). train_items: the epoch's
+    meta-iterations (whatever `train_step` takes, e.g. a host `TaskBatch`; seeded by the benchmark from its
+    own seed and the epoch). train_step: accumulate one item's meta-gradient into the learner's `.grad` and
+    return the loss, detached, on the device (`batch_step` does this for a host `TaskBatch`; `dist`: the
+    distributed context, passed on to `batch_step`). validate: the metrics of the learner (the model config
+    is what a loaded model would see)."""
 
     metrics: tuple[str, ...]
 
     def model_info(self) -> dict[str, Any]: ...
 
-    def train_batches(self, epoch: int, device: torch.device) -> Iterable[TaskBatch]: ...
+    def train_items(self, epoch: int) -> Iterable[Any]: ...
+
+    def train_step(self, learner: MetaLearner, mixer: Mixer, item: Any, *, generator: torch.Generator, epoch: int,
+                   device: torch.device, dist: Any) -> torch.Tensor: ...
 
     def validate(self, learner: MetaLearner, model_config: dict[str, Any]) -> dict[str, float]: ...
 
@@ -139,17 +146,16 @@ def fit(core: CoreConfig, bench: Benchmark, opts: LoopOptions, run_dir: Path, *,
         gen = torch.Generator(device="cpu").manual_seed(opts.seed * 100_003 + epoch)
         learner.train()
         losses = []
-        for it, batch in enumerate(bench.train_batches(epoch, device)):
+        for it, item in enumerate(bench.train_items(epoch)):
             lr = cosine_lr(opts, epoch * opts.iters + it, total)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss, _ = learner.meta_loss(batch, mixer, generator=gen, epoch=epoch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = bench.train_step(learner, mixer, item, generator=gen, epoch=epoch, device=device, dist=None)
             if opts.grad_clip:
                 torch.nn.utils.clip_grad_norm_(learner.parameters(), opts.grad_clip, foreach=True)
             opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(float(loss))
             reporter.iteration(epoch, losses[-1])
         learner.epoch_end(epoch, opts.epochs)
 
@@ -172,6 +178,16 @@ def fit(core: CoreConfig, bench: Benchmark, opts: LoopOptions, run_dir: Path, *,
         reporter.epoch(row)
     return TrainResult(run_dir=run_dir, best_epoch=best_epoch, best_val=best_val, history=history,
                        wall_s=time.perf_counter() - t0)
+
+
+def batch_step(learner: MetaLearner, mixer: Mixer, batch: TaskBatch, *, generator: torch.Generator, epoch: int,
+               device: torch.device, dist: Any = None) -> torch.Tensor:
+    """`Benchmark.train_step` for a meta-batch built whole on the host: the mixer's plan is drawn on the host,
+    batch and plan go to `device`, the meta-gradient is accumulated. Returns the loss (detached)."""
+    plan = mixer.sample(batch, learner.model.n_layers, generator, learner.kind)
+    loss, _ = learner.meta_loss(batch.to(device), mixer, generator=generator, epoch=epoch, plan=plan.to(device))
+    loss.backward()
+    return loss.detach()
 
 
 def _write_metrics(path: Path, history: list[dict], fieldnames: list[str]) -> None:

@@ -16,11 +16,12 @@ from assayfew.checkpoint import MetaModel
 from assayfew.chem import FingerprintSpec
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
 from assayfew.io import write_json
-from assayfew.loop import Reporter, TrainResult, fit
+from assayfew.loop import Reporter, TrainResult, batch_step, fit
 from assayfew.meta import LEARNERS, MIXERS
 from assayfew.meta.batch import TaskBatch
 from assayfew.meta.config import CoreConfig, Part
 from assayfew.meta.learners import MetaLearner
+from assayfew.meta.mixing import Mixer
 from assayfew.meta.registry import option_names
 from assayfew.meta.sparse import SparseRows
 from assayfew.provenance import array_digest, stamp
@@ -176,14 +177,18 @@ class DrugBenchmark:
     def model_info(self) -> dict[str, Any]:
         return model_info(self.cfg, self.train_set.spec, self.train_set, {"split": self.split_info})
 
-    def train_batches(self, epoch: int, device: torch.device) -> Iterator[TaskBatch]:
+    def train_items(self, epoch: int) -> Iterator[list[tuple[int, np.ndarray, np.ndarray]]]:
         cfg = self.cfg
         sampler = EpisodeSampler(self.train_set, support_range=(cfg.support_min, cfg.support_max),
                                  query_range=(cfg.query_min, cfg.query_max), max_support=cfg.support_max,
                                  max_query=cfg.query_max, weights=self.weights, seed=cfg.seed * 1_000_003 + epoch)
         for _ in range(cfg.iters):
-            yield episode_batch(self.train_set, sampler.sample_rows(cfg.meta_batch), cfg.label_scaling,
-                                cfg.min_std).to(device)
+            yield sampler.sample_rows(cfg.meta_batch)
+
+    def train_step(self, learner: MetaLearner, mixer: Mixer, item: list[tuple[int, np.ndarray, np.ndarray]], *,
+                   generator: torch.Generator, epoch: int, device: torch.device, dist: Any) -> torch.Tensor:
+        batch = episode_batch(self.train_set, item, self.cfg.label_scaling, self.cfg.min_std)
+        return batch_step(learner, mixer, batch, generator=generator, epoch=epoch, device=device, dist=dist)
 
     def validate(self, learner: MetaLearner, model_config: dict[str, Any]) -> dict[str, float]:
         current = MetaModel(learners=[learner], config=model_config)

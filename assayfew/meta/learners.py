@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from assayfew.meta.batch import TaskBatch
 from assayfew.meta.kinds import Regression, TaskKind
 from assayfew.meta.memo import Memo
-from assayfew.meta.mixing import Mixer, ViewBase, gather_rows, mix, select_tasks
+from assayfew.meta.mixing import Mixer, MixPlan, ViewBase, gather_rows, mix, select_tasks
 from assayfew.meta.model import MLP, FunctionalModel, HeadFastPath, Stats
 from assayfew.meta.registry import Registry, option_defaults
 
@@ -354,11 +354,16 @@ class MetaLearner(nn.Module):
         """`inner_loop` through the model's fused head loop (one autograd node for all steps)."""
         body.prime()
         dtype, device = ys.dtype, ys.device
-        rates = [torch.stack([torch.as_tensor(self.lr(name, s), dtype=dtype, device=device) for s in range(steps)])
-                 for name in ("head_weight", "head_bias")]
+        if self.lr_mode == "fixed":
+            rates = [self._constant(("rates", steps, dtype), lambda: torch.full((steps,), self.inner_lr, dtype=dtype,
+                                                                                device="cpu"), device)] * 2
+        else:
+            rates = [torch.stack([torch.as_tensor(self.lr(name, s), dtype=dtype, device=device)
+                                  for s in range(steps)]) for name in ("head_weight", "head_bias")]
+        rows = self._constant(("bn_rows", steps), lambda: torch.tensor([self.bn_step(s) for s in range(steps)],
+                                                                        dtype=torch.long, device="cpu"), device)
         ws, bs, traces, loss0 = self.model.fused_head_inner(  # type: ignore[attr-defined]
-            meta, body.xs, body.ms, body.memo_s, ys, [self.bn_step(s) for s in range(steps)], rates[0], rates[1],
-            second_order=create_graph)
+            meta, body.xs, body.ms, body.memo_s, ys, rows, rates[0], rates[1], second_order=create_graph)
         params = meta
         for s in range(steps):
             body.set_support(self.bn_step(s), traces[s])
@@ -367,16 +372,27 @@ class MetaLearner(nn.Module):
                 on_step(s, params, self.bn_step(s))
         return params, loss0.mean()
 
+    def _constant(self, key: tuple, make: Callable[[], Tensor], device: torch.device) -> Tensor:
+        """A small constant tensor built on the host (`make`) once and kept on `device` (a host-to-device copy every
+        meta-iteration would make the host wait for the GPU)."""
+        cache = self.__dict__.setdefault("_constants", {})
+        full_key = (*key, device)
+        if full_key not in cache:
+            cache[full_key] = make().to(device)
+        return cache[full_key]
+
     # ---- public API ---------------------------------------------------------------------------
     def meta_loss(self, batch: TaskBatch, mixer: Mixer, *, generator: torch.Generator, epoch: int | None = None,
-                  second_order: bool = True) -> tuple[Tensor, dict]:
+                  second_order: bool = True, plan: MixPlan | None = None) -> tuple[Tensor, dict]:
         """Scalar outer loss of a padded meta-batch (differentiable w.r.t. all meta-parameters) and info
         {"support_loss": mean support loss before adaptation, "outer_loss": the returned loss (detached),
         "layers": the mixing position drawn for each task, "layer": that position when all tasks share it}.
         The mixer's random plan is drawn once and shared by all multi-step-loss terms. `epoch=None` uses the
-        epoch recorded by `epoch_end`."""
+        epoch recorded by `epoch_end`. `plan`: a plan drawn beforehand (e.g. on the host, see
+        `assayfew.trainstep`) instead of one from `generator`."""
         epoch = self.epoch if epoch is None else epoch
-        plan = mixer.sample(batch, self.model.n_layers, generator, self.kind)
+        if plan is None:
+            plan = mixer.sample(batch, self.model.n_layers, generator, self.kind)
         weights = self.step_weights(epoch, self.inner_steps)
         create_graph = second_order and epoch >= self.first_order_epochs
         meta = dict(self.params.items())

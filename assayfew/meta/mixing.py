@@ -34,7 +34,7 @@ from assayfew.meta.kinds import TaskKind
 from assayfew.meta.registry import Registry
 
 __all__ = ["MixPlan", "EvalView", "ViewBase", "Mixer", "NoMix", "MetaMix", "MixupSS", "MixupQQ", "Cob", "MIXERS",
-           "build_mixer", "numpy_rng", "partners", "gather_rows", "mix", "select_tasks"]
+           "build_mixer", "numpy_rng", "partners", "gather_rows", "mix", "select_tasks", "layer_groups"]
 
 
 class EvalView(Protocol):
@@ -104,6 +104,27 @@ class MixPlan:
     def layer(self) -> int | None:
         """The layer when every task drew the same one, else None."""
         return self.layers[0] if self.layers and len(set(self.layers)) == 1 else None
+
+    def tasks(self, start: int, stop: int) -> MixPlan:
+        """The plan of tasks start..stop-1 of its batch (a rank's share of a meta-batch)."""
+        pick = (lambda t: None if t is None else t[start:stop])
+        layers = self.layers[start:stop]
+        device = self.lam.device if self.lam is not None else torch.device("cpu")
+        return MixPlan(layers, pick(self.lam), pick(self.idx), pick(self.shuffle_src), pick(self.shuffle_group),
+                       self.shuffle_groups, layer_groups(layers, device) if layers else [])
+
+    def to(self, device: torch.device, *, non_blocking: bool = False) -> MixPlan:
+        move = (lambda t: None if t is None else t.to(device, non_blocking=non_blocking))
+        return MixPlan(self.layers, move(self.lam), move(self.idx), move(self.shuffle_src), move(self.shuffle_group),
+                       self.shuffle_groups, [(layer, move(tasks)) for layer, tasks in self.groups])
+
+
+def layer_groups(layers: Sequence[int], device: torch.device) -> list[tuple[int, Tensor | None]]:
+    """Tasks grouped by drawn layer: [(layer, task indices)], or [(layer, None)] when all drew the same."""
+    distinct = sorted(set(layers))
+    if len(distinct) == 1:
+        return [(distinct[0], None)]
+    return [(l, torch.tensor([t for t, lt in enumerate(layers) if lt == l], device=device)) for l in distinct]
 
 
 def numpy_rng(generator: torch.Generator) -> np.random.Generator:
@@ -241,7 +262,7 @@ class _Mixing(Mixer):
             for i in range(m_to.shape[0]):
                 valid = np.flatnonzero(m_to[i] > 0)
                 lam[i, valid] = rng.beta(self.alpha, self.beta, size=valid.size)
-        return torch.as_tensor(lam, dtype=like.dtype).to(like.device)
+        return torch.as_tensor(lam, dtype=like.dtype, device=like.device)
 
     def sample(self, batch: TaskBatch, n_positions: int, generator: torch.Generator,
                kind: TaskKind | None = None) -> MixPlan:
@@ -255,11 +276,8 @@ class _Mixing(Mixer):
         m_to_np = m_to.detach().cpu().numpy()
         idx = partners(rng, m_from.detach().cpu().numpy(), m_to_np)
         lam = self._lambda(rng, m_to_np, m_to)
-        plan = MixPlan(layers, lam, torch.as_tensor(idx, device=m_to.device))
-        distinct = sorted(set(layers))
-        plan.groups = [(distinct[0], None)] if len(distinct) == 1 else [
-            (l, torch.tensor([t for t, lt in enumerate(layers) if lt == l], device=m_to.device)) for l in distinct]
-        return plan
+        return MixPlan(layers, lam, torch.as_tensor(idx, device=m_to.device),
+                       groups=layer_groups(layers, m_to.device))
 
     def _mixed_hidden_transform(self, h: Tensor, plan: MixPlan, tasks: Tensor | None) -> Tensor:
         return h

@@ -83,7 +83,10 @@ class ModelBase:
     """Defaults of the optional parts of the model protocol: no fast path, no memoised affine maps.
 
     A model overrides `head_fast_path` to offer a fast path and checks its own preconditions there (the
-    task kind's loss, activation, head shape, ...); learners never inspect a model's class."""
+    task kind's loss, activation, head shape, ...); learners never inspect a model's class. Offering
+    `HeadFastPath(closed_form=True)` commits the model to `head_grads(h, w, b, target, mask, create_graph)`
+    (support loss and head gradients from the last hidden h); `fused=True` to `fused_head_inner(...)` too
+    (see `MLP`). A test must show the fast path equals the generic one (`tests/unit/test_meta_core.py`)."""
 
     name: ClassVar[str] = "base"
 
@@ -403,11 +406,12 @@ class MLP(ModelBase):
         memo_q.linear[last] = z.new_zeros(t * nq, z.shape[-1]).index_copy(0, qi, z[n_s:]).view(t, nq, -1)
 
     def fused_head_inner(self, params: dict[str, Tensor], xs: Tensor, ms: Tensor, memo: Memo, ys: Tensor,
-                         bn_rows: Sequence[int], lr_w: Tensor, lr_b: Tensor, *, second_order: bool,
+                         bn_rows: Tensor, lr_w: Tensor, lr_b: Tensor, *, second_order: bool,
                          ) -> tuple[Tensor, Tensor, list[tuple[list[Tensor], Stats]], Tensor]:
         """(fused fast path) All inner steps of the head as one node: returns the head after each step
         ws (S, T, H, 1), bs (S, T, 1), the support trace (hiddens to the last hidden block, statistics) of
-        each step, and the per-task support loss before adaptation (T,). `bn_rows`: batch-norm row per step."""
+        each step, and the per-task support loss before adaptation (T,). `bn_rows` (S,) long: the batch-norm
+        row of each step (clamped to the rows there are)."""
         last = self.n_layers - 1
         prefix, stats = self.trace(params, xs, 0, mask=ms, stop=last - 1, memo=memo)
         z = memo.linear.get(last)
@@ -417,7 +421,7 @@ class MLP(ModelBase):
         if mom is None:
             mom = memo.moments[last] = masked_moments(z, ms)
         bn_w, bn_b = params[f"block{last}_bn_weight"], params[f"block{last}_bn_bias"]
-        rows = torch.tensor([min(r, bn_w.shape[0] - 1) for r in bn_rows], dtype=torch.long, device=z.device)
+        rows = bn_rows.clamp_max(bn_w.shape[0] - 1)
         t = z.shape[0]
         w0 = params["head_weight"].unsqueeze(0).expand(t, *params["head_weight"].shape)
         b0 = params["head_bias"].unsqueeze(0).expand(t, *params["head_bias"].shape)
