@@ -3,14 +3,15 @@
 # MAML vs MAML+MetaMix vs ANIL+MetaMix. Meta-train on images_background_small1 (15% of its characters held
 # out for choosing the epoch), meta-test on images_background_small2 (600 mutually exclusive episodes).
 # CPU-sized: 64-filter Conv-4, 1 inner step (rate 0.4) at meta-training, 3 at meta-test, second order.
-# Usage: bash reports/omniglot_nme.sh [RUNS_DIR]   (runs the six trainings in parallel, one thread each)
+# Usage: bash reports/omniglot_nme.sh [RUNS_DIR] [SEED]   (the six trainings in parallel, one thread each)
 set -euo pipefail
 RUNS=${1:-runs/omniglot_nme}
+SEED=${2:-0}
 DATA=${ASSAYFEW_SHARED_DATA:-../shared/data}/omniglot
 mkdir -p "$RUNS"
 common=(--data "$DATA/images_background_small1.zip" --test-data "$DATA/images_background_small2.zip"
         --nme --shot 1 --query 1 --inner-steps 1 --eval-steps 3 --inner-lr 0.4 --outer-lr 0.001
-        --alpha 2 --beta 2 --layers 0,1,2,3,4 --episodes 600 --seed 0 --device cpu)
+        --alpha 2 --beta 2 --layers 0,1,2,3,4 --episodes 600 --seed "$SEED" --device cpu)
 run() {  # name way epochs iters meta_batch test_query val_episodes algo mix
   OMP_NUM_THREADS=1 assayfew images train "${common[@]}" --out "$RUNS/$1" --way "$2" --epochs "$3" --iters "$4" \
     --meta-batch "$5" --test-query "$6" --val-episodes "$7" --algo "$8" --mix "$9" > "$RUNS/$1.json" 2> "$RUNS/$1.log"

@@ -23,8 +23,8 @@ from assayfew.evaluate import evaluate_episodes
 from assayfew.images.data import ImageSet
 from assayfew.images.episodes import EpisodeSampler
 from assayfew.io import read_json
-from assayfew.loop import Reporter, TrainResult, fit, resolve_device
-from assayfew.meta import LEARNERS, MIXERS
+from assayfew.loop import Reporter, TrainResult, batch_step, fit, resolve_device
+from assayfew.meta import LEARNERS, MIXERS, Mixer, TaskBatch
 from assayfew.meta.config import CoreConfig, Part
 from assayfew.meta.learners import MetaLearner
 from assayfew.meta.registry import option_names
@@ -140,12 +140,18 @@ class ImageBenchmark:
                 "training": {"source": self.train.source, "n_train_classes": self.train.n_classes,
                              "n_val_classes": self.val.n_classes, "nme": c.nme, "seed": c.seed}} | stamp()
 
-    def train_batches(self, epoch: int, device: torch.device) -> Iterator:
+    def train_items(self, epoch: int) -> Iterator[TaskBatch]:
+        """The epoch's meta-batches of episodes (host tensors), seeded by (seed, epoch); NME label groups
+        fixed by the seed alone."""
         c = self.cfg
         sampler = EpisodeSampler(self.train, c.n_way, c.k_shot, c.query, nme=c.nme,
                                  seed=c.seed * 1_000_003 + epoch, group_seed=c.seed)
         for _ in range(c.iters):
-            yield sampler.batch(c.meta_batch).to(device)
+            yield sampler.batch(c.meta_batch)
+
+    def train_step(self, learner: MetaLearner, mixer: Mixer, item: TaskBatch, *, generator: torch.Generator,
+                   epoch: int, device: torch.device, dist: Any = None) -> torch.Tensor:
+        return batch_step(learner, mixer, item, generator=generator, epoch=epoch, device=device, dist=dist)
 
     def validate(self, learner: MetaLearner, model_config: dict[str, Any]) -> dict[str, float]:
         c = self.cfg
