@@ -2,13 +2,13 @@
 
 5-way 1-shot, 15 query images per class, meta-batch 4, 28×28 one-channel random images (Omniglot's shape),
 64 filters, 5 inner steps, second order, MetaMix over positions 0-4, forward + backward + Adam step.
-The batched model is timed with each task batching of its convolutions (grouped, torch.func vmap, a loop of
-per-task convolutions: "convloop"); the variants
+The batched model is timed with each task batching of its convolutions (auto = the default, grouped,
+torch.func vmap, a loop of per-task convolutions: "convloop"); the variants
 alternate in blocks of back-to-back iterations (as in meta_step.py); medians over --iters iterations each.
 Prints one JSON line: {"ms_per_iter" (the default batching), "loop_ms_per_iter", "ratio",
-"grouped_ms_per_iter", "vmap_ms_per_iter", "convloop_ms_per_iter", ...}.
+"auto_ms_per_iter", "grouped_ms_per_iter", "vmap_ms_per_iter", "convloop_ms_per_iter", ...}.
 
-    python benchmarks/image_step.py [--threads 2] [--iters 10] [--size 28] [--device cpu]
+    python benchmarks/image_step.py [--threads 2] [--iters 10] [--query 15] [--size 28] [--device cpu]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--block", type=int, default=3)
     ap.add_argument("--size", type=int, default=28)
+    ap.add_argument("--query", type=int, default=15, help="query images per class")
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
@@ -39,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    t, way, shot, query = 4, 5, 1, 15
+    t, way, shot, query = 4, 5, 1, args.query
     gen = torch.Generator().manual_seed(args.seed)
     img = (args.channels, args.size, args.size)
     ys = torch.arange(way).repeat_interleave(shot).repeat(t, 1).float()
@@ -65,7 +66,8 @@ def main() -> None:
             step(lambda: learner.meta_loss(batch, mixer, generator=mix_gen)[0])
         return run
 
-    steps = {"grouped": batched("grouped"), "vmap": batched("vmap"), "convloop": batched("loop"),
+    steps = {"auto": batched("auto"), "grouped": batched("grouped"), "vmap": batched("vmap"),
+             "convloop": batched("loop"),
              "loop": lambda: step(lambda: reference_meta_loss(learner, batch, mixer, generator=mix_gen))}
     times = _time_interleaved(steps, args.iters, args.warmup, device, max(1, args.block))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -74,7 +76,7 @@ def main() -> None:
     print(json.dumps({"ms_per_iter": round(med[default], 1), "loop_ms_per_iter": round(med["loop"], 1),
                       "ratio": round(med["loop"] / med[default], 2), "batching": default,
                       "grouped_ms_per_iter": round(med["grouped"], 1), "vmap_ms_per_iter": round(med["vmap"], 1),
-                      "convloop_ms_per_iter": round(med["convloop"], 1),
+                      "convloop_ms_per_iter": round(med["convloop"], 1), "auto_ms_per_iter": round(med["auto"], 1),
                       "vmap_over_grouped": round(med["vmap"] / med["grouped"], 2), "threads": args.threads,
                       "iters": args.iters, "device": str(device), "image": list(img), "meta_batch": t,
                       "way": way, "shot": shot, "query_per_class": query, "inner_steps": 5,
