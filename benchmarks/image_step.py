@@ -2,11 +2,11 @@
 
 5-way 1-shot, 15 query images per class, meta-batch 4, 28×28 one-channel random images (Omniglot's shape),
 64 filters, 5 inner steps, second order, MetaMix over positions 0-4, forward + backward + Adam step.
-The batched model is timed with each task batching of its convolutions (auto = the default, grouped,
-torch.func vmap, a loop of per-task convolutions: "convloop"); the variants
+The batched model is timed with each task batching of its convolutions (grouped, torch.func vmap, a loop of
+per-task convolutions: "convloop", the default); the variants
 alternate in blocks of back-to-back iterations (as in meta_step.py); medians over --iters iterations each.
 Prints one JSON line: {"ms_per_iter" (the default batching), "loop_ms_per_iter", "ratio",
-"auto_ms_per_iter", "grouped_ms_per_iter", "vmap_ms_per_iter", "convloop_ms_per_iter", ...}.
+"grouped_ms_per_iter", "vmap_ms_per_iter", "convloop_ms_per_iter", ...}.
 
     python benchmarks/image_step.py [--threads 2] [--iters 10] [--query 15] [--size 28] [--device cpu]
 """
@@ -66,8 +66,7 @@ def main() -> None:
             step(lambda: learner.meta_loss(batch, mixer, generator=mix_gen)[0])
         return run
 
-    steps = {"auto": batched("auto"), "grouped": batched("grouped"), "vmap": batched("vmap"),
-             "convloop": batched("loop"),
+    steps = {"grouped": batched("grouped"), "vmap": batched("vmap"), "convloop": batched("loop"),
              "loop": lambda: step(lambda: reference_meta_loss(learner, batch, mixer, generator=mix_gen))}
     times = _time_interleaved(steps, args.iters, args.warmup, device, max(1, args.block))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -76,7 +75,7 @@ def main() -> None:
     print(json.dumps({"ms_per_iter": round(med[default], 1), "loop_ms_per_iter": round(med["loop"], 1),
                       "ratio": round(med["loop"] / med[default], 2), "batching": default,
                       "grouped_ms_per_iter": round(med["grouped"], 1), "vmap_ms_per_iter": round(med["vmap"], 1),
-                      "convloop_ms_per_iter": round(med["convloop"], 1), "auto_ms_per_iter": round(med["auto"], 1),
+                      "convloop_ms_per_iter": round(med["convloop"], 1),
                       "vmap_over_grouped": round(med["vmap"] / med["grouped"], 2), "threads": args.threads,
                       "iters": args.iters, "device": str(device), "image": list(img), "meta_batch": t,
                       "way": way, "shot": shot, "query_per_class": query, "inner_steps": 5,

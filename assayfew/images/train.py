@@ -62,7 +62,7 @@ class ImageTrainConfig:
     first_order: bool = False
     filters: int = 64
     image_size: int | None = None  # resize images to this (default: 28 for Omniglot, 84 for MiniImagenet)
-    batching: str = "auto"
+    batching: str = "loop"
     val_fraction: float = 0.15  # training classes held out for model selection
     val_episodes: int = 100
     seed: int = 0

@@ -12,8 +12,8 @@ task's (masked) support images, per channel over images and pixels, as for the M
 
 Task-specific convolution weights run as one grouped convolution (tasks folded into channels,
 `batching="grouped"`), as `torch.func.vmap` over `functional_call` of a `Conv2d` (`batching="vmap"`) or as
-a loop of per-task convolutions (`batching="loop"`), or by size (`"auto"`, the default); shared weights fold
-the tasks into the image batch. `benchmarks/image_step.py` measures them (DEVELOPERS.md has the figures).
+a loop of per-task convolutions (`batching="loop"`, the default: fastest on CPU); shared weights fold the
+tasks into the image batch. `benchmarks/image_step.py` measures them (DEVELOPERS.md has the figures).
 """
 
 from __future__ import annotations
@@ -28,11 +28,9 @@ from assayfew.meta.model import MODELS, ModelBase, Stats, linear
 
 __all__ = ["Conv4", "BATCHINGS"]
 
-#: How task-specific convolution weights run: one grouped convolution, torch.func vmap, a loop of
-#: per-task convolutions (stacked), or "auto": grouped for few images per task, else the loop (on CPU,
-#: oneDNN's grouped convolution beats separate ones only for small batches; see DEVELOPERS.md)
-BATCHINGS = ("auto", "grouped", "vmap", "loop")
-AUTO_GROUPED_MAX_IMAGES = 16
+#: How task-specific convolution weights run: a loop of per-task convolutions (stacked; the fastest on
+#: CPU, see DEVELOPERS.md), one grouped convolution, or torch.func vmap
+BATCHINGS = ("loop", "grouped", "vmap")
 
 
 def _bn_row(p: Tensor, step: int) -> Tensor:
@@ -64,7 +62,7 @@ class Conv4(ModelBase):
     name = "conv4"
 
     def __init__(self, *, out_dim: int = 5, in_channels: int = 1, image_size: int = 28, filters: int = 64,
-                 n_blocks: int = 4, n_steps: int = 5, bn_eps: float = 1e-5, batching: str = "auto") -> None:
+                 n_blocks: int = 4, n_steps: int = 5, bn_eps: float = 1e-5, batching: str = "loop") -> None:
         if min(out_dim, in_channels, image_size, filters, n_blocks, n_steps) < 1:
             raise ValueError("Conv4: sizes must be positive")
         if image_size >> n_blocks < 1:
@@ -115,8 +113,6 @@ class Conv4(ModelBase):
         w = w if w.dim() == 5 else w.unsqueeze(0).expand(t, *w.shape)
         b = b if b.dim() == 2 else b.unsqueeze(0).expand(t, *b.shape)
         batching = self.batching
-        if batching == "auto":
-            batching = "grouped" if n <= AUTO_GROUPED_MAX_IMAGES else "loop"
         if batching == "vmap":
             def one(x: Tensor, wt: Tensor, bt: Tensor) -> Tensor:
                 return functional_call(self._conv, {"weight": wt, "bias": bt}, (x,))
