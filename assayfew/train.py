@@ -64,6 +64,7 @@ class TrainConfig:
     first_order_epochs: int = 0
     seed: int = 0
     device: str = "auto"
+    standardize: bool = True  # data preparation: largest fragment + neutralise before featurizing
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -113,7 +114,8 @@ def model_info(cfg: TrainConfig, spec: FingerprintSpec, train_set: TaskSet, extr
     """The drug benchmark's keys of `model/config.json` (beside "format" and "core"): what is needed to use
     the model on compounds, and where it came from."""
     return {
-        "fingerprint": spec.to_dict(),
+        "fingerprint": spec.to_dict() | ({} if train_set.standardized is None
+                                         else {"standardize": bool(train_set.standardized)}),
         "label_scaling": {"mode": cfg.label_scaling, "min_std": cfg.min_std},
         "training": {"data_fingerprint": array_digest(train_set.fp_rows, train_set.values, train_set.offsets,
                                                       train_set.fingerprints),
