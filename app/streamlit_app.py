@@ -83,7 +83,7 @@ def input_section() -> None:
             set_table(UserTable(table=table, format="csv", problems=[""] * len(table)),
                       f"example CHEMBL2321810 (seed {seed})")
     with st.expander("Settings"):
-        st.number_input("Seed (ensemble, cross-validation and the example draw)", min_value=0, value=0, step=1,
+        st.number_input("Seed (cross-validation and the example draw)", min_value=0, value=0, step=1,
                         key="seed")
         st.number_input("Adaptation steps (0 = the model's default)", min_value=0, max_value=200, value=0, step=1,
                         key="steps")
@@ -174,7 +174,9 @@ def results_section(result: PredictionResult) -> None:
     st.markdown("**All rows** (click a column header to sort)")
     st.dataframe(result.table, hide_index=True, key="results_table",
                  column_config={"prediction": st.column_config.NumberColumn(format="%.3f"),
-                                "uncertainty": st.column_config.NumberColumn(format="%.3f"),
+                                "uncertainty": st.column_config.NumberColumn(
+                                    format="%.3f", help="Standard deviation of the prediction error in log "
+                                    "units: prediction ± 1.96 × uncertainty is a 95% interval (p-scale)"),
                                 "cv_prediction": st.column_config.NumberColumn(format="%.3f")})
     st.download_button("Download predictions (CSV)", data=st.session_state.csv_bytes,
                        file_name="assayfew_predictions.csv", mime="text/csv", on_click="ignore", key="download")

@@ -23,6 +23,7 @@ from assayfew.baselines import ridge_predict
 from assayfew.chem import FingerprintSpec, featurize_smiles, max_tanimoto, may_change_on_standardizing
 from assayfew.metrics import r2_pearson
 from assayfew.paths import default_model_dir, rdkit_example_dir
+from assayfew.uncertainty import CV_FOLDS, UncertaintyCalibration, cross_validated, cv_folds, support_error
 from assayfew.userfiles import InputError
 
 SMILES_COLUMNS = ("smiles", "SMILES", "Smiles", "canonical_smiles")
@@ -42,8 +43,7 @@ DISAGREEMENT = 1.0
 class PredictOptions:
     steps: int | None = None
     seed: int = 0
-    n_ensemble: int = 8
-    cv_folds: int = 5
+    cv_folds: int = CV_FOLDS
     ridge_weight: float | None = None  # blend with fingerprint ridge; None: the model's own setting
     in_domain_similarity: float = IN_DOMAIN_SIMILARITY
     standardize: bool | None = None  # largest fragment + neutralise; None: the model's choice
@@ -174,10 +174,6 @@ def content_rng(seed: int, keys: Sequence[str], values: np.ndarray) -> np.random
     return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
 
 
-def _folds(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
-    return [f for f in np.array_split(rng.permutation(n), min(k, n)) if len(f)]
-
-
 @dataclass
 class _Support:
     """The measured set as distinct compounds in canonical (sorted canonical SMILES) order."""
@@ -293,6 +289,10 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
 
     if options.ridge_weight is not None:
         model = model.with_prediction(fp_ridge_weight=options.ridge_weight)
+    try:
+        calibration = UncertaintyCalibration.from_config(model.config)
+    except ValueError as exc:
+        raise InputError(f"{model.path or 'model'}: {exc}") from exc
 
     def adapter(x_support: np.ndarray, y_support: np.ndarray, x_query: np.ndarray) -> np.ndarray:
         return model.adapt_predict(x_support, y_support, x_query, steps=options.steps)
@@ -302,21 +302,9 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
 
     report(0.15, "adapting on the measured compounds")
     pred_full = adapter(xs, ys, xq)
-    members = []
-    for b in range(options.n_ensemble):
-        boot = rng.integers(0, n_support, n_support)
-        if np.ptp(ys[boot]) == 0:
-            continue
-        members.append(adapter(xs[boot], ys[boot], xq))
-        report(0.15 + 0.5 * (b + 1) / max(options.n_ensemble, 1), f"ensemble member {b + 1}/{options.n_ensemble}")
-    spread = np.std(np.stack(members), axis=0) if len(members) >= 2 else np.full(len(query), np.nan)
 
-    report(0.7, "cross-validating the measured set")
-    cv_pred = np.full(n_support, np.nan)
-    for fold in _folds(n_support, options.cv_folds, rng):
-        train = np.setdiff1d(np.arange(n_support), fold)
-        if len(train) >= 2 and np.ptp(ys[train]) > 0:
-            cv_pred[fold] = adapter(xs[train], ys[train], xs[fold])
+    report(0.5, "cross-validating the measured set")
+    cv_pred = cross_validated(adapter, xs, ys, cv_folds(n_support, options.cv_folds, rng))
     ok = np.isfinite(cv_pred)
     cv_r2 = r2_pearson(ys[ok], cv_pred[ok]) if ok.sum() >= 3 else float("nan")
 
@@ -334,7 +322,7 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
     prediction = np.full(len(smiles), np.nan)
     prediction[query] = pred_full
     uncertainty = np.full(len(smiles), np.nan)
-    uncertainty[query] = spread
+    uncertainty[query] = calibration.sd(similarity[query], support_error(ys, cv_pred))
     out["prediction"] = from_p(prediction, units)
     out["uncertainty"] = uncertainty
     out["similarity_to_support"] = np.round(similarity, 4)

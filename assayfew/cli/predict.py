@@ -29,7 +29,7 @@ def main(
     activity_col: Annotated[Optional[str], typer.Option(help="Activity column (auto-detected).")] = None,
     units: Annotated[str, typer.Option(help="Activity units: p (pIC50/pKi...), nM or uM.")] = "p",
     steps: Annotated[Optional[int], typer.Option(help="Gradient steps of adaptation (default: the model's).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the ensemble and cross-validation draws.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the cross-validation draws.")] = 0,
     example: Annotated[bool, typer.Option("--example", help="Run on RDKit's bundled ChEMBL assay "
                                                             "CHEMBL2321810 (pIC50).")] = False,
     n_measured: Annotated[int, typer.Option(help="With --example: how many compounds count as measured.")] = 32,

@@ -8,7 +8,7 @@ from assayfew.checkpoint import load_model
 from assayfew.predict import (InputError, PredictOptions, adapt_and_predict, detect_column, example_assay,
                               parse_activities)
 
-OPTS = PredictOptions(n_ensemble=4, cv_folds=3)
+OPTS = PredictOptions(cv_folds=3)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_outputs_do_not_depend_on_the_order_of_the_measured_rows(model, assay):
         assert other.cv_r2 == base.cv_r2
         pd.testing.assert_frame_equal(_per_compound(other), _per_compound(base), rtol=0, atol=1e-6)
     # the seed still matters
-    reseeded = adapt_and_predict(assay, model, options=PredictOptions(n_ensemble=4, cv_folds=3, seed=1))
+    reseeded = adapt_and_predict(assay, model, options=PredictOptions(cv_folds=3, seed=1))
     assert not np.allclose(reseeded.table["uncertainty"], base.table["uncertainty"], equal_nan=True)
 
 
@@ -182,7 +182,7 @@ def test_salts_are_stripped_by_default_and_the_users_smiles_kept(model, assay):
     assert result.table.loc[unmeasured[0], "status"] == "ok"
     pred = result.table.loc[unmeasured, "prediction"].to_numpy()
     assert pred[0] == pytest.approx(pred[1], abs=1e-6)
-    raw = adapt_and_predict(table, model, options=PredictOptions(n_ensemble=4, cv_folds=3, standardize=False))
+    raw = adapt_and_predict(table, model, options=PredictOptions(cv_folds=3, standardize=False))
     assert not raw.standardized
     assert raw.table.loc[unmeasured[1], "prediction"] != pytest.approx(pred[0], abs=1e-6)
     # clean structures: identical with or without standardisation
