@@ -11,33 +11,38 @@ import numpy as np
 import pandas as pd
 
 from assayfew.predict import (ACTIVITY_COLUMNS, SMILES_COLUMNS, InputError, PredictionResult, detect_column,
-                              parse_activities, read_input_csv, to_p)
+                              parse_activities, to_p)
+from assayfew.userfiles import UserTable, read_user_table, sniff_delimiter
 
 MAX_ROWS = 20_000
+MAX_BYTES = 10_000_000
+UPLOAD_TYPES = ["csv", "tsv", "txt", "tab", "xlsx", "sdf", "sd", "gz"]
 LABEL_COLUMNS = ("compound_id", "Compound_ID", "compound", "Compound", "id", "ID", "Name", "name",
                  "molecule_chembl_id", "molecule_id")
 PASTE_HEADER = "smiles,activity"
 
 
-def parse_pasted(text: str, *, max_rows: int = MAX_ROWS) -> pd.DataFrame:
-    """A table from pasted "SMILES,value" lines; a header line is optional (default: smiles,activity)."""
+def parse_pasted(text: str, *, max_rows: int = MAX_ROWS) -> UserTable:
+    """A table from pasted "SMILES,value" lines (comma, tab or semicolon: cells pasted from a spreadsheet
+    are tab-separated); a header line is optional (default: smiles,activity)."""
     body = text.strip("\n\r ")
     if not body:
         raise InputError("pasted text is empty: paste one 'SMILES,value' line per compound")
     lines = body.splitlines()
-    header = [field.strip() for field in next(csv.reader([lines[0]]))]
+    delimiter = sniff_delimiter(lines)
+    header = [field.strip() for field in next(csv.reader([lines[0]], delimiter=delimiter))]
     known = set(SMILES_COLUMNS) | set(ACTIVITY_COLUMNS)
     has_header = any(field in known for field in header)
     width = len(header) if has_header else len(PASTE_HEADER.split(","))
-    for number, row in enumerate(csv.reader(lines), start=1):
+    for number, row in enumerate(csv.reader(lines, delimiter=delimiter), start=1):
         if len(row) > width:
             raise InputError(f"pasted text, line {number}: {len(row)} fields, expected {width}; "
                              "use one 'SMILES,value' pair per line")
     if not has_header:
-        body = f"{PASTE_HEADER}\n{body}"
+        body = PASTE_HEADER.replace(",", delimiter) + "\n" + body
     source = io.StringIO(body + "\n")
     source.name = "pasted text"  # type: ignore[attr-defined]
-    return read_input_csv(source, max_rows=max_rows)
+    return read_user_table(source, sep=delimiter, max_rows=max_rows)
 
 
 def guess_column(columns: Sequence[str], candidates: Sequence[str], what: str) -> tuple[int | None, str]:
@@ -58,9 +63,10 @@ def label_column(table: pd.DataFrame, smiles_col: str) -> str:
 
 
 def measured_mask(result: PredictionResult) -> np.ndarray:
-    """Rows used as measured: a valid activity and status ok."""
-    values, _ = parse_activities(result.table[result.activity_col], result.units)
-    return np.isfinite(values) & (result.table["status"] == "ok").to_numpy()
+    """Rows used as measured (a valid structure and activity)."""
+    mask = np.zeros(len(result.table), dtype=bool)
+    mask[result.measured_rows] = True
+    return mask
 
 
 def candidates(result: PredictionResult, kappa: float) -> pd.DataFrame:

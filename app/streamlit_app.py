@@ -17,13 +17,14 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from app_support import (MAX_ROWS, candidates, cv_chart, guess_column, histogram,  # noqa: E402
-                         parse_pasted, top_predicted)
+from app_support import (MAX_BYTES, MAX_ROWS, UPLOAD_TYPES, candidates, cv_chart, guess_column,  # noqa: E402
+                         histogram, parse_pasted, top_predicted)
 
 from assayfew.paths import default_model_dir  # noqa: E402
 from assayfew.predict import (ACTIVITY_COLUMNS, SMILES_COLUMNS, UNITS, InputError,  # noqa: E402
                               PredictionResult, PredictOptions, adapt_and_predict, example_assay,
-                              load_default_model, read_input_csv)
+                              load_default_model)
+from assayfew.userfiles import UserTable, read_user_table  # noqa: E402
 
 log = logging.getLogger("assayfew.app")
 EXAMPLE_MEASURED = 32
@@ -41,10 +42,10 @@ def cached_model(path: str):
     return load_default_model(Path(path))
 
 
-def set_table(table: pd.DataFrame, source: str) -> None:
-    """Make `table` the current input; forget earlier results."""
+def set_table(user: UserTable, source: str) -> None:
+    """Make `user`'s table the current input; forget earlier results."""
     state = st.session_state
-    state.table, state.source = table, source
+    state.table, state.problems, state.notes, state.source = user.table, user.problems, user.notes, source
     state.table_id = state.get("table_id", 0) + 1
     state.result, state.error = None, None
 
@@ -55,14 +56,14 @@ def show_failure(message: str) -> None:
 
 def input_section() -> None:
     st.subheader("1 · Your assay")
-    upload_tab, paste_tab, example_tab = st.tabs(["Upload CSV", "Paste SMILES,value", "Built-in example"])
+    upload_tab, paste_tab, example_tab = st.tabs(["Upload a file", "Paste SMILES,value", "Built-in example"])
     with upload_tab:
-        uploaded = st.file_uploader("CSV with a SMILES column and an activity column (blank = unmeasured)",
-                                    type=["csv", "txt"], key="upload")
+        uploaded = st.file_uploader("CSV/TSV, Excel .xlsx or SDF with structures and an activity column "
+                                    "(blank = unmeasured)", type=UPLOAD_TYPES, key="upload")
         if uploaded is not None and uploaded.file_id != st.session_state.get("upload_id"):
             st.session_state.upload_id = uploaded.file_id
             try:
-                set_table(read_input_csv(uploaded, max_rows=MAX_ROWS), uploaded.name)
+                set_table(read_user_table(uploaded, max_rows=MAX_ROWS, max_bytes=MAX_BYTES), uploaded.name)
             except InputError as exc:
                 show_failure(str(exc))
     with paste_tab:
@@ -79,12 +80,15 @@ def input_section() -> None:
         if st.button("Load built-in example", key="load_example"):
             seed = int(st.session_state.get("seed", 0))
             table, _ = example_assay(EXAMPLE_MEASURED, seed=seed)
-            set_table(table, f"example CHEMBL2321810 (seed {seed})")
+            set_table(UserTable(table=table, format="csv", problems=[""] * len(table)),
+                      f"example CHEMBL2321810 (seed {seed})")
     with st.expander("Settings"):
-        st.number_input("Seed (ensemble, cross-validation and the example draw)", min_value=0, value=0, step=1,
+        st.number_input("Seed (cross-validation and the example draw)", min_value=0, value=0, step=1,
                         key="seed")
         st.number_input("Adaptation steps (0 = the model's default)", min_value=0, max_value=200, value=0, step=1,
                         key="steps")
+        st.checkbox("Keep structures as given (no salt stripping or neutralisation; like --no-standardize)",
+                    key="no_standardize")
 
 
 def mapping_section(table: pd.DataFrame) -> tuple[str | None, str | None, str]:
@@ -92,6 +96,8 @@ def mapping_section(table: pd.DataFrame) -> tuple[str | None, str | None, str]:
     state = st.session_state
     st.subheader("2 · Columns and units")
     st.caption(f"**{state.source}** — {len(table)} rows; columns: {', '.join(map(str, table.columns))}")
+    for note in state.get("notes") or []:
+        st.info(note)
     columns = [str(c) for c in table.columns]
     smiles_guess, smiles_note = guess_column(columns, SMILES_COLUMNS, "smiles")
     activity_guess, activity_note = guess_column(columns, ACTIVITY_COLUMNS, "activity")
@@ -121,9 +127,11 @@ def run_prediction(table: pd.DataFrame, smiles_col: str, activity_col: str, unit
     bar = st.progress(0.0, text="loading the model")
     try:
         model = cached_model(str(model_dir()))
-        options = PredictOptions(steps=int(state.get("steps", 0)) or None, seed=int(state.get("seed", 0)))
+        options = PredictOptions(steps=int(state.get("steps", 0)) or None, seed=int(state.get("seed", 0)),
+                                 standardize=False if state.get("no_standardize") else None)
         result = adapt_and_predict(
             table, model, smiles_col=smiles_col, activity_col=activity_col, units=units, options=options,
+            input_problems=state.get("problems"),
             progress=lambda fraction, message: bar.progress(min(max(float(fraction), 0.0), 1.0), text=message))
     except InputError as exc:
         show_failure(str(exc))
@@ -143,16 +151,16 @@ def format_value(value: float, units: str) -> str:
 
 def results_section(result: PredictionResult) -> None:
     st.subheader("3 · Results")
+    st.caption(result.summary())
     for warning in result.warnings:
         st.warning(warning)
-    flagged = int((result.table["status"] != "ok").sum())
-    if flagged:
-        st.info(f"{flagged} row(s) could not be used as given (invalid SMILES or activity); "
+    if result.n_invalid:
+        st.info(f"{result.n_invalid} row(s) have a structure that could not be used; "
                 "their reason is in the status column.")
     cols = st.columns(4)
     cols[0].metric("Measured (support)", result.n_measured)
     cols[1].metric("Predicted", result.n_predicted)
-    cols[2].metric("Invalid SMILES", result.n_invalid)
+    cols[2].metric("Invalid structures", result.n_invalid)
     cols[3].metric("Support CV R²", f"{result.cv_r2:.2f}")
 
     top = top_predicted(result, 12)
@@ -166,7 +174,9 @@ def results_section(result: PredictionResult) -> None:
     st.markdown("**All rows** (click a column header to sort)")
     st.dataframe(result.table, hide_index=True, key="results_table",
                  column_config={"prediction": st.column_config.NumberColumn(format="%.3f"),
-                                "uncertainty": st.column_config.NumberColumn(format="%.3f"),
+                                "uncertainty": st.column_config.NumberColumn(
+                                    format="%.3f", help="Standard deviation of the prediction error in log "
+                                    "units: prediction ± 1.96 × uncertainty is a 95% interval (p-scale)"),
                                 "cv_prediction": st.column_config.NumberColumn(format="%.3f")})
     st.download_button("Download predictions (CSV)", data=st.session_state.csv_bytes,
                        file_name="assayfew_predictions.csv", mime="text/csv", on_click="ignore", key="download")
@@ -214,7 +224,7 @@ def main() -> None:
     with st.sidebar:
         st.markdown(f"**Model:** `{model_dir()}`")
         st.caption("Override with `assayfew app --model DIR` (or $ASSAYFEW_MODEL_DIR).")
-        st.caption(f"Limits: 10 MB per upload, {MAX_ROWS:,} rows.")
+        st.caption(f"Limits: {MAX_BYTES // 1_000_000} MB per upload, {MAX_ROWS:,} rows.")
 
     input_section()
     state = st.session_state

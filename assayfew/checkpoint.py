@@ -70,6 +70,12 @@ class MetaModel:
         return FingerprintSpec(radius=int(fp["radius"]), bits=int(fp["bits"]))
 
     @property
+    def standardize(self) -> bool:
+        """Whether structures are standardised (largest fragment, neutralised) before featurizing, as in
+        training; models that do not record it (made before the choice was recorded) standardise."""
+        return bool(self.config["fingerprint"].get("standardize", True))
+
+    @property
     def inner_steps(self) -> int:
         return int(self.learners[0].inner_steps)
 
@@ -115,7 +121,8 @@ class MetaModel:
         for learner in self.learners:
             learner.eval()
             with torch.enable_grad():
-                pred = learner.adapt_and_predict(xs, ys, xq, steps=self.inner_steps if steps is None else steps, ridge_alpha=ridge_alpha)
+                pred = learner.adapt_and_predict(xs, ys, xq, steps=self.inner_steps if steps is None else steps,
+                                                 ridge_alpha=ridge_alpha)
             preds.append(pred.detach().cpu().numpy().reshape(-1))
         out = scaling.inverse(np.mean(preds, axis=0))
         weight = float(settings["fp_ridge_weight"])

@@ -34,6 +34,8 @@ __all__ = [
     "Featurized",
     "featurize_smiles",
     "max_tanimoto",
+    "may_change_on_standardizing",
+    "parse_molblock",
     "parse_smiles",
 ]
 
@@ -46,6 +48,9 @@ _CACHE_VERSION = 2
 #: SMILES that may hold explicit hydrogen atoms (removed by MolFromSmiles), a CXSMILES extension or
 #: surrounding text take the reference parser; all others may take the fast path.
 _NEEDS_FULL_PARSE = re.compile(r"[\s|]|\[\d*H")
+#: SMILES that standardisation may change: several fragments or a charged atom. Standardising any other
+#: SMILES (largest fragment + neutralisation) is a no-op, so it skips the standardizer.
+_MAY_NEED_STANDARDIZING = re.compile(r"\.|\[[^\]]*[+-]")
 
 
 @dataclass(frozen=True)
@@ -86,13 +91,31 @@ def _parse(smiles: str, standardize: bool) -> tuple[Chem.Mol | None, str]:
             return None, reason
     if mol.GetNumAtoms() == 0:
         return None, "empty SMILES"
-    if standardize:
+    if standardize and may_change_on_standardizing(smiles):
         try:
             mol = _standardizer().standardize(mol)
         except Exception as exc:
             return None, f"standardization failed: {_first_line(exc)}"
         if mol is None or mol.GetNumAtoms() == 0:
             return None, "standardization failed: no atoms left"
+    return mol, ""
+
+
+def may_change_on_standardizing(smiles: str) -> bool:
+    """Whether standardisation (largest fragment + neutralisation) can change this SMILES' structure."""
+    return isinstance(smiles, str) and _MAY_NEED_STANDARDIZING.search(smiles) is not None
+
+
+def parse_molblock(block: str) -> tuple[Chem.Mol | None, str]:
+    """Parse and sanitise one MDL mol block (V2000/V3000); return (mol, "") or (None, reason)."""
+    with rdBase.BlockLogs():
+        mol = Chem.MolFromMolBlock(block)
+        if mol is None:
+            mol, reason = _sanitized(Chem.MolFromMolBlock(block, sanitize=False), "unreadable connection table")
+            if mol is None:
+                return None, reason
+    if mol.GetNumAtoms() == 0:
+        return None, "no atoms"
     return mol, ""
 
 
@@ -109,9 +132,13 @@ def _parse_for_fingerprint(smiles: str) -> tuple[Chem.Mol | None, str]:
 
 def _parse_then_sanitize(smiles: str) -> tuple[Chem.Mol | None, str]:
     """Parse without sanitising, then sanitise: tells an unparsable SMILES from a chemically invalid one."""
-    mol = Chem.MolFromSmiles(smiles, sanitize=False)
+    return _sanitized(Chem.MolFromSmiles(smiles, sanitize=False), "unparsable SMILES")
+
+
+def _sanitized(mol: Chem.Mol | None, unparsable: str) -> tuple[Chem.Mol | None, str]:
+    """Sanitise an unsanitised parse; (None, `unparsable`) when there was nothing to sanitise."""
     if mol is None:
-        return None, "unparsable SMILES"
+        return None, unparsable
     try:
         Chem.SanitizeMol(mol)
     except Exception as exc:  # RDKit raises several sanitisation exception types
@@ -193,10 +220,13 @@ def _featurize_chunk(
     rows: list[bytes] = []
     reasons = [""] * n
     canon: list[str] | None = [""] * n if canonical else None
-    fast = not (standardize or canonical)  # canonical SMILES need the reference parser's stereo
+    fast = not canonical  # canonical SMILES need the reference parser's stereo
     with rdBase.BlockLogs():
         for i, smi in enumerate(smiles):
-            mol, reason = _parse_for_fingerprint(smi) if fast else _parse(smi, standardize)
+            if fast and not (standardize and may_change_on_standardizing(smi)):
+                mol, reason = _parse_for_fingerprint(smi)
+            else:
+                mol, reason = _parse(smi, standardize)
             if mol is None:
                 reasons[i] = reason
                 rows.append(zero)

@@ -9,21 +9,22 @@ One library function, `adapt_and_predict`, serves the CLI and the app. Rules it 
 
 from __future__ import annotations
 
-import csv
-import io
+import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import pandas as pd
 
 from assayfew.checkpoint import MetaModel, load_model
 from assayfew.baselines import ridge_predict
-from assayfew.chem import FingerprintSpec, featurize_smiles, max_tanimoto
+from assayfew.chem import FingerprintSpec, featurize_smiles, max_tanimoto, may_change_on_standardizing
 from assayfew.metrics import r2_pearson
 from assayfew.paths import default_model_dir, rdkit_example_dir
+from assayfew.uncertainty import CV_FOLDS, UncertaintyCalibration, cross_validated, cv_folds, support_error
+from assayfew.userfiles import InputError
 
 SMILES_COLUMNS = ("smiles", "SMILES", "Smiles", "canonical_smiles")
 ACTIVITY_COLUMNS = ("activity", "Activity", "pIC50", "pKi", "pKd", "pchembl_value", "value", "Act")
@@ -32,20 +33,20 @@ OUTPUT_COLUMNS = ("prediction", "uncertainty", "similarity_to_support", "in_doma
 LOW_CV_R2 = 0.2
 IN_DOMAIN_SIMILARITY = 0.3
 MIN_MEASURED = 3
-
-
-class InputError(ValueError):
-    """The input cannot be used as given; the message says why in plain words."""
+#: Plausible activities in p-units (−log10 molar): 1 M to 10 fM.
+P_RANGE = (0.0, 14.0)
+#: Replicate measurements of one compound further apart than this (log units) get a stronger warning.
+DISAGREEMENT = 1.0
 
 
 @dataclass(frozen=True)
 class PredictOptions:
     steps: int | None = None
     seed: int = 0
-    n_ensemble: int = 8
-    cv_folds: int = 5
+    cv_folds: int = CV_FOLDS
     ridge_weight: float | None = None  # blend with fingerprint ridge; None: the model's own setting
     in_domain_similarity: float = IN_DOMAIN_SIMILARITY
+    standardize: bool | None = None  # largest fragment + neutralise; None: the model's choice
 
 
 @dataclass
@@ -54,11 +55,23 @@ class PredictionResult:
     smiles_col: str
     activity_col: str
     units: str
-    n_measured: int
-    n_predicted: int
-    n_invalid: int
+    n_measured: int  # rows used as measured (replicates of one compound count once each)
+    n_predicted: int  # rows with a valid structure and no usable activity
+    n_invalid: int  # rows whose structure could not be used (no prediction)
     cv_r2: float
     warnings: list[str] = field(default_factory=list)
+    n_rejected_activity: int = 0  # rows whose activity value was rejected (they are predicted instead)
+    n_compounds_measured: int = 0  # distinct measured structures (replicates averaged)
+    standardized: bool = False
+    measured_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def summary(self) -> str:
+        """One line of counts for the user."""
+        replicates = (f" ({self.n_compounds_measured} distinct compounds)"
+                      if self.n_compounds_measured != self.n_measured else "")
+        return (f"rows: {len(self.table)}   measured: {self.n_measured}{replicates}   "
+                f"predicted: {self.n_predicted}   invalid structures: {self.n_invalid}   "
+                f"rejected activity values: {self.n_rejected_activity}")
 
 
 def detect_column(columns: Sequence[str], candidates: Sequence[str], given: str | None, what: str) -> str:
@@ -78,8 +91,15 @@ def detect_column(columns: Sequence[str], candidates: Sequence[str], given: str 
     return found[0]
 
 
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
+
+
 def parse_activities(raw: pd.Series, units: str) -> tuple[np.ndarray, list[str]]:
-    """Activities in p-units (NaN where unmeasured) and a per-row problem ('' when fine)."""
+    """Activities in p-units (NaN where unmeasured) and a per-row problem ('' when fine).
+
+    A decimal comma is read as a decimal point ('6,5' → 6.5), except where it could be a thousands
+    separator of a potency ('1,500' nM is flagged as ambiguous).
+    """
     if units not in UNITS:
         raise InputError(f"unknown units {units!r}; choose from {', '.join(UNITS)}")
     values = np.full(len(raw), np.nan)
@@ -87,8 +107,15 @@ def parse_activities(raw: pd.Series, units: str) -> tuple[np.ndarray, list[str]]
     for i, v in enumerate(raw.tolist()):
         if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
             continue
+        text = str(v).strip().replace("\u2010", "-").replace("\u2212", "-")
+        if _DECIMAL_COMMA.match(text):  # 6,5 from a semicolon-separated export
+            if units != "p" and len(text.split(",")[1]) == 3:
+                problems[i] = (f"invalid activity value {v!r} (ambiguous: decimal comma or thousands separator?): "
+                               "not used as measured")
+                continue
+            text = text.replace(",", ".")
         try:
-            x = float(str(v).strip().replace("\u2010", "-").replace("\u2212", "-"))
+            x = float(text)
         except ValueError:
             problems[i] = f"invalid activity value {v!r} (not a number): not used as measured"
             continue
@@ -120,84 +147,182 @@ def from_p(values: np.ndarray, units: str) -> np.ndarray:
     return 10.0 ** (_P_OFFSET[units] - values)
 
 
-def _folds(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
-    return [f for f in np.array_split(rng.permutation(n), min(k, n)) if len(f)]
+def check_plausible(values: np.ndarray, raw: pd.Series, units: str, column: str) -> None:
+    """Refuse activities outside P_RANGE (after unit conversion), suggesting --units for concentrations."""
+    lo, hi = P_RANGE
+    finite = values[np.isfinite(values)]
+    if units == "p" and len(finite) and 0 < finite.max() < 0.01:  # e.g. 1e-7: a molar concentration
+        raise InputError(f"all values in column {column!r} are below 0.01, e.g. {raw[np.isfinite(values)].iloc[0]}: "
+                         "they look like molar concentrations; convert them to nM and give --units nM")
+    bad = np.flatnonzero(np.isfinite(values) & ((values < lo) | (values > hi)))
+    if not len(bad):
+        return
+    examples = ", ".join(f"{raw.iloc[i]} (row {i + 1})" for i in bad[:3])
+    what = f"{len(bad)} value(s) in column {column!r} outside the plausible range of {lo:g}–{hi:g} p-units"
+    if units == "p" and finite.min() > 0 and np.median(finite) > hi:
+        hint = "they look like concentrations: give --units nM or --units uM"
+    elif units == "p":
+        hint = "p-units are −log10 molar (pIC50 6 = 1 µM); check these values or give --units nM or --units uM"
+    else:
+        hint = f"as {units} these are implausible potencies; check the values and --units"
+    raise InputError(f"{what}, e.g. {examples}: {hint}")
+
+
+def content_rng(seed: int, keys: Sequence[str], values: np.ndarray) -> np.random.Generator:
+    """Random draws seeded by `seed` and the measured set's content (sorted keys + values), not its row order."""
+    digest = hashlib.sha256("\n".join(f"{k}\t{float(v)!r}" for k, v in zip(keys, values)).encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+
+
+@dataclass
+class _Support:
+    """The measured set as distinct compounds in canonical (sorted canonical SMILES) order."""
+
+    rows: list[list[int]]  # input rows of each compound
+    keys: list[str]  # canonical SMILES
+    y: np.ndarray  # mean p-activity of each compound
+
+
+def _measured_compounds(measured: np.ndarray, smiles: list[str], values: np.ndarray, model: MetaModel,
+                        standardize: bool) -> _Support:
+    canonical = featurize_smiles([smiles[i] for i in measured], model.spec, standardize=standardize).canonical
+    groups: dict[str, list[int]] = {}
+    for row, key in zip(measured.tolist(), canonical or []):
+        groups.setdefault(key, []).append(row)
+    keys = sorted(groups)
+    rows = [groups[k] for k in keys]
+    y = np.array([np.mean(np.sort(values[r])) for r in rows])  # sorted: the mean does not depend on order
+    return _Support(rows=rows, keys=keys, y=y)
+
+
+def _note_replicates(support: _Support, values: np.ndarray, status: list[str], units: str,
+                     standardize: bool) -> list[str]:
+    """Mark rows measured more than once (one averaged point each); warnings for the user."""
+    replicated = [(rows, y) for rows, y in zip(support.rows, support.y) if len(rows) > 1]
+    if not replicated:
+        return []
+    disagreeing = []
+    for rows, y in replicated:
+        spread = float(np.ptp(values[rows]))
+        for row in rows:
+            others = ", ".join(str(r + 1) for r in rows if r != row)
+            _add_note(status, row, f"same compound as row(s) {others}: the mean of {len(rows)} measurements "
+                                   f"({_format(y, units)}) is used as one point")
+            if spread > DISAGREEMENT:
+                _add_note(status, row, f"they disagree by {spread:.1f} log units")
+        if spread > DISAGREEMENT:
+            disagreeing.append((rows, spread))
+    sameness = "same structure after standardisation" if standardize else "same structure"
+    warnings = [f"{len(replicated)} measured compound(s) appear more than once ({sameness}): their values "
+                "were averaged into one point each (see the status column)"]
+    if disagreeing:
+        examples = "; ".join(f"rows {', '.join(str(r + 1) for r in rows)} differ by {spread:.1f}"
+                             for rows, spread in disagreeing[:3])
+        warnings.append(f"replicate measurements disagree by more than {DISAGREEMENT:g} log unit for "
+                        f"{len(disagreeing)} compound(s) ({examples}): check them; their mean was used")
+    return warnings
+
+
+def _add_note(status: list[str], row: int, note: str) -> None:
+    """Append a note to a usable row's status ('ok; note; ...')."""
+    status[row] = f"{status[row] or 'ok'}; {note}"
+
+
+def _note_standardized(smiles: list[str], rows: np.ndarray, status: list[str], model: MetaModel) -> None:
+    """Note, on usable rows, the structure standardisation made of the user's SMILES (e.g. a salt's parent)."""
+    rows = [i for i in rows.tolist() if not status[i] and may_change_on_standardizing(smiles[i])]
+    if not rows:
+        return
+    given = [smiles[i] for i in rows]
+    before = featurize_smiles(given, model.spec, standardize=False).canonical or []
+    after = featurize_smiles(given, model.spec, standardize=True).canonical or []
+    for i, old, new in zip(rows, before, after):
+        if old != new:
+            _add_note(status, i, f"standardised to {new}")
+
+
+def _format(p_value: float, units: str) -> str:
+    return f"{p_value:.2f}" if units == "p" else f"{from_p(np.array([p_value]), units)[0]:.4g} {units}"
 
 
 def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str | None = None,
                       activity_col: str | None = None, units: str = "p", options: PredictOptions = PredictOptions(),
+                      input_problems: Sequence[str] | None = None,
                       progress: Callable[[float, str], None] | None = None) -> PredictionResult:
-    """Adapt `model` to the rows of `table` that have an activity and predict every row."""
+    """Adapt `model` to the rows of `table` that have an activity and predict every row.
+
+    input_problems: per row, why its structure could not be read ('' when fine), e.g. from
+    `read_user_table`; such rows keep that reason as their status.
+    """
     report = progress or (lambda fraction, message: None)
     smiles_col = detect_column(table.columns, SMILES_COLUMNS, smiles_col, "smiles")
     activity_col = detect_column(table.columns, ACTIVITY_COLUMNS, activity_col, "activity")
     values, status = parse_activities(table[activity_col], units)
+    check_plausible(values, table[activity_col], units, activity_col)
+    n_rejected = sum(1 for s in status if s)
     smiles = ["" if pd.isna(s) else str(s) for s in table[smiles_col].tolist()]
+    standardize = model.standardize if options.standardize is None else options.standardize
 
     report(0.05, "featurizing")
-    feats = featurize_smiles(smiles, model.spec, canonical=False)
+    feats = featurize_smiles(smiles, model.spec, standardize=standardize, canonical=False)
+    problems = list(input_problems) if input_problems is not None else [""] * len(smiles)
     for i, ok in enumerate(feats.valid):
         if not ok:
-            status[i] = f"invalid SMILES: {feats.reasons[i]}"
-    usable = feats.valid & np.array([s == "" for s in status])
-    measured = np.flatnonzero(usable & np.isfinite(values))
-    if len(measured) < MIN_MEASURED:
+            reason = problems[i] or f"invalid SMILES: {feats.reasons[i]}"
+            status[i] = f"{reason}; {status[i]}" if status[i] else reason
+    measured = np.flatnonzero(feats.valid & np.isfinite(values) & np.array([s == "" for s in status]))
+    support = _measured_compounds(measured, smiles, values, model, standardize)
+    if len(support.keys) < MIN_MEASURED:
         raise InputError(f"need at least {MIN_MEASURED} measured compounds with a valid SMILES and activity; "
-                         f"found {len(measured)}")
-    ys = values[measured]
+                         f"found {len(support.keys)}")
+    ys = support.y
     if np.ptp(ys) == 0:
         raise InputError(f"all {len(measured)} measured activities are equal ({ys[0]:g}): nothing to learn from")
-    xs = feats.fingerprints[measured].astype(np.float32)
-    targets = np.flatnonzero(feats.valid & ~np.isin(np.arange(len(smiles)), measured))
+    if standardize:
+        _note_standardized(smiles, np.flatnonzero(feats.valid), status, model)
+    warnings = _note_replicates(support, values, status, units, standardize)
+    first_rows = np.array([rows[0] for rows in support.rows])
+    xs = feats.fingerprints[first_rows].astype(np.float32)
     # Measured rows are predicted too (a fitted value); query = all valid rows.
     query = np.flatnonzero(feats.valid)
     xq = feats.fingerprints[query].astype(np.float32)
 
     if options.ridge_weight is not None:
         model = model.with_prediction(fp_ridge_weight=options.ridge_weight)
+    try:
+        calibration = UncertaintyCalibration.from_config(model.config)
+    except ValueError as exc:
+        raise InputError(f"{model.path or 'model'}: {exc}") from exc
 
     def adapter(x_support: np.ndarray, y_support: np.ndarray, x_query: np.ndarray) -> np.ndarray:
         return model.adapt_predict(x_support, y_support, x_query, steps=options.steps)
 
-    rng = np.random.default_rng([options.seed, len(measured)])
+    rng = content_rng(options.seed, support.keys, ys)
+    n_support = len(ys)
 
     report(0.15, "adapting on the measured compounds")
     pred_full = adapter(xs, ys, xq)
-    members = []
-    for b in range(options.n_ensemble):
-        boot = rng.integers(0, len(measured), len(measured))
-        if np.ptp(ys[boot]) == 0:
-            continue
-        members.append(adapter(xs[boot], ys[boot], xq))
-        report(0.15 + 0.5 * (b + 1) / max(options.n_ensemble, 1), f"ensemble member {b + 1}/{options.n_ensemble}")
-    spread = np.std(np.stack(members), axis=0) if len(members) >= 2 else np.full(len(query), np.nan)
 
-    report(0.7, "cross-validating the measured set")
-    cv_pred = np.full(len(measured), np.nan)
-    for fold in _folds(len(measured), options.cv_folds, rng):
-        train = np.setdiff1d(np.arange(len(measured)), fold)
-        if len(train) >= 2 and np.ptp(ys[train]) > 0:
-            cv_pred[fold] = adapter(xs[train], ys[train], xs[fold])
+    report(0.5, "cross-validating the measured set")
+    cv_pred = cross_validated(adapter, xs, ys, cv_folds(n_support, options.cv_folds, rng))
     ok = np.isfinite(cv_pred)
     cv_r2 = r2_pearson(ys[ok], cv_pred[ok]) if ok.sum() >= 3 else float("nan")
 
     report(0.9, "similarity to the measured set")
-    support_fp = feats.fingerprints[measured]
     similarity = np.full(len(smiles), np.nan)
-    sim_q = max_tanimoto(feats.fingerprints[query], support_fp)
-    similarity[query] = sim_q
+    similarity[query] = max_tanimoto(feats.fingerprints[query], xs)
+    cv_column = np.full(len(smiles), np.nan)
     # A measured compound's similarity is to the *other* measured compounds.
-    for j, i in enumerate(measured):
-        others = np.delete(support_fp, j, axis=0)
-        similarity[i] = float(max_tanimoto(feats.fingerprints[i:i + 1], others)[0]) if len(others) else 0.0
+    for j, rows in enumerate(support.rows):
+        others = np.delete(xs, j, axis=0)
+        similarity[rows] = float(max_tanimoto(xs[j:j + 1], others)[0]) if len(others) else 0.0
+        cv_column[rows] = cv_pred[j]
 
     out = table.copy()
     prediction = np.full(len(smiles), np.nan)
     prediction[query] = pred_full
     uncertainty = np.full(len(smiles), np.nan)
-    uncertainty[query] = spread
-    cv_column = np.full(len(smiles), np.nan)
-    cv_column[measured] = cv_pred
+    uncertainty[query] = calibration.sd(similarity[query], support_error(ys, cv_pred))
     out["prediction"] = from_p(prediction, units)
     out["uncertainty"] = uncertainty
     out["similarity_to_support"] = np.round(similarity, 4)
@@ -205,57 +330,19 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
     out["status"] = [s or "ok" for s in status]
     out["cv_prediction"] = from_p(cv_column, units)
 
-    warnings = []
+    if n_rejected:
+        warnings.append(f"{n_rejected} activity value(s) could not be used (see the status column): those rows "
+                        "are predicted as if unmeasured")
     if not np.isfinite(cv_r2) or cv_r2 < LOW_CV_R2:
         warnings.append(f"cross-validated R² on the measured compounds is {cv_r2:.2f}: predictions for this assay "
                         "are unreliable; measure more compounds or treat the ranking as a rough guide")
     report(1.0, "done")
+    n_valid = int(feats.valid.sum())
     return PredictionResult(table=out, smiles_col=smiles_col, activity_col=activity_col, units=units,
-                            n_measured=len(measured), n_predicted=len(targets),
-                            n_invalid=int((~feats.valid).sum()), cv_r2=cv_r2, warnings=warnings)
-
-
-def read_input_csv(source: str | Path | IO, *, max_rows: int | None = None) -> pd.DataFrame:
-    """Read a user's CSV (a path or an open file) as text columns: nothing coerced, nothing dropped.
-
-    Every non-blank line after the header is a row. A line with more fields than the header is an error
-    naming the file and line (pandas would silently shift such rows into an index).
-    """
-    name = str(getattr(source, "name", source))
-    try:
-        if isinstance(source, (str, Path)):
-            text = Path(source).read_text(encoding="utf-8-sig")
-        else:
-            raw = source.read()
-            text = raw.decode("utf-8-sig") if isinstance(raw, bytes) else str(raw)
-    except FileNotFoundError as exc:
-        raise InputError(f"{name}: file not found") from exc
-    except IsADirectoryError as exc:
-        raise InputError(f"{name}: is a directory, not a CSV file") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{name}: not a UTF-8 text file") from exc
-    reader = csv.reader(io.StringIO(text), strict=True)
-    try:
-        header = next(reader, None)
-        if not header or not any(h.strip() for h in header):
-            raise InputError(f"{name}: empty file (no header line)")
-        header = [h.strip() for h in header]
-        duplicated = sorted({h for h in header if header.count(h) > 1})
-        if duplicated:
-            raise InputError(f"{name}: duplicate column name(s) in the header: {', '.join(duplicated)}")
-        rows = []
-        for fields in reader:
-            if not fields:
-                continue
-            if len(fields) > len(header) and any(f.strip() for f in fields[len(header):]):
-                raise InputError(f"{name}, line {reader.line_num}: {len(fields)} fields but the header has "
-                                 f"{len(header)}")
-            rows.append((fields + [""] * len(header))[: len(header)])
-            if max_rows is not None and len(rows) > max_rows:
-                raise InputError(f"{name}: more than the limit of {max_rows} rows")
-    except csv.Error as exc:
-        raise InputError(f"{name}, line {reader.line_num}: not a readable CSV ({exc})") from exc
-    return pd.DataFrame(rows, columns=header, dtype=object).replace("", np.nan)
+                            n_measured=len(measured), n_predicted=n_valid - len(measured),
+                            n_invalid=len(smiles) - n_valid, cv_r2=cv_r2, warnings=warnings,
+                            n_rejected_activity=n_rejected, n_compounds_measured=n_support,
+                            standardized=standardize, measured_rows=np.sort(measured))
 
 
 def load_default_model(model_dir: Path | None = None) -> MetaModel:

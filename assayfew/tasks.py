@@ -65,6 +65,7 @@ class TaskSet:
     censored: np.ndarray  # (n_measurements,) bool
     spec: FingerprintSpec
     sources: list[str] | None = None  # corpus each assay came from (e.g. for balanced sampling)
+    standardized: bool | None = None  # structures standardised before featurizing; None: not recorded
 
     def __post_init__(self) -> None:
         self.assay_ids = [str(a) for a in self.assay_ids]
@@ -163,6 +164,7 @@ class TaskSet:
             censored=self.censored[take],
             spec=self.spec,
             sources=[self.sources[i] for i in order],
+            standardized=self.standardized,
         )
 
     # ---------------------------------------------------------- construction
@@ -199,6 +201,7 @@ class TaskSet:
             split=split[order],
             censored=censored[order],
             spec=prepared.spec,
+            standardized=prepared.standardized,
         )
 
     @classmethod
@@ -212,6 +215,9 @@ class TaskSet:
         for s in sets[1:]:
             if s.spec != spec:
                 raise ValueError(f"cannot concat task sets with different fingerprint specs: {spec} vs {s.spec}")
+        recorded = {s.standardized for s in sets} - {None}
+        if len(recorded) > 1:
+            raise ValueError("cannot concat task sets featurized with and without standardisation")
         assay_ids: list[str] = []
         for k, s in enumerate(sets):
             prefix = prefixes[k] if prefixes is not None else ""
@@ -229,6 +235,8 @@ class TaskSet:
             censored=np.concatenate([s.censored for s in sets]),
             spec=spec,
             sources=[src for s in sets for src in s.sources],
+            standardized=recorded.pop() if len(recorded) == 1 and all(s.standardized is not None for s in sets)
+            else None,
         )
 
     # ------------------------------------------------------------------- disk
@@ -254,6 +262,7 @@ class TaskSet:
             "assay_ids": self.assay_ids,
             "families": self.families,
             "sources": self.sources,
+            "standardized": self.standardized,
         }
         write_json(cache_dir / INDEX_FILE, index)
 
@@ -281,7 +290,7 @@ class TaskSet:
             spec = FingerprintSpec(**index["spec"])
             arrays["fingerprints"] = np.unpackbits(packed, axis=1, count=spec.bits)
             return cls(assay_ids=index["assay_ids"], families=index["families"], spec=spec,
-                       sources=index.get("sources"), **arrays)
+                       sources=index.get("sources"), standardized=index.get("standardized"), **arrays)
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise TaskCacheError(f"{cache_dir}: corrupt task cache ({exc})") from exc
 
@@ -443,7 +452,7 @@ def build_taskset(
     fmt: str | None = None,
     *,
     spec: FingerprintSpec = FingerprintSpec(),
-    standardize: bool = False,
+    standardize: bool = True,
     cache: bool = True,
 ) -> tuple[TaskSet, dict[str, Any]]:
     """Read, validate and featurize one corpus into a TaskSet; returns it and a summary dict."""

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from assayfew.checkpoint import MetaModel
+from assayfew.checkpoint import MODEL_FORMAT, MetaModel
 from assayfew.chem import FingerprintSpec
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
 from assayfew.io import write_json
@@ -28,7 +28,8 @@ from assayfew.provenance import array_digest, stamp
 from assayfew.scaling import fit_scaling
 from assayfew.tasks import EpisodeSampler, TaskSet
 
-__all__ = ["TrainConfig", "DrugBenchmark", "episode_batch", "model_info", "train", "Reporter", "TrainResult"]
+__all__ = ["TrainConfig", "DrugBenchmark", "episode_batch", "model_config", "model_info", "train", "Reporter",
+           "TrainResult"]
 
 
 @dataclass
@@ -64,6 +65,7 @@ class TrainConfig:
     first_order_epochs: int = 0
     seed: int = 0
     device: str = "auto"
+    standardize: bool = True  # data preparation: largest fragment + neutralise before featurizing
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -113,7 +115,8 @@ def model_info(cfg: TrainConfig, spec: FingerprintSpec, train_set: TaskSet, extr
     """The drug benchmark's keys of `model/config.json` (beside "format" and "core"): what is needed to use
     the model on compounds, and where it came from."""
     return {
-        "fingerprint": spec.to_dict(),
+        "fingerprint": spec.to_dict() | ({} if train_set.standardized is None
+                                         else {"standardize": bool(train_set.standardized)}),
         "label_scaling": {"mode": cfg.label_scaling, "min_std": cfg.min_std},
         "training": {"data_fingerprint": array_digest(train_set.fp_rows, train_set.values, train_set.offsets,
                                                       train_set.fingerprints),
@@ -158,6 +161,11 @@ def episode_batch(taskset: TaskSet, episodes: Sequence[tuple[int, np.ndarray, np
     batch.set_sparse_rows("s", out["s"][3])
     batch.set_sparse_rows("q", out["q"][3])
     return batch
+
+
+def model_config(cfg: TrainConfig, spec: FingerprintSpec, train_set: TaskSet, extra: dict | None = None) -> dict:
+    """The `model/config.json` content: what is needed to rebuild and use the model, and where it came from."""
+    return {"format": MODEL_FORMAT, "core": cfg.core(spec.bits).to_dict()} | model_info(cfg, spec, train_set, extra)
 
 
 class DrugBenchmark:

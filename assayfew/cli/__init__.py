@@ -16,6 +16,7 @@ _COMMANDS = {
     "evaluate": "evaluate",
     "predict": "predict",
     "ensemble": "ensemble",
+    "calibrate": "calibrate",
     "app": "app",
 }
 

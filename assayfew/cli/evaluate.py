@@ -31,7 +31,7 @@ def main(
     with user_errors():
         loaded = load_model(model or default_model_dir())
         taskset, split_def = experiment_data(group=group, data_dir=data_dir, corpus=corpus, fmt=format, split=split,
-                                             spec=loaded.spec)
+                                             spec=loaded.spec, standardize=loaded.standardize)
         test = split_taskset(taskset, split_def, seed=seed).test
         if len(test) == 0:
             raise ValueError("the split's test side has no assays in this corpus")

@@ -8,51 +8,65 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from assayfew.metrics import r2_pearson
 from assayfew.predict import (InputError, PredictOptions, adapt_and_predict, example_assay, load_default_model,
-                              read_input_csv, ridge_baseline_r2)
+                              ridge_baseline_r2)
+from assayfew.userfiles import read_user_table
 
 err = Console(stderr=True)
 
 
 def main(
-    input_csv: Annotated[Optional[Path], typer.Argument(help="CSV with a SMILES column and an activity column; "
-                                                             "rows with an empty activity are predicted.")] = None,
+    input_csv: Annotated[Optional[Path], typer.Argument(
+        metavar="INPUT", help="CSV/TSV, Excel .xlsx or SDF (.sdf, .sdf.gz) with structures and an activity "
+                              "column; rows with an empty activity are predicted.")] = None,
     model: Annotated[Optional[Path], typer.Option(help="Model directory (default: the shipped model).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output CSV (default: standard output).")] = None,
     smiles_col: Annotated[Optional[str], typer.Option(help="SMILES column (auto-detected).")] = None,
     activity_col: Annotated[Optional[str], typer.Option(help="Activity column (auto-detected).")] = None,
     units: Annotated[str, typer.Option(help="Activity units: p (pIC50/pKi...), nM or uM.")] = "p",
     steps: Annotated[Optional[int], typer.Option(help="Gradient steps of adaptation (default: the model's).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the ensemble and cross-validation draws.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the cross-validation draws.")] = 0,
     example: Annotated[bool, typer.Option("--example", help="Run on RDKit's bundled ChEMBL assay "
                                                             "CHEMBL2321810 (pIC50).")] = False,
     n_measured: Annotated[int, typer.Option(help="With --example: how many compounds count as measured.")] = 32,
+    sep: Annotated[Optional[str], typer.Option(help="Column separator of a text INPUT: ',', ';' or 'tab' "
+                                                    "(default: sniffed).")] = None,
+    standardize: Annotated[Optional[bool], typer.Option(
+        "--standardize/--no-standardize", help="Strip salts and neutralise (largest organic fragment) before "
+                                               "featurizing; the output keeps your SMILES (default: as the model "
+                                               "was trained; models without a record: standardise).")] = None,
 ) -> None:
     """Predict activities for the unmeasured compounds of one assay."""
     try:
         loaded = load_default_model(model)
+        problems = None
         if example:
             table, truth = example_assay(n_measured=n_measured, seed=seed)
         elif input_csv is None:
-            raise InputError("give an INPUT_CSV, or --example")
+            raise InputError("give an INPUT file, or --example")
         else:
-            table, truth = read_input_csv(input_csv), None
+            user = read_user_table(input_csv, sep=sep)
+            for note in user.notes:
+                err.print(f"note: {note}")
+            table, truth, problems = user.table, None, user.problems
         with err.status("adapting…"):
             result = adapt_and_predict(table, loaded, smiles_col=smiles_col, activity_col=activity_col,
-                                       units=units, options=PredictOptions(steps=steps, seed=seed))
+                                       units=units, input_problems=problems,
+                                       options=PredictOptions(steps=steps, seed=seed, standardize=standardize))
     except InputError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
     if out is not None:
         result.table.to_csv(out, index=False)
-    err.print(f"measured: {result.n_measured}   predicted: {result.n_predicted}   invalid rows: {result.n_invalid}")
+    err.print(escape(result.summary()))
     err.print(f"cross-validated R² on the measured compounds: {result.cv_r2:.3f}")
     for warning in result.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning}")
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     if truth is not None:
         unmeasured = table["pIC50"].isna().to_numpy()
         r2 = r2_pearson(truth[unmeasured], result.table["prediction"].to_numpy()[unmeasured])
@@ -71,7 +85,7 @@ def main(
 def _print_top(table, truth, n: int = 10) -> None:
     """The example's best-predicted unmeasured compounds, next to their true values."""
     view = table.assign(true_pIC50=truth)
-    view = view[view["pIC50"].isna() & (view["status"] == "ok")].nlargest(n, "prediction")
+    view = view[view["pIC50"].isna() & view["status"].str.startswith("ok")].nlargest(n, "prediction")
     grid = Table(title=f"top {n} predicted (unmeasured) compounds")
     for col in ("compound_id", "prediction", "uncertainty", "in_domain", "true_pIC50"):
         grid.add_column(col)

@@ -34,7 +34,9 @@ def main(
     split: Annotated[Optional[Path], typer.Option("--split", help="Split file to resolve (saved as split.json).")] = None,
     radius: Annotated[int, typer.Option(help="Morgan radius.")] = 2,
     bits: Annotated[int, typer.Option(help="Fingerprint length.")] = 1024,
-    standardize: Annotated[bool, typer.Option("--standardize", help="Standardize molecules first.")] = False,
+    standardize: Annotated[bool, typer.Option(
+        "--standardize/--no-standardize", help="Strip salts and neutralise (largest organic fragment) before "
+                                               "featurizing; recorded in the cache and in models trained on it.")] = True,
     seed: Annotated[int, typer.Option(help="Seed (validation draws of partial split files).")] = 0,
     fp_cache: Annotated[
         bool, typer.Option("--fp-cache/--no-fp-cache", help="Reuse cached fingerprints across runs.")

@@ -25,6 +25,7 @@ class PreparedCorpus:
     fingerprints: np.ndarray
     spec: FingerprintSpec
     report: Report
+    standardized: bool = False  # structures standardised (largest fragment, neutralised) before featurizing
 
 
 def prepare_corpus(
@@ -32,7 +33,7 @@ def prepare_corpus(
     report: Report,
     spec: FingerprintSpec = FingerprintSpec(),
     *,
-    standardize: bool = False,
+    standardize: bool = True,
     cache: bool | Path = False,
 ) -> PreparedCorpus:
     """Featurize unique SMILES once, reject invalid ones, aggregate replicates by mean (noted per row).
@@ -90,4 +91,4 @@ def prepare_corpus(
     out = agg[PREPARED_COLUMNS].copy()
     out["n_replicates"] = out["n_replicates"].astype(np.int64)
     out["censored"] = out["censored"].astype(bool)
-    return PreparedCorpus(table=out, fingerprints=fingerprints, spec=spec, report=report)
+    return PreparedCorpus(table=out, fingerprints=fingerprints, spec=spec, report=report, standardized=standardize)

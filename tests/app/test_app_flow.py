@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from assayfew.checkpoint import load_model
-from assayfew.predict import PredictOptions, adapt_and_predict, example_assay, read_input_csv
+from assayfew.predict import PredictOptions, adapt_and_predict, example_assay
+from assayfew.userfiles import read_user_table
 
 pytest.importorskip("streamlit")
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  # noqa: E402
@@ -87,7 +88,7 @@ def test_uploaded_csv_with_other_seed_matches_library(app, tiny_model_dir, downl
     app.button(key="adapt").click().run()
     assert not app.exception and not app.error
 
-    expected = adapt_and_predict(read_input_csv(path), load_model(tiny_model_dir), options=PredictOptions(seed=5))
+    expected = adapt_and_predict(read_user_table(path).table, load_model(tiny_model_dir), options=PredictOptions(seed=5))
     assert downloads[-1] == expected.table.to_csv(index=False).encode()
     assert len(results_frame(app)) == len(table)
 
@@ -133,6 +134,17 @@ def test_bad_pasted_input_shows_an_error_not_a_traceback(app, pasted, message):
         app.button(key="adapt").click().run()
     assert not app.exception
     assert len(app.error) == 1 and message in app.error[0].value, [e.value for e in app.error]
+
+
+def test_cells_pasted_from_a_spreadsheet_are_tab_separated(app):
+    app.text_area(key="pasted").input("CCO\t5,1\nCCN\t6.2\nCCC\t7\nCCCl\t\n").run()
+    app.button(key="use_pasted").click().run()
+    assert not app.error and not app.info, [e.value for e in app.error]
+    app.button(key="adapt").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    frame = results_frame(app)
+    assert list(frame.columns[:2]) == ["smiles", "activity"] and len(frame) == 4
+    assert (frame["status"] == "ok").all()
 
 
 def test_missing_model_is_a_clear_error(monkeypatch, tmp_path):

@@ -75,7 +75,7 @@ def test_predict_csv_round_trip(tiny_model_dir, tmp_path):
 
 def test_predict_errors_are_clear(tiny_model_dir, tmp_path):
     res = runner.invoke(typer_app, ["predict", str(tmp_path / "missing.csv"), "--model", str(tiny_model_dir)])
-    assert res.exit_code == 2 and "file not found" in res.output
+    assert res.exit_code == 2 and "file not found" in " ".join(res.output.split())  # rich wraps long paths
     bad = tmp_path / "bad.csv"
     bad.write_text("name,value\nx,1\n")
     res = runner.invoke(typer_app, ["predict", str(bad), "--model", str(tiny_model_dir)])

@@ -8,7 +8,7 @@ from assayfew.checkpoint import load_model
 from assayfew.predict import (InputError, PredictOptions, adapt_and_predict, detect_column, example_assay,
                               parse_activities)
 
-OPTS = PredictOptions(n_ensemble=4, cv_folds=3)
+OPTS = PredictOptions(cv_folds=3)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,11 @@ def test_units_convert_to_p_values():
     assert "must be > 0" in problems[3] and "not a number" in problems[4]
     values, _ = parse_activities(pd.Series(["10"]), "uM")
     assert values[0] == pytest.approx(5.0)
+    values, problems = parse_activities(pd.Series(["6,5", "1,500", "1,5", "1,2,3"]), "nM")
+    np.testing.assert_allclose(values[[0, 2]], [9 - np.log10(6.5), 9 - np.log10(1.5)])
+    assert "ambiguous" in problems[1] and "not a number" in problems[3]
+    values, problems = parse_activities(pd.Series(["6,125"]), "p")
+    assert values[0] == pytest.approx(6.125) and problems == [""]
 
 
 def test_rows_kept_in_order_with_invalid_smiles_flagged(model, assay):
@@ -101,20 +106,93 @@ def test_example_assay_masks_exactly_n_measured():
     assert table["pIC50"].notna().sum() == 32 and len(truth) == len(table) > 900
 
 
-def test_csv_reader_keeps_text_and_rejects_ragged_rows(tmp_path):
-    from assayfew.predict import read_input_csv
+def _per_compound(result, key="compound_id"):
+    cols = ["prediction", "uncertainty", "cv_prediction", "similarity_to_support", "status"]
+    return result.table.set_index(key)[cols].sort_index()
 
-    good = tmp_path / "good.csv"
-    good.write_text("smiles,pIC50,note\nCCO,5.10,a\nCCN,,\n\nc1ccccc1,007,x\n")
-    table = read_input_csv(good)
-    assert len(table) == 3 and table.loc[2, "pIC50"] == "007" and pd.isna(table.loc[1, "pIC50"])
-    ragged = tmp_path / "ragged.csv"
-    ragged.write_text("smiles,pIC50\nCCO,5.1,extra\n")
-    with pytest.raises(InputError, match="line 2: 3 fields but the header has 2"):
-        read_input_csv(ragged)
-    with pytest.raises(InputError, match="limit of 1 rows"):
-        read_input_csv(good, max_rows=1)
-    dup = tmp_path / "dup.csv"
-    dup.write_text("smiles,smiles\nC,C\n")
-    with pytest.raises(InputError, match="duplicate column"):
-        read_input_csv(dup)
+
+def test_outputs_do_not_depend_on_the_order_of_the_measured_rows(model, assay):
+    base = adapt_and_predict(assay, model, options=OPTS)
+    for order in (assay.index[::-1], np.random.default_rng(7).permutation(len(assay))):
+        other = adapt_and_predict(assay.iloc[order].reset_index(drop=True), model, options=OPTS)
+        assert other.cv_r2 == base.cv_r2
+        pd.testing.assert_frame_equal(_per_compound(other), _per_compound(base), rtol=0, atol=1e-6)
+    # the seed still matters
+    reseeded = adapt_and_predict(assay, model, options=PredictOptions(cv_folds=3, seed=1))
+    assert not np.allclose(reseeded.table["uncertainty"], base.table["uncertainty"], equal_nan=True)
+
+
+def test_replicates_are_averaged_into_one_point(model, assay):
+    measured = assay.index[assay["pIC50"].notna()]
+    first = measured[0]
+    twice = pd.concat([assay, assay.loc[[first]].assign(pIC50=assay.loc[first, "pIC50"] + 0.4)], ignore_index=True)
+    averaged = assay.copy()
+    averaged.loc[first, "pIC50"] += 0.2
+    result = adapt_and_predict(twice, model, options=OPTS)
+    expected = adapt_and_predict(averaged, model, options=OPTS)
+    np.testing.assert_allclose(result.table["prediction"][:len(assay)], expected.table["prediction"], atol=1e-5)
+    assert result.cv_r2 == pytest.approx(expected.cv_r2)
+    assert result.n_measured == expected.n_measured + 1 and result.n_compounds_measured == expected.n_measured
+    assert result.table.loc[first, "status"].startswith(f"ok; same compound as row(s) {len(assay) + 1}")
+    assert any("appear more than once" in w for w in result.warnings)
+    assert not any("disagree" in w for w in result.warnings)
+    # written differently (same canonical structure) and far apart: a stronger warning
+    other = assay.loc[[first]].assign(pIC50=assay.loc[first, "pIC50"] + 3)
+    far = pd.concat([assay, other], ignore_index=True)
+    result = adapt_and_predict(far, model, options=OPTS)
+    assert any("disagree by more than 1 log unit for 1 compound" in w for w in result.warnings)
+    assert "disagree by 3.0 log units" in result.table.loc[first, "status"]
+
+
+@pytest.mark.parametrize("values, units, message", [
+    (["3162", "10000", "250", "12"], "p", "look like concentrations: give --units nM or --units uM"),
+    (["-3", "5", "6", "7"], "p", "p-units are −log10 molar"),
+    (["1e-12", "5", "6", "7"], "nM", "as nM these are implausible"),
+    (["1e-7", "3e-6", "2e-9", "5e-8"], "p", "look like molar concentrations; convert them to nM"),
+])
+def test_implausible_activities_are_errors(model, values, units, message):
+    table = pd.DataFrame({"smiles": ["CCO", "CCN", "CCC", "CCCl", "c1ccccc1"], "pIC50": values + [None]})
+    with pytest.raises(InputError, match=message):
+        adapt_and_predict(table, model, units=units, options=OPTS)
+
+
+def test_rejected_activity_values_are_counted_and_flagged(model, assay):
+    table = assay.copy()
+    measured = table.index[table["pIC50"].notna()]
+    table["pIC50"] = table["pIC50"].astype(object)
+    table.loc[measured[:2], "pIC50"] = ["n.d.", "inf"]
+    result = adapt_and_predict(table, model, options=OPTS)
+    assert result.n_rejected_activity == 2 and result.n_measured == len(measured) - 2
+    assert result.n_predicted == len(table) - result.n_measured and result.n_invalid == 0
+    assert "rejected activity values: 2" in result.summary()
+    assert result.table.loc[measured[0], "status"].startswith("invalid activity value 'n.d.'")
+    assert np.isfinite(result.table.loc[measured[0], "prediction"])
+    assert any("2 activity value(s) could not be used" in w for w in result.warnings)
+
+
+def test_salts_are_stripped_by_default_and_the_users_smiles_kept(model, assay):
+    table = assay.copy()
+    unmeasured = table.index[table["pIC50"].isna()][:2]
+    table.loc[unmeasured[0], "smiles"] = "CC(=O)O"
+    table.loc[unmeasured[1], "smiles"] = "CC(=O)[O-].[Na+]"
+    result = adapt_and_predict(table, model, options=OPTS)
+    assert result.standardized and model.standardize
+    assert result.table.loc[unmeasured[1], "smiles"] == "CC(=O)[O-].[Na+]"
+    assert result.table.loc[unmeasured[1], "status"] == "ok; standardised to CC(=O)O"
+    assert result.table.loc[unmeasured[0], "status"] == "ok"
+    pred = result.table.loc[unmeasured, "prediction"].to_numpy()
+    assert pred[0] == pytest.approx(pred[1], abs=1e-6)
+    raw = adapt_and_predict(table, model, options=PredictOptions(cv_folds=3, standardize=False))
+    assert not raw.standardized
+    assert raw.table.loc[unmeasured[1], "prediction"] != pytest.approx(pred[0], abs=1e-6)
+    # clean structures: identical with or without standardisation
+    clean = table.index.difference(unmeasured[1:])
+    np.testing.assert_array_equal(raw.table.loc[clean, "prediction"], result.table.loc[clean, "prediction"])
+
+
+def test_model_records_decide_standardisation(model):
+    from assayfew.checkpoint import MetaModel
+
+    assert model.standardize  # no record: standardise
+    config = model.config | {"fingerprint": model.config["fingerprint"] | {"standardize": False}}
+    assert not MetaModel(learners=model.learners, config=config).standardize

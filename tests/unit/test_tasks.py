@@ -41,7 +41,7 @@ def _prepared(seed: int = 0) -> SimpleNamespace:
             "fp_row": [r[1] for r in rows],
         }
     )
-    return SimpleNamespace(table=table, fingerprints=fingerprints, spec=SPEC, report=None)
+    return SimpleNamespace(table=table, fingerprints=fingerprints, spec=SPEC, report=None, standardized=True)
 
 
 @pytest.fixture()
@@ -190,3 +190,22 @@ def test_sampler_weights_steer_assay_choice_and_sources_survive_subset_concat_sa
     picked = Counter(t.assay_id for t in EpisodeSampler(both, support_range=(8, 16), weights=weights,
                                                         seed=0).sample(50))
     assert set(picked) <= {"b/A0", "b/A1"} and len(picked) == 2
+
+
+def test_standardisation_choice_is_recorded_and_not_mixed(tmp_path):
+    from assayfew.chem import FingerprintSpec as Spec
+    from assayfew.experiment import load_taskset
+    from assayfew.train import TrainConfig, model_config
+
+    raw = TaskSet.from_prepared(SimpleNamespace(**{**vars(_prepared()), "standardized": False}))
+    std = TaskSet.from_prepared(_prepared(1))
+    assert std.standardized is True and std.subset(std.assay_ids[:1]).standardized is True
+    raw.save(tmp_path / "raw")
+    assert TaskSet.load(tmp_path / "raw").standardized is False
+    with pytest.raises(ValueError, match="with and without standardisation"):
+        TaskSet.concat([raw, std], prefixes=["a", "b"])
+    with pytest.raises(ValueError, match="built without standardisation; pass --no-standardize"):
+        load_taskset([tmp_path / "raw"], standardize=True)
+    assert load_taskset([tmp_path / "raw"], standardize=False).standardized is False
+    fingerprint = model_config(TrainConfig(), Spec(2, 32), raw)["fingerprint"]
+    assert fingerprint == {"radius": 2, "bits": 32, "standardize": False}

@@ -1,0 +1,44 @@
+"""`assayfew calibrate`: fit the model's uncertainty on the split's validation assays and store it in the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from assayfew.checkpoint import load_model
+from assayfew.cli._common import err, user_errors
+from assayfew.experiment import experiment_data, split_taskset
+from assayfew.provenance import stamp
+from assayfew.uncertainty import CV_FOLDS, calibration_quality, fit_calibration, heldout_evidence, save_calibration
+
+
+def main(
+    model: Annotated[Path, typer.Option(help="Model directory whose config.json receives the calibration.")],
+    corpus: Annotated[list[Path], typer.Option(help="Corpus or task cache (repeatable).")],
+    split: Annotated[Path, typer.Option(help="Split file; its 'val' side is used (never 'test').")],
+    support_k: Annotated[str, typer.Option(help="Support sizes drawn from each assay, comma-separated.")] = "16,32,64",
+    seeds: Annotated[int, typer.Option(help="Support draws per assay and support size.")] = 3,
+) -> None:
+    """Fit uncertainty = exp(a + b·log(support CV RMSE) + c·(1 − similarity)) by maximum likelihood; prints one
+    JSON line (coefficients, 95% coverage and median Spearman(uncertainty, |error|) on the fitting episodes)."""
+    with user_errors():
+        ks = [int(k) for k in support_k.split(",")]
+        if seeds < 1 or not ks or min(ks) < 2:
+            raise ValueError("--seeds must be ≥ 1 and every --support-k ≥ 2")
+        loaded = load_model(model)
+        taskset, split_def = experiment_data(group=None, data_dir=None, corpus=corpus, fmt=None, split=split,
+                                             spec=loaded.spec, standardize=loaded.standardize)
+        val = split_taskset(taskset, split_def).val
+        if len(val) == 0:
+            raise ValueError("the split's validation side has no assays in this corpus")
+        evidence = heldout_evidence(loaded.adapt_predict, val, ks, seeds)
+        calibration = fit_calibration(evidence)
+        quality = calibration_quality(calibration.sd(evidence.similarity, evidence.cv_rmse), evidence)
+        save_calibration(model, calibration, fitted_on={
+            "split": str(split), "side": "val", "n_assays": len(val), "support_k": ks, "seeds": seeds,
+            "cv_folds": CV_FOLDS, **quality} | stamp())
+    err.print(f"wrote the uncertainty calibration into {model / 'config.json'}")
+    print(json.dumps({"calibration": calibration.to_config(), "fit": quality}))

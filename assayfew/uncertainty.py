@@ -1,0 +1,192 @@
+"""Predictive uncertainty: the standard deviation of a prediction's error in log units, calibrated on held-out assays.
+
+A prediction's error grows with the compound's distance from the measured compounds and with how hard the assay
+is, which the measured compounds' own cross-validated error shows:
+
+    uncertainty = exp(intercept + cv_slope · log(max(cv_rmse, cv_rmse_floor)) + distance_slope · (1 − similarity))
+
+`similarity` is the compound's max Tanimoto similarity to the measured compounds, `cv_rmse` the root mean squared
+error of the measured compounds' cross-validated predictions. The coefficients are fitted by maximum likelihood
+(Gaussian errors, every episode weighted equally) on validation assays (`fit_calibration`, `assayfew calibrate`)
+and stored in the model's `config.json` under "uncertainty"; ±1.96·uncertainty is then a 95% interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from assayfew.checkpoint import CONFIG_FILE
+from assayfew.chem import max_tanimoto
+from assayfew.evaluate import evaluation_episodes
+from assayfew.io import read_json, write_json
+from assayfew.tasks import Task, TaskSet
+
+CONFIG_KEY = "uncertainty"
+CV_FOLDS = 5
+Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class UncertaintyCalibration:
+    """Coefficients of the uncertainty model (defaults: the shipped model's calibration, rounded)."""
+
+    intercept: float = -0.45
+    cv_slope: float = 0.75
+    distance_slope: float = 1.0
+    cv_rmse_floor: float = 0.1
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> UncertaintyCalibration:
+        """The calibration in a model config (its "uncertainty" section; the defaults where it has none)."""
+        section = config.get(CONFIG_KEY, {})
+        if not isinstance(section, dict):
+            raise ValueError(f"model config: {CONFIG_KEY!r} must be an object, not {type(section).__name__}")
+        values = {}
+        for f in fields(cls):
+            if f.name not in section:
+                continue
+            value = section[f.name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"model config: {CONFIG_KEY}.{f.name} must be a finite number, not {value!r}")
+            values[f.name] = float(value)
+        calibration = cls(**values)
+        if calibration.cv_rmse_floor <= 0:
+            raise ValueError(f"model config: {CONFIG_KEY}.cv_rmse_floor must be > 0")
+        return calibration
+
+    def to_config(self, **provenance: Any) -> dict[str, Any]:
+        """The config section: coefficients plus how they were fitted."""
+        return asdict(self) | provenance
+
+    def sd(self, similarity: np.ndarray, cv_rmse: float | np.ndarray) -> np.ndarray:
+        """Standard deviation of the prediction error (log units) at these similarities and support CV RMSE."""
+        log_cv = np.log(np.maximum(np.asarray(cv_rmse, dtype=np.float64), self.cv_rmse_floor))
+        distance = 1.0 - np.asarray(similarity, dtype=np.float64)
+        return np.exp(self.intercept + self.cv_slope * log_cv + self.distance_slope * distance)
+
+
+def cv_folds(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """`k` (at most `n`) random folds of range(n)."""
+    return [f for f in np.array_split(rng.permutation(n), min(k, n)) if len(f)]
+
+
+def cross_validated(predictor: Predictor, x: np.ndarray, y: np.ndarray, folds: Sequence[np.ndarray]) -> np.ndarray:
+    """Each compound predicted by the model adapted on the other folds (NaN where a fold cannot be held out)."""
+    pred = np.full(len(y), np.nan)
+    for fold in folds:
+        train = np.setdiff1d(np.arange(len(y)), fold)
+        if len(train) >= 2 and np.ptp(y[train]) > 0:
+            pred[fold] = predictor(x[train], y[train], x[fold])
+    return pred
+
+
+def support_error(y: np.ndarray, cv_pred: np.ndarray) -> float:
+    """RMSE of the cross-validated predictions; the labels' spread when none could be made."""
+    ok = np.isfinite(cv_pred)
+    if not ok.any():
+        return float(np.std(y))
+    return float(np.sqrt(np.mean((np.asarray(y)[ok] - cv_pred[ok]) ** 2)))
+
+
+@dataclass
+class Evidence:
+    """Per held-out value: its assay and episode, support size, similarity to the support, support CV RMSE, error."""
+
+    assay: np.ndarray
+    episode: np.ndarray
+    support_k: np.ndarray
+    similarity: np.ndarray
+    cv_rmse: np.ndarray
+    error: np.ndarray
+
+
+def episode_evidence(predictor: Predictor, episodes: Sequence[Task], *, seed: int = 0,
+                     n_folds: int = CV_FOLDS) -> Evidence:
+    """Adapt on each episode's support, predict its query, and record what the uncertainty model uses."""
+    parts: dict[str, list[np.ndarray]] = {f.name: [] for f in fields(Evidence)}
+    for i, task in enumerate(episodes):
+        ys = np.asarray(task.support_y, dtype=np.float64)
+        folds = cv_folds(len(ys), n_folds, np.random.default_rng([seed, i]))
+        cv_rmse = support_error(ys, cross_validated(predictor, task.support_x, ys, folds))
+        n = len(task.query_y)
+        parts["assay"].append(np.full(n, task.assay_id, dtype=object))
+        parts["episode"].append(np.full(n, i))
+        parts["support_k"].append(np.full(n, len(ys)))
+        parts["similarity"].append(max_tanimoto(task.query_x, task.support_x))
+        parts["cv_rmse"].append(np.full(n, cv_rmse))
+        parts["error"].append(np.asarray(task.query_y, np.float64) - predictor(task.support_x, ys, task.query_x))
+    return Evidence(**{k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()})
+
+
+def heldout_evidence(predictor: Predictor, taskset: TaskSet, support_ks: Iterable[int], seeds: int) -> Evidence:
+    """Evidence over the evaluation episodes of `taskset` at every support size and seed."""
+    return join_evidence([episode_evidence(predictor, evaluation_episodes(taskset, support_k=k, seed=seed), seed=seed)
+                          for k in support_ks for seed in range(seeds)])
+
+
+def join_evidence(parts: Sequence[Evidence]) -> Evidence:
+    """One Evidence from several (episode numbers kept distinct)."""
+    offset, episodes = 0, []
+    for part in parts:
+        episodes.append(part.episode + offset)
+        offset += int(part.episode.max()) + 1 if len(part.episode) else 0
+    return Evidence(episode=np.concatenate(episodes) if episodes else np.zeros(0),
+                    **{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                       for f in fields(Evidence) if f.name != "episode"})
+
+
+def fit_calibration(evidence: Evidence, *, cv_rmse_floor: float = UncertaintyCalibration.cv_rmse_floor
+                    ) -> UncertaintyCalibration:
+    """Maximum-likelihood coefficients (Gaussian errors; each episode's values weigh 1 in total)."""
+    from scipy.optimize import minimize
+
+    if len(evidence.error) < 3:
+        raise ValueError("too few held-out values to calibrate the uncertainty")
+    design = np.stack([np.ones(len(evidence.error)),
+                       np.log(np.maximum(evidence.cv_rmse, cv_rmse_floor)),
+                       1.0 - evidence.similarity], axis=1)
+    _, inverse, counts = np.unique(evidence.episode, return_inverse=True, return_counts=True)
+    weight = 1.0 / counts[inverse]
+    weight /= weight.sum()
+    sq = evidence.error ** 2
+
+    def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        log_sd = design @ theta
+        scaled = sq * np.exp(-2 * log_sd)
+        return float(weight @ (log_sd + 0.5 * scaled)), design.T @ (weight * (1.0 - scaled))
+
+    start = np.array([np.log(np.sqrt(weight @ sq) + 1e-12), 0.0, 0.0])
+    theta = minimize(nll, start, jac=True, method="L-BFGS-B").x
+    return UncertaintyCalibration(intercept=float(theta[0]), cv_slope=float(theta[1]),
+                                  distance_slope=float(theta[2]), cv_rmse_floor=float(cv_rmse_floor))
+
+
+def select(evidence: Evidence, mask: np.ndarray) -> Evidence:
+    """The values where `mask` is true."""
+    return Evidence(**{f.name: getattr(evidence, f.name)[mask] for f in fields(Evidence)})
+
+
+def save_calibration(model_dir: Path, calibration: UncertaintyCalibration, **provenance: Any) -> None:
+    """Write the calibration into the model directory's config.json (weights untouched)."""
+    path = Path(model_dir) / CONFIG_FILE
+    write_json(path, read_json(path) | {CONFIG_KEY: calibration.to_config(**provenance)})
+
+
+def calibration_quality(sd: np.ndarray, evidence: Evidence, *, z: float = 1.96) -> dict[str, float]:
+    """Coverage of ±z·sd over all values, and the median over episodes of Spearman(sd, |error|)."""
+    from scipy.stats import spearmanr
+
+    abs_error = np.abs(evidence.error)
+    rhos = []
+    for e in np.unique(evidence.episode):
+        m = evidence.episode == e
+        if m.sum() >= 3 and np.ptp(sd[m]) > 0 and np.ptp(abs_error[m]) > 0:
+            rhos.append(float(spearmanr(sd[m], abs_error[m])[0]))
+    return {"coverage95": float(np.mean(abs_error <= z * sd)) if len(sd) else float("nan"),
+            "median_spearman": float(np.median(rhos)) if rhos else float("nan"),
+            "n_values": int(len(sd)), "n_episodes": int(len(np.unique(evidence.episode)))}
