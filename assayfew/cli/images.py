@@ -11,14 +11,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from assayfew.cli._common import err, user_errors
-from assayfew.images.data import load_images
-from assayfew.images.train import ImageTrainConfig, evaluate_images, load_image_model, train_images
+from assayfew.images.data import is_runs_zip, load_images, read_omniglot_runs
+from assayfew.images.train import ImageTrainConfig, evaluate_images, evaluate_runs, load_image_model, train_images
 from assayfew.io import read_toml, write_json
 from assayfew.loop import Reporter
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 _DATA_HELP = "Omniglot zip, MiniImagenet directory (with --split) or an .npz image cache."
+_TEST_HELP = "Meta-test images: as --data of train, or Omniglot's all_runs.zip (20 one-shot runs)."
 
 
 def _progress() -> Progress:
@@ -56,8 +57,9 @@ def _evaluate(learner, data: Path, split: Optional[str], shot: int, query: int, 
 
 
 def _print_result(result: dict) -> None:
+    what = "one-shot runs" if "runs" in result else "episodes"
     err.print(f"{result['n_way']}-way {result['k_shot']}-shot accuracy {100 * result['accuracy']:.2f}% "
-              f"± {100 * result['ci95']:.2f}% (95% CI, {result['episodes']} episodes)")
+              f"± {100 * result['ci95']:.2f}% (95% CI, {result['episodes']} {what})")
     print(json.dumps(result))
 
 
@@ -129,7 +131,7 @@ def train(
 @app.command("evaluate")
 def evaluate(
     model: Annotated[Path, typer.Option(help="Model directory (a run's model/).")],
-    data: Annotated[Path, typer.Option("--data", help=f"Meta-test images: {_DATA_HELP}")],
+    data: Annotated[Path, typer.Option("--data", help=_TEST_HELP)],
     split: Annotated[Optional[str], typer.Option(help="MiniImagenet split (test).")] = None,
     shot: Annotated[int, typer.Option(help="Support images per class (K).")] = 1,
     query: Annotated[int, typer.Option(help="Query images per class.")] = 15,
@@ -143,8 +145,14 @@ def evaluate(
     """Accuracy ± 95% CI over seeded N-way K-shot meta-test episodes (N = the model's); prints one JSON line."""
     with user_errors():
         learner, config = load_image_model(model)
-        result = _evaluate(learner, data, split or ("test" if data.is_dir() else None), shot, query, episodes,
-                           steps or int(config["episodes"]["eval_steps"]), seed, device, nme)
+        if is_runs_zip(data):  # Omniglot's all_runs.zip: Lake et al.'s 20 one-shot runs
+            with _progress() as progress:
+                result = evaluate_runs(learner, read_omniglot_runs(data, size=learner.model.image_size),
+                                       steps=steps or int(config["episodes"]["eval_steps"]), device=device,
+                                       progress=_RichReporter(progress, "one-shot runs"))
+        else:
+            result = _evaluate(learner, data, split or ("test" if data.is_dir() else None), shot, query, episodes,
+                               steps or int(config["episodes"]["eval_steps"]), seed, device, nme)
         if out is not None:
             write_json(out, result)
     _print_result(result)

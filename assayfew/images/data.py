@@ -4,6 +4,7 @@ Readers (images resized to a square size with Lanczos, cached as `.npz` without 
 - Omniglot zips (`images_background*.zip`, `images_evaluation.zip`, the `_small1/2` subsets):
   `<top>/<alphabet>/<character>/<drawing>.png`; a class is an alphabet/character directory. Read straight
   from the zip.
+- Omniglot's one-shot runs (`all_runs.zip`, Lake et al.): `read_omniglot_runs`, for evaluation.
 - MiniImagenet's standard layout: `<root>/images/<file>` and `<root>/{train,val,test}.csv` with columns
   `filename,label`.
 Bad input (missing or unreadable zip, corrupt or missing image, malformed CSV) raises `ValueError` /
@@ -24,7 +25,7 @@ import numpy as np
 from assayfew.io import atomic_write
 from assayfew.paths import cache_dir
 
-__all__ = ["ImageSet", "read_omniglot_zip", "read_miniimagenet", "load_images", "image_cache_key"]
+__all__ = ["ImageSet", "OneShotRun", "is_runs_zip", "read_omniglot_runs", "read_omniglot_zip", "read_miniimagenet", "load_images", "image_cache_key"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 CACHE_VERSION = 2  # bump when decoding changes
@@ -115,13 +116,10 @@ def read_omniglot_zip(path: Path, size: int = 28) -> ImageSet:
     from the zip and resized to size×size grey levels, inverted as in MAML (ink = 255, background = 0, so
     a convolution's zero padding matches the background)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such Omniglot zip")
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"{path}: not a readable zip file ({e})") from None
-    with zf:
+    with _open_zip(path, "Omniglot zip") as zf:
+        if any(n.endswith("class_labels.txt") for n in zf.namelist()):
+            raise ValueError(f"{path}: a one-shot runs zip (all_runs.zip), not a set of classes: evaluate on it "
+                             f"with `assayfew images evaluate --data {path.name}`")
         members = sorted(n for n in zf.namelist() if n.lower().endswith(IMAGE_EXTENSIONS))
         by_class: dict[str, list[str]] = {}
         for name in members:
@@ -135,13 +133,68 @@ def read_omniglot_zip(path: Path, size: int = 28) -> ImageSet:
         images, labels = [], []
         for c, cls in enumerate(classes):
             for name in by_class[cls]:
-                try:
-                    data = zf.read(name)
-                except (zipfile.BadZipFile, OSError, EOFError) as e:
-                    raise ValueError(f"{path}:{name}: cannot be read from the zip ({e})") from None
-                images.append(255 - _decode(data, size, 1, f"{path}:{name}"))
+                images.append(_member_image(zf, path, name, size))
                 labels.append(c)
     return ImageSet(np.stack(images), np.asarray(labels, dtype=np.int64), classes, str(path))
+
+
+@dataclass
+class OneShotRun:
+    """One of Lake et al.'s one-shot classification runs: one training image per class (label = its
+    position), test images with the label of their class."""
+
+    name: str
+    support: np.ndarray  # (n_classes, H, W, 1) uint8
+    query: np.ndarray  # (n_test, H, W, 1) uint8
+    query_labels: np.ndarray  # (n_test,) int64
+
+
+def _open_zip(path: Path, what: str) -> zipfile.ZipFile:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what}")
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path}: not a readable zip file ({e})") from None
+
+
+def _member_image(zf: zipfile.ZipFile, path: Path, name: str, size: int) -> np.ndarray:
+    try:
+        data = zf.read(name)
+    except KeyError:
+        raise ValueError(f"{path}:{name}: listed but not in the zip") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{path}:{name}: cannot be read from the zip ({e})") from None
+    return 255 - _decode(data, size, 1, f"{path}:{name}")
+
+
+def read_omniglot_runs(path: Path, size: int = 28) -> list[OneShotRun]:
+    """Omniglot's `all_runs.zip` (Lake et al., 2015): 20 runs of 20-way within-alphabet one-shot
+    classification, `runNN/training/classNN.png`, `runNN/test/itemNN.png` and `runNN/class_labels.txt`
+    ("test image  training image" per line). Grey levels inverted as `read_omniglot_zip`."""
+    path = Path(path)
+    runs = []
+    with _open_zip(path, "Omniglot runs zip") as zf:
+        tables = sorted(n for n in zf.namelist() if n.endswith("class_labels.txt"))
+        if not tables:
+            raise ValueError(f"{path}: no run*/class_labels.txt (not an Omniglot one-shot runs zip)")
+        for table in tables:
+            run = table.rsplit("/", 1)[0]
+            pairs = []
+            for line_no, line in enumerate(zf.read(table).decode("utf-8", "replace").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                parts = line.split()
+                if len(parts) != 2:
+                    raise ValueError(f"{path}:{table}, line {line_no}: expected 'test-image training-image'")
+                pairs.append(parts)
+            classes = sorted({train for _, train in pairs})
+            index = {c: i for i, c in enumerate(classes)}
+            support = np.stack([_member_image(zf, path, c, size) for c in classes])
+            query = np.stack([_member_image(zf, path, test, size) for test, _ in pairs])
+            runs.append(OneShotRun(run, support, query, np.array([index[t] for _, t in pairs], dtype=np.int64)))
+    return runs
 
 
 def read_miniimagenet(root: Path, split: str, size: int = 84) -> ImageSet:
@@ -174,6 +227,15 @@ def read_miniimagenet(root: Path, split: str, size: int = 84) -> ImageSet:
             raise FileNotFoundError(f"{file} (listed in {table}, row {line}): image file missing") from None
         images.append(_decode(data, size, 3, f"{file} (listed in {table}, row {line})"))
     return ImageSet(np.stack(images), np.asarray([index[l] for _, l in rows], dtype=np.int64), classes, str(table))
+
+
+def is_runs_zip(path: Path) -> bool:
+    """Whether `path` is a zip of one-shot runs (all_runs.zip layout)."""
+    path = Path(path)
+    if path.suffix != ".zip" or not path.is_file():
+        return False
+    with _open_zip(path, "zip") as zf:
+        return any(n.endswith("class_labels.txt") for n in zf.namelist())
 
 
 def image_cache_key(path: Path, *parts: object) -> str:

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from assayfew.evaluate import evaluate_episodes
-from assayfew.images.data import ImageSet
+from assayfew.images.data import ImageSet, OneShotRun
 from assayfew.images.episodes import EpisodeSampler
 from assayfew.io import read_json
 from assayfew.loop import Reporter, TrainResult, batch_step, fit, resolve_device
@@ -32,7 +32,7 @@ from assayfew.meta.state import load_learner_state
 from assayfew.provenance import stamp
 from assayfew.tasks import Task
 
-__all__ = ["ImageTrainConfig", "ImageBenchmark", "train_images", "evaluate_images", "load_image_model",
+__all__ = ["ImageTrainConfig", "ImageBenchmark", "train_images", "evaluate_images", "evaluate_runs", "load_image_model",
            "accuracy_summary", "split_classes"]
 
 
@@ -211,6 +211,41 @@ def _accuracy(y: np.ndarray, logits: np.ndarray) -> float:
     return float(np.mean(np.asarray(logits).argmax(-1) == np.asarray(y)))
 
 
+def _flat(images: np.ndarray) -> np.ndarray:
+    """(n, H, W, C) uint8 -> (n, C*H*W) float32 in [0, 1], as `episodes.episode_batch` lays images out."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1), dtype=np.float32) / 255.0
+
+
+def _predictor(learner: MetaLearner, steps: int | None, dev: torch.device, progress: Reporter):
+    def predict(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
+        adapted = learner.adapt(torch.from_numpy(xs).to(dev), torch.from_numpy(ys).to(dev), steps=steps)
+        logits = learner.predict(adapted, torch.from_numpy(xq).to(dev)).cpu().numpy()
+        progress.iteration(0, float("nan"))  # the predictor never sees the query labels
+        return logits
+
+    return predict
+
+
+def evaluate_runs(learner: MetaLearner, runs: list[OneShotRun], *, steps: int | None = None, device: str = "cpu",
+                  progress: Reporter | None = None) -> dict:
+    """Accuracy (± 95% CI over runs) on one-shot runs (all_runs.zip: 20 runs of 20-way within-alphabet
+    one-shot classification): adapt on each run's training images, classify its test images."""
+    ways = {len(r.support) for r in runs}
+    if ways != {learner.kind.out_dim}:
+        raise ValueError(f"the runs are {sorted(ways)}-way; this model classifies {learner.kind.out_dim} ways")
+    dev = resolve_device(device)
+    learner = learner.to(dev).eval()
+    progress = progress or Reporter()
+    progress.start(len(runs), 0)
+    tasks = [Task(r.name, _flat(r.support), np.arange(len(r.support), dtype=np.float32), _flat(r.query),
+                  r.query_labels.astype(np.float32)) for r in runs]
+    result = evaluate_episodes(tasks, _predictor(learner, steps, dev, progress), scores={"accuracy": _accuracy},
+                               n_boot=0)
+    return accuracy_summary(result.per_assay["accuracy"].to_numpy()) | {
+        "n_way": learner.kind.out_dim, "k_shot": 1, "runs": [r.name for r in runs],
+        "steps": steps or learner.inner_steps}
+
+
 def evaluate_images(learner: MetaLearner, images: ImageSet, *, k_shot: int, query: int = 15, episodes: int = 600,
                     steps: int | None = None, nme: bool = False, seed: int = 0, device: str = "cpu",
                     progress: Reporter | None = None) -> dict:
@@ -224,15 +259,9 @@ def evaluate_images(learner: MetaLearner, images: ImageSet, *, k_shot: int, quer
     learner = learner.to(dev).eval()
     progress = progress or Reporter()
     progress.start(episodes, 0)
-
-    def predict(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
-        adapted = learner.adapt(torch.from_numpy(xs).to(dev), torch.from_numpy(ys).to(dev), steps=steps)
-        logits = learner.predict(adapted, torch.from_numpy(xq).to(dev)).cpu().numpy()
-        progress.iteration(0, float("nan"))  # the predictor never sees the query labels
-        return logits
-
     sampler = EpisodeSampler(images, n_way, k_shot, query, nme=nme, seed=seed)
-    result = evaluate_episodes(_Episodes(sampler, episodes), predict, scores={"accuracy": _accuracy}, n_boot=0)
+    result = evaluate_episodes(_Episodes(sampler, episodes), _predictor(learner, steps, dev, progress),
+                               scores={"accuracy": _accuracy}, n_boot=0)
     learner.train(was_training)
     return accuracy_summary(result.per_assay["accuracy"].to_numpy()) | {
         "n_way": n_way, "k_shot": k_shot, "query": query, "nme": nme, "steps": steps or learner.inner_steps,

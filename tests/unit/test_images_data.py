@@ -149,3 +149,36 @@ def test_too_few_images_for_k_shot_is_named():
         EpisodeSampler(images, 3, 1, 4)
     with pytest.raises(ValueError, match="fewer than 8-way"):
         EpisodeSampler(synthetic(n_classes=6), 8, 1, 1)
+
+
+def make_runs_zip(path, n_runs=2, way=3, broken_line=False):
+    """A zip in all_runs.zip's layout: runNN/training/classNN.png, runNN/test/itemNN.png, class_labels.txt."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for r in range(1, n_runs + 1):
+            lines = []
+            for c in range(1, way + 1):
+                zf.writestr(f"run{r:02d}/training/class{c:02d}.png", png((20, 20), (30 * c, 30 * c, 30 * c)))
+                item = way + 1 - c  # test item k shows class way+1-k
+                zf.writestr(f"run{r:02d}/test/item{item:02d}.png", png((20, 20), (30 * c, 30 * c, 30 * c)))
+                lines.append(f"run{r:02d}/test/item{item:02d}.png run{r:02d}/training/class{c:02d}.png")
+            if broken_line:
+                lines.append("only-one-field")
+            zf.writestr(f"run{r:02d}/class_labels.txt", "\n".join(sorted(lines)) + "\n")
+    return path
+
+
+def test_one_shot_runs_reader(tmp_path):
+    from assayfew.images.data import is_runs_zip, read_omniglot_runs
+
+    path = make_runs_zip(tmp_path / "all_runs.zip")
+    assert is_runs_zip(path) and not is_runs_zip(make_omniglot_zip(tmp_path / "o.zip"))
+    runs = read_omniglot_runs(path, size=8)
+    assert [r.name for r in runs] == ["run01", "run02"]
+    r = runs[0]
+    assert r.support.shape == (3, 8, 8, 1) and r.query.shape == (3, 8, 8, 1)
+    assert list(r.query_labels) == [2, 1, 0]  # item01 shows class03, ...
+    assert np.array_equal(r.query[0], r.support[2])  # same picture, same label
+    with pytest.raises(ValueError, match="one-shot runs zip"):
+        read_omniglot_zip(path)
+    with pytest.raises(ValueError, match=r"run01/class_labels\.txt, line 1: expected"):
+        read_omniglot_runs(make_runs_zip(tmp_path / "bad.zip", broken_line=True))
