@@ -83,6 +83,8 @@ def train(
     beta: Annotated[Optional[float], typer.Option()] = None,
     layers: Annotated[Optional[str], typer.Option(help="Candidate mixing positions, e.g. 0,1,2,3,4")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (validated after each; the best is kept).")] = None,
+    shuffle: Annotated[Optional[bool], typer.Option("--shuffle/--no-shuffle", help="MetaMix Channel Shuffle: "
+                                                    "swap a channel group with a paired class's.")] = None,
     iters: Annotated[Optional[int], typer.Option(help="Meta-iterations per epoch.")] = None,
     meta_batch: Annotated[Optional[int], typer.Option(help="Tasks per meta-iteration.")] = None,
     inner_steps: Annotated[Optional[int], typer.Option(help="Inner steps at meta-training.")] = None,
@@ -106,7 +108,7 @@ def train(
         if resume and (out / "config.toml").exists() and not config:
             values = read_toml(out / "config.toml")
         flags = {"n_way": way, "k_shot": shot, "query": query, "nme": nme, "algo": algo, "mix": mix,
-                 "alpha": alpha, "beta": beta, "epochs": epochs, "iters": iters, "meta_batch": meta_batch,
+                 "alpha": alpha, "beta": beta, "shuffle": shuffle, "epochs": epochs, "iters": iters, "meta_batch": meta_batch,
                  "inner_steps": inner_steps, "eval_steps": eval_steps, "inner_lr": inner_lr, "outer_lr": outer_lr,
                  "first_order": first_order, "filters": filters, "image_size": image_size,
                  "val_episodes": val_episodes, "seed": seed, "device": device,

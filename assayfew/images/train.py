@@ -50,6 +50,7 @@ class ImageTrainConfig:
     alpha: float = 2.0
     beta: float = 2.0
     layers: tuple[int, ...] = (0, 1, 2, 3, 4)
+    shuffle: bool = False  # MetaMix's Channel Shuffle (the official code's --shuffle)
     epochs: int = 5
     iters: int = 100
     meta_batch: int = 4
@@ -97,7 +98,7 @@ class ImageTrainConfig:
                                    "first_order_epochs": self.epochs if self.first_order else 0}
         mixer: dict[str, Any] = {}
         own = option_names(MIXERS.get(self.mix))
-        for key in ("alpha", "beta", "layers"):
+        for key in ("alpha", "beta", "layers", "shuffle"):
             value = getattr(self, key)
             if key in own:
                 mixer[key] = list(value) if isinstance(value, tuple) else value

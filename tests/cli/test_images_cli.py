@@ -32,7 +32,7 @@ def test_train_resume_evaluate(zips, tmp_path):
     train, test = zips
     run = tmp_path / "run"
     args = ["images", "train", "--data", str(train), "--out", str(run), "--test-data", str(test),
-            "--episodes", "6", "--test-query", "2", "--mix", "metamix", *TINY]
+            "--episodes", "6", "--test-query", "2", "--mix", "metamix", "--shuffle", *TINY]
     res = runner.invoke(typer_app, args)
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout.strip().splitlines()[-1])
@@ -43,15 +43,16 @@ def test_train_resume_evaluate(zips, tmp_path):
         assert (run / name).is_file(), name
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["core"]["model"]["name"] == "conv4" and config["core"]["kind"]["options"] == {"n_classes": 3}
-    assert config["training"]["nme"] is True
+    assert config["training"]["nme"] is True and config["core"]["mixer"]["options"]["shuffle"] is True
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
     # resuming a finished run changes nothing; a different config is refused
     weights = (run / "model" / "weights.safetensors").read_bytes()
-    res = runner.invoke(typer_app, ["images", "train", "--data", str(train), "--out", str(run), "--resume", *TINY])
+    res = runner.invoke(typer_app, ["images", "train", "--data", str(train), "--out", str(run), "--resume",
+                                    "--shuffle", *TINY])
     assert res.exit_code == 0, res.output
     assert (run / "model" / "weights.safetensors").read_bytes() == weights
     res = runner.invoke(typer_app, ["images", "train", "--data", str(train), "--out", str(run), "--resume",
-                                    *TINY, "--inner-lr", "0.1"])
+                                    "--shuffle", *TINY, "--inner-lr", "0.1"])
     assert res.exit_code == 2 and "cannot resume" in res.output
     # evaluate the saved model: same seed, same episodes -> the same accuracy as after training
     res = runner.invoke(typer_app, ["images", "evaluate", "--model", str(run / "model"), "--data", str(test),
