@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from assayfew.bounds import check_train_options
 from assayfew.checkpoint import MODEL_FORMAT, MetaModel
 from assayfew.chem import FingerprintSpec
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
@@ -66,6 +67,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     standardize: bool = True  # data preparation: largest fragment + neutralise before featurizing
+
+    def __post_init__(self) -> None:
+        check_train_options(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -8,26 +8,32 @@ from typing import Annotated, Optional
 
 import typer
 
+from assayfew.bounds import MAX_STEPS, SEED_MAX
 from assayfew.checkpoint import load_model
 from assayfew.cli._common import err, user_errors
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
 from assayfew.experiment import experiment_data, split_taskset
+from assayfew.io import check_output_file, write_csv
 from assayfew.paths import default_model_dir
 
 
 def main(
     model: Annotated[Optional[Path], typer.Option(help="Model directory (default: the shipped model).")] = None,
-    group: Annotated[Optional[int], typer.Option(help="pQSAR drug group 1-4 (needs --data-dir).")] = None,
+    group: Annotated[Optional[int], typer.Option(min=1, max=4, help="pQSAR drug group 1-4 (needs --data-dir).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the pQSAR SI files.")] = None,
     corpus: Annotated[Optional[list[Path]], typer.Option(help="Corpus or task cache (repeatable).")] = None,
     format: Annotated[Optional[str], typer.Option("--format", help="pqsar|long|dir|fsmol (auto).")] = None,
     split: Annotated[Optional[Path], typer.Option(help="Split file; its 'test' side is evaluated.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Adaptation steps (default: the model's).")] = None,
-    support_k: Annotated[Optional[int], typer.Option(help="Draw K support compounds from TRN (default: all).")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS,
+                                                 help="Adaptation steps (default: the model's).")] = None,
+    support_k: Annotated[Optional[int], typer.Option(min=1,
+                                                     help="Draw K support compounds from TRN (default: all).")] = None,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX)] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Per-assay CSV.")] = None,
 ) -> None:
     """Squared Pearson r per meta-test assay; prints one JSON line (mean, median, gt03, n, 95% CIs)."""
+    if out is not None:
+        check_output_file(out)
     with user_errors():
         loaded = load_model(model or default_model_dir())
         taskset, split_def = experiment_data(group=group, data_dir=data_dir, corpus=corpus, fmt=format, split=split,
@@ -39,6 +45,6 @@ def main(
         result = evaluate_episodes(episodes, lambda xs, ys, xq: loaded.adapt_predict(xs, ys, xq, steps=steps),
                                    seed=seed)
     if out is not None:
-        result.per_assay.to_csv(out, index=False)
+        write_csv(out, result.per_assay)
         err.print(f"wrote {out}")
     print(json.dumps(result.summary))

@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from assayfew.cli._common import err, user_errors
+from assayfew.cli._common import err, fail, user_errors
 from assayfew.experiment import experiment_data, split_taskset
-from assayfew.io import read_toml
+from assayfew.io import check_output_dir, read_toml
+from assayfew.rundir import clear_run, run_artefacts
 from assayfew.train import Reporter, TrainConfig, train
 
 
@@ -33,6 +34,17 @@ class RichReporter(Reporter):
 
 def _csv_ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def check_run_target(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Before any work: --out must be writable, and must not hold a run unless --resume or --overwrite says so."""
+    if resume and overwrite:
+        raise fail("--resume and --overwrite contradict each other: choose one")
+    check_output_dir(out)
+    found = run_artefacts(out)
+    if found and not (resume or overwrite):
+        raise fail(f"{out} already holds a training run ({', '.join(found)}): continue it with --resume, "
+                   "choose a new --out, or pass --overwrite to replace it")
 
 
 def main(
@@ -60,6 +72,7 @@ def main(
     seed: Annotated[Optional[int], typer.Option()] = None,
     device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR from its last completed epoch.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
     standardize: Annotated[Optional[bool], typer.Option(
         "--standardize/--no-standardize", help="Strip salts and neutralise structures before featurizing "
                                                "(default: yes; predict follows the model's choice).")] = None,
@@ -76,11 +89,14 @@ def main(
             values = read_toml(out / "config.toml")
         values |= {k: v for k, v in flags.items() if v is not None}
         cfg = TrainConfig.from_dict(values)
+        check_run_target(out, resume=resume, overwrite=overwrite)
         taskset, split_def = experiment_data(group=group, data_dir=data_dir, corpus=corpus, fmt=format, split=split,
                                              standardize=cfg.standardize)
         data = split_taskset(taskset, split_def, seed=cfg.seed)
         if len(data.train) == 0 or len(data.val) == 0:
             raise ValueError(f"the split leaves {len(data.train)} training and {len(data.val)} validation assays")
+        if overwrite:
+            clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
         data.split.save(out / "split.json")
         err.print(f"train {len(data.train)} assays, val {len(data.val)}, test {len(data.test)}")
