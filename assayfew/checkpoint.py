@@ -85,6 +85,17 @@ class MetaModel:
         """How this model predicts a new assay (see PREDICTION_DEFAULTS)."""
         return PREDICTION_DEFAULTS | self.config.get("prediction", {})
 
+    @property
+    def device(self) -> torch.device:
+        """Where the learners live (adaptation runs there)."""
+        return next(self.learners[0].parameters()).device
+
+    def to(self, device: torch.device | str) -> MetaModel:
+        """Move the learners to `device` (in place; returns the model)."""
+        for learner in self.learners:
+            learner.to(device)
+        return self
+
     def with_prediction(self, **overrides: Any) -> MetaModel:
         """The same weights with other prediction settings (for comparing variants)."""
         unknown = set(overrides) - set(PREDICTION_DEFAULTS)
@@ -114,9 +125,10 @@ class MetaModel:
         settings = self.prediction
         scaling_cfg = self.config.get("label_scaling", {"mode": "center"})
         scaling = fit_scaling(support_y, scaling_cfg.get("mode", "center"), float(scaling_cfg.get("min_std", 0.5)))
-        xs = torch.as_tensor(np.asarray(support_x, dtype=np.float32))
-        ys = torch.as_tensor(scaling.forward(support_y))
-        xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32))
+        device = self.device  # every tensor is created where the learners live
+        xs = torch.as_tensor(np.asarray(support_x, dtype=np.float32), device=device)
+        ys = torch.as_tensor(scaling.forward(support_y), device=device)
+        xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32), device=device)
         ridge_alpha = float(settings["head_ridge_alpha"]) if settings["head"] == "ridge" else None
         preds = []
         for learner in self.learners:

@@ -16,9 +16,13 @@ import typer
 
 from assayfew.checkpoint import load_model
 from assayfew.cli._common import err, fail
+from assayfew.device import DEVICE_HELP, resolve_device
 from assayfew.paths import REPO_DIR, default_model_dir
 
 MAX_UPLOAD_MB = 10
+#: the address the dashboard binds when --host is not given: 127.0.0.1 (this machine only) unless this
+#: variable says otherwise (the Docker images set it to 0.0.0.0, so that a published port reaches the app)
+HOST_ENV = "ASSAYFEW_APP_HOST"
 
 
 def app_file() -> Path:
@@ -30,6 +34,11 @@ def streamlit_command(script: Path, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(script),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
             "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--browser.gatherUsageStats", "false"]
+
+
+def bind_host(host: str | None, env: dict[str, str]) -> str:
+    """--host, else $ASSAYFEW_APP_HOST, else 127.0.0.1."""
+    return host or env.get(HOST_ENV) or "127.0.0.1"
 
 
 def port_problem(host: str, port: int) -> str | None:
@@ -49,15 +58,22 @@ def port_problem(host: str, port: int) -> str | None:
 
 
 def main(
-    host: Annotated[str, typer.Option(help="Address to bind (default: this machine only).")] = "127.0.0.1",
+    host: Annotated[Optional[str], typer.Option(help=f"Address to bind (default: ${HOST_ENV}, else 127.0.0.1: "
+                                                     "this machine only).")] = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8501,
     model: Annotated[Optional[Path], typer.Option(help="Model directory (default: the shipped model).")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
 ) -> None:
     """Open the dashboard: upload an assay, adapt the model, browse and download predictions."""
     script = app_file()
     if not script.is_file():
         raise fail(f"the dashboard is not installed: {script} is missing (run from a source checkout of assayfew)")
     env = dict(os.environ)
+    host = bind_host(host, env)
+    try:
+        env["ASSAYFEW_DEVICE"] = str(resolve_device(device))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     if model is not None:
         if not model.is_dir():
             raise fail(f"model directory {model} not found")
