@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app_support import (MAX_BYTES, MAX_ROWS, UPLOAD_TYPES, candidates, cv_chart, guess_column,  # noqa: E402
                          histogram, parse_pasted, top_predicted)
 
+from assayfew.device import resolve_device  # noqa: E402
 from assayfew.paths import default_model_dir  # noqa: E402
 from assayfew.predict import (ACTIVITY_COLUMNS, SMILES_COLUMNS, UNITS, InputError,  # noqa: E402
                               PredictionResult, PredictOptions, adapt_and_predict, example_assay,
@@ -39,7 +40,8 @@ def model_dir() -> Path:
 
 @st.cache_resource(show_spinner="Loading the model…")
 def cached_model(path: str):
-    return load_default_model(Path(path))
+    # the device `assayfew app --device` chose (validated there); the CPU by default
+    return load_default_model(Path(path)).to(resolve_device(os.environ.get("ASSAYFEW_DEVICE", "cpu")))
 
 
 def set_table(user: UserTable, source: str) -> None:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from assayfew.baselines import ridge_predict
 from assayfew.blas import single_threaded_numpy_blas
+from assayfew.bounds import MAX_STEPS, check_range
 from assayfew.chem import FingerprintSpec
-from assayfew.io import atomic_write, read_json, write_json
+from assayfew.io import atomic_write, write_json
 from assayfew.meta.config import CoreConfig
 from assayfew.meta.state import learner_state, load_learner_state
+from assayfew.model_schema import MODEL_FORMAT, ModelError, check_config, member_dir
 from assayfew.provenance import stamp
 from assayfew.scaling import fit_scaling
 
@@ -25,9 +29,6 @@ WEIGHTS_FILE = "weights.safetensors"
 PREDICTION_DEFAULTS: dict[str, Any] = {"head": "gd", "head_ridge_alpha": 10.0, "fp_ridge_weight": 0.0,
                                        "fp_ridge_alpha": 10.0}
 CONFIG_FILE = "config.json"
-#: Model config format: 2 = the learner/model/kind as one `core` config (`assayfew.meta.config.CoreConfig`);
-#: 1 (still read) = `architecture` + `algorithm` [+ `mixing`].
-MODEL_FORMAT = "assayfew-model/2"
 
 
 def build_learner_from_config(config: dict[str, Any]) -> torch.nn.Module:
@@ -84,6 +85,17 @@ class MetaModel:
         """How this model predicts a new assay (see PREDICTION_DEFAULTS)."""
         return PREDICTION_DEFAULTS | self.config.get("prediction", {})
 
+    @property
+    def device(self) -> torch.device:
+        """Where the learners live (adaptation runs there)."""
+        return next(self.learners[0].parameters()).device
+
+    def to(self, device: torch.device | str) -> MetaModel:
+        """Move the learners to `device` (in place; returns the model)."""
+        for learner in self.learners:
+            learner.to(device)
+        return self
+
     def with_prediction(self, **overrides: Any) -> MetaModel:
         """The same weights with other prediction settings (for comparing variants)."""
         unknown = set(overrides) - set(PREDICTION_DEFAULTS)
@@ -99,10 +111,10 @@ class MetaModel:
         Each query row's prediction is independent of the other query rows (batch-norm statistics come
         from the support set only). Head: `steps` gradient steps (default: the model's), or a closed-form
         ridge head when the model's prediction setting says so; optionally blended with ridge regression on
-        the fingerprints. `steps=0` predicts with the meta-learned initialisation (no adaptation).
+        the fingerprints.
         """
-        if steps is not None and steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
+        if steps is not None:
+            check_range("steps", steps, 1, MAX_STEPS, integer=True)
         if len(query_x) == 0:
             return np.zeros(0, dtype=np.float64)
         with single_threaded_numpy_blas():
@@ -113,9 +125,10 @@ class MetaModel:
         settings = self.prediction
         scaling_cfg = self.config.get("label_scaling", {"mode": "center"})
         scaling = fit_scaling(support_y, scaling_cfg.get("mode", "center"), float(scaling_cfg.get("min_std", 0.5)))
-        xs = torch.as_tensor(np.asarray(support_x, dtype=np.float32))
-        ys = torch.as_tensor(scaling.forward(support_y))
-        xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32))
+        device = self.device  # every tensor is created where the learners live
+        xs = torch.as_tensor(np.asarray(support_x, dtype=np.float32), device=device)
+        ys = torch.as_tensor(scaling.forward(support_y), device=device)
+        xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32), device=device)
         ridge_alpha = float(settings["head_ridge_alpha"]) if settings["head"] == "ridge" else None
         preds = []
         for learner in self.learners:
@@ -134,37 +147,89 @@ class MetaModel:
 
 
 
+MAX_CONFIG_BYTES = 10_000_000
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _read_config(model_dir: Path) -> dict[str, Any]:
+    """Parse `config.json` (strict JSON: no NaN/Infinity) or raise ModelError saying what is wrong."""
+    if not model_dir.is_dir():
+        raise ModelError(model_dir, "no such directory")
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ModelError(model_dir, f"missing {CONFIG_FILE}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ModelError(model_dir, f"{CONFIG_FILE} is larger than {MAX_CONFIG_BYTES // 1_000_000} MB")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ModelError(model_dir, f"{CONFIG_FILE} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(model_dir, f"{CONFIG_FILE} is not valid JSON ({exc.msg} at line {exc.lineno}, "
+                                    f"column {exc.colno})") from None
+    except ValueError as exc:
+        raise ModelError(model_dir, f"{CONFIG_FILE}: {exc}") from None
+    except OSError as exc:
+        raise ModelError(model_dir, f"cannot read {CONFIG_FILE} ({exc.strerror or exc})") from None
+
+
+def _read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The tensors of `weights.safetensors` (never unpickled), all finite, or ModelError."""
+    path = model_dir / WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelError(model_dir, f"missing {WEIGHTS_FILE}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(model_dir, f"{WEIGHTS_FILE} is not a readable safetensors file (empty, truncated or "
+                                    f"another format: {detail})") from None
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ModelError(model_dir, f"{WEIGHTS_FILE}: tensor {key!r} holds non-finite values (NaN or infinity)")
+    return tensors
+
+
 def _load_learner(model_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (model_dir / name).exists()]
-    if missing:
-        raise FileNotFoundError(f"{model_dir} is not a model directory: missing {', '.join(missing)}")
-    config = read_json(model_dir / CONFIG_FILE)
-    learner = build_learner_from_config(config)
-    load_learner_state(learner, load_file(str(model_dir / WEIGHTS_FILE)))
+    """One single (non-ensemble) model directory, validated: config against the schema, weights against it."""
+    model_dir = Path(model_dir)
+    config = _read_config(model_dir)
+    check_config(config, model_dir, member=True)
+    tensors = _read_weights(model_dir)
+    try:
+        learner = build_learner_from_config(config)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(model_dir, f"{CONFIG_FILE}: {exc}") from None
+    try:
+        load_learner_state(learner, tensors)
+    except ValueError as exc:
+        raise ModelError(model_dir, f"{WEIGHTS_FILE} does not match {CONFIG_FILE} ({exc})") from None
     learner.eval()
     return learner, config
 
 
 def load_model(model_dir: Path) -> MetaModel:
-    """Load a model directory (safetensors only: nothing is unpickled).
+    """Load a model directory (safetensors only: nothing is unpickled); ModelError when it is not valid.
 
     Either a single model (`weights.safetensors` + `config.json`, as training writes it) or an ensemble: a
     `config.json` whose `members` lists sub-directories that are single models.
     """
     model_dir = Path(model_dir)
-    if not (model_dir / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{model_dir} is not a model directory: missing {CONFIG_FILE}")
-    config = read_json(model_dir / CONFIG_FILE)
+    config = _read_config(model_dir)
+    check_config(config, model_dir)
     if "members" not in config:
         learner, config = _load_learner(model_dir)
         return MetaModel(learners=[learner], config=config, path=model_dir)
     learners = []
     for name in config["members"]:
-        learner, member = _load_learner(model_dir / name)
+        learner, member = _load_learner(member_dir(model_dir, name))
         mine, theirs = shared_part(member), shared_part(config)
         differing = [k for k in mine if mine[k] != theirs[k]]
         if differing:
-            raise ValueError(f"{model_dir / name}: ensemble member differs from the ensemble in {differing}")
+            raise ModelError(model_dir, f"ensemble member {name!r} differs from the ensemble in {differing}")
         learners.append(learner)
     return MetaModel(learners=learners, config=config, path=model_dir)
 
@@ -190,7 +255,7 @@ def save_ensemble(member_dirs: list[Path], out_dir: Path, *, prediction: dict[st
         dst = out_dir / name
         dst.mkdir(parents=True, exist_ok=True)
         for file in (WEIGHTS_FILE, CONFIG_FILE):
-            shutil.copyfile(Path(src) / file, dst / file)
+            atomic_write(dst / file, lambda p, f=Path(src) / file: shutil.copyfile(f, p))
     config = {"format": MODEL_FORMAT} | shared_part(configs[0]) | {
         "members": names,
         "member_training": [c.get("training", {}) | {"commit": c.get("commit")} for c in configs],

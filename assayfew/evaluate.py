@@ -71,3 +71,12 @@ def evaluate_episodes(episodes: Sequence[Task], predictor: Predictor, *, scores:
     first = next(iter(scores))
     return EvaluationResult(per_assay=per_assay, summary=summarize(per_assay[first].to_numpy(), n_boot=n_boot,
                                                                    seed=seed))
+
+
+def coverage(requested: Sequence[str], test_set: TaskSet, episodes: Sequence[Task]) -> dict:
+    """Which meta-test assays were scored: {"evaluated": n, "skipped": ids in the corpus without an episode
+    (too few compounds: fewer than 2 support or `min_query` query), "absent": requested ids not in the corpus}."""
+    present = set(test_set.assay_ids)
+    scored = {t.assay_id for t in episodes}
+    return {"evaluated": len(scored), "skipped": [a for a in test_set.assay_ids if a not in scored],
+            "absent": [a for a in dict.fromkeys(requested) if a not in present]}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from assayfew.chem import FingerprintSpec
+from assayfew.data.readers import PQSAR_FILES, PQSAR_SOURCE
 from assayfew.paths import assays_dir
 from assayfew.splits import Split
 from assayfew.tasks import TaskSet, build_taskset
@@ -55,6 +57,28 @@ def pqsar_group_split(group: int) -> Split:
     return Split.load(assays_dir() / "pqsar" / f"group{group}.json")
 
 
+#: where `--group` runs look for the pQSAR SI files when --data-dir is not given (else ./pqsar)
+PQSAR_DIR_ENV = "ASSAYFEW_PQSAR_DIR"
+
+
+def pqsar_data_dir(data_dir: Path | None = None) -> Path:
+    """The pQSAR SI folder: `data_dir`, else $ASSAYFEW_PQSAR_DIR, else ./pqsar; a FileNotFoundError that names
+    every missing file, where the files come from and where to put them."""
+    if data_dir is not None:
+        where, how = Path(data_dir), "given by --data-dir"
+    elif os.environ.get(PQSAR_DIR_ENV):
+        where, how = Path(os.environ[PQSAR_DIR_ENV]), f"from ${PQSAR_DIR_ENV}"
+    else:
+        where, how = Path("pqsar"), f"the default when neither --data-dir nor ${PQSAR_DIR_ENV} is set"
+    missing = [f"{name} ({role})" for role, name in PQSAR_FILES.items() if not (where / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"the pQSAR data files are not in {where.resolve()} ({how}); missing: {', '.join(missing)}. "
+            f"They are {PQSAR_SOURCE} (not shipped with assayfew): download them and put all three in that "
+            f"folder, or point --data-dir or ${PQSAR_DIR_ENV} at the folder that holds them.")
+    return where
+
+
 def pqsar_taskset(data_dir: Path, *, spec: FingerprintSpec = FingerprintSpec(), cache: bool = True,
                   standardize: bool = True) -> TaskSet:
     """The pQSAR SI files in `data_dir` as a TaskSet (the reader names any missing file and where to get it)."""
@@ -66,9 +90,8 @@ def experiment_data(*, group: int | None, data_dir: Path | None, corpus: Sequenc
                     spec: FingerprintSpec = FingerprintSpec(), standardize: bool = True) -> tuple[TaskSet, Split]:
     """The corpus and split an experiment names: a pQSAR group, or any corpus with a split file."""
     if group is not None:
-        if data_dir is None:
-            raise ValueError("--group needs --data-dir (the folder with the pQSAR SI files)")
-        return pqsar_taskset(data_dir, spec=spec, standardize=standardize), pqsar_group_split(group)
+        split_def = pqsar_group_split(group)  # an invalid group is rejected before anything is read
+        return pqsar_taskset(pqsar_data_dir(data_dir), spec=spec, standardize=standardize), split_def
     if corpus:
         if split is None:
             raise ValueError("--corpus needs --split SPLIT.json")

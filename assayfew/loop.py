@@ -2,7 +2,8 @@
 checkpoints (`model/`: safetensors + config.json with the `core` config), resume, metrics.csv.
 
 What is benchmark-specific plugs in as a `Benchmark`: its training meta-iterations, its validation metrics
-and the benchmark keys of the model config. `assayfew.train` is the drug benchmark's use of it.
+and the benchmark keys of the model config. `assayfew.train` is the drug benchmark's use of it. In a torchrun
+job (`dist`) every rank runs the loop with the same arguments; rank 0 validates and writes RUN_DIR.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from assayfew.checkpoint import MODEL_FORMAT, save_model
+from assayfew.device import resolve_device, to_device
+from assayfew.distributed import SINGLE, DistContext
 from assayfew.io import atomic_write, read_json, write_json, write_toml
 from assayfew.meta.batch import TaskBatch
 from assayfew.meta.config import CoreConfig
@@ -27,7 +30,11 @@ from assayfew.meta.learners import MetaLearner
 from assayfew.meta.mixing import Mixer
 from assayfew.meta.state import learner_state, load_learner_state
 
-__all__ = ["Benchmark", "LoopOptions", "Reporter", "TrainResult", "fit", "batch_step", "cosine_lr", "resolve_device"]
+__all__ = ["Benchmark", "LoopOptions", "Reporter", "TrainResult", "fit", "batch_step", "cosine_lr", "resolve_device",
+           "LOG_EVERY"]
+
+#: meta-iterations between progress reports (the only points where the training loop waits for the device)
+LOG_EVERY = 20
 
 
 class Benchmark(Protocol):
@@ -37,10 +44,10 @@ class Benchmark(Protocol):
     is better). model_info: keys written beside "core" into model/config.json (what is needed to use the
     model on this benchmark's data: featurisation, label scaling, data provenance). train_items: the epoch's
     meta-iterations (whatever `train_step` takes, e.g. a host `TaskBatch`; seeded by the benchmark from its
-    own seed and the epoch). train_step: accumulate one item's meta-gradient into the learner's `.grad` and
-    return the loss, detached, on the device (`batch_step` does this for a host `TaskBatch`; `dist`: the
-    distributed context, passed on to `batch_step`). validate: the metrics of the learner (the model config
-    is what a loaded model would see)."""
+    own seed and the epoch). train_step: accumulate one item's meta-gradient into the learner's `.grad`
+    (summed over the ranks of `dist`) and return this rank's share of the loss, detached, on the device
+    (`batch_step` does this for a host `TaskBatch`). validate: the metrics of the learner (the model config
+    is what a loaded model would see); called on rank 0 only."""
 
     metrics: tuple[str, ...]
 
@@ -49,7 +56,7 @@ class Benchmark(Protocol):
     def train_items(self, epoch: int) -> Iterable[Any]: ...
 
     def train_step(self, learner: MetaLearner, mixer: Mixer, item: Any, *, generator: torch.Generator, epoch: int,
-                   device: torch.device, dist: Any) -> torch.Tensor: ...
+                   device: torch.device, dist: DistContext) -> torch.Tensor: ...
 
     def validate(self, learner: MetaLearner, model_config: dict[str, Any]) -> dict[str, float]: ...
 
@@ -64,12 +71,6 @@ class LoopOptions(Protocol):
     grad_clip: float
     seed: int
     device: str
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def cosine_lr(cfg: LoopOptions, step: int, total: int) -> float:
@@ -102,15 +103,17 @@ class TrainResult:
 
 
 class Reporter:
-    """Progress hooks; the CLI renders them, the library stays quiet."""
+    """Progress hooks; the CLI renders them, the library stays quiet. `iteration` comes every LOG_EVERY
+    meta-iterations (and at the end of an epoch) with the mean loss of the `n` iterations since the last
+    call: losses stay on the device in between (no per-step host sync)."""
 
     def start(self, total_iters: int, done_iters: int) -> None: ...
-    def iteration(self, epoch: int, loss: float) -> None: ...
+    def iteration(self, epoch: int, loss: float, n: int = 1) -> None: ...
     def epoch(self, row: dict) -> None: ...
 
 
 def fit(core: CoreConfig, bench: Benchmark, opts: LoopOptions, run_dir: Path, *, run_config: dict[str, Any],
-        resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
+        resume: bool = False, reporter: Reporter | None = None, dist: DistContext = SINGLE) -> TrainResult:
     """Meta-train the learner + mixer `core` describes on `bench`; keep the epoch with the best first
     validation metric in RUN_DIR/model; write RUN_DIR/config.toml (`run_config`), metrics.csv and state/
     (for `resume`, which needs the same `run_config`)."""
@@ -133,9 +136,13 @@ def fit(core: CoreConfig, bench: Benchmark, opts: LoopOptions, run_dir: Path, *,
         load_learner_state(learner, load_file(str(state_dir / "learner.safetensors"), device=str(device)))
         _load_optimizer(opt, load_file(str(state_dir / "optimizer.safetensors"), device=str(device)), st["optimizer"])
         start_epoch, best_val, best_epoch, history = st["epoch"] + 1, st["best_val"], st["best_epoch"], st["history"]
-    else:
+    if dist.active and dist.broadcast_int(start_epoch) != start_epoch:
+        raise ValueError(f"rank {dist.rank} does not see the state rank 0 resumes from in {run_dir}: the run "
+                         "directory must be on a file system every node shares")
+    elif dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    write_toml(run_dir / "config.toml", run_config)
+    if dist.is_main:
+        write_toml(run_dir / "config.toml", run_config)
 
     total = opts.epochs * opts.iters
     reporter.start(total, start_epoch * opts.iters)
@@ -145,48 +152,63 @@ def fit(core: CoreConfig, bench: Benchmark, opts: LoopOptions, run_dir: Path, *,
         t_epoch = time.perf_counter()
         gen = torch.Generator(device="cpu").manual_seed(opts.seed * 100_003 + epoch)
         learner.train()
-        losses = []
+        losses: list[float] = []
+        pending: list[torch.Tensor] = []  # this rank's loss shares since the last report, on the device
         for it, item in enumerate(bench.train_items(epoch)):
             lr = cosine_lr(opts, epoch * opts.iters + it, total)
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            loss = bench.train_step(learner, mixer, item, generator=gen, epoch=epoch, device=device, dist=None)
+            pending.append(bench.train_step(learner, mixer, item, generator=gen, epoch=epoch, device=device,
+                                            dist=dist))
             if opts.grad_clip:
                 torch.nn.utils.clip_grad_norm_(learner.parameters(), opts.grad_clip, foreach=True)
             opt.step()
-            losses.append(float(loss))
-            reporter.iteration(epoch, losses[-1])
+            if len(pending) == LOG_EVERY or it == opts.iters - 1:
+                chunk = dist.sum(torch.stack(pending)).double().cpu().tolist()
+                losses.extend(chunk)
+                pending.clear()
+                reporter.iteration(epoch, float(np.mean(chunk)), len(chunk))
         learner.epoch_end(epoch, opts.epochs)
 
-        val = bench.validate(learner, mconf)
+        val = (bench.validate(learner, mconf) if dist.is_main
+               else {name: float("nan") for name in bench.metrics})
         row = {"epoch": epoch, "train_loss": float(np.mean(losses))} | val | {
             "lr": lr, "seconds": time.perf_counter() - t_epoch}
         history.append(row)
-        score = val[bench.metrics[0]]
-        if score > best_val or best_epoch < 0:
-            best_val, best_epoch = score, epoch
-            mconf["training"] = mconf.get("training", {}) | {"epoch": epoch, bench.metrics[0]: best_val}
-            save_model(model_dir, learner, mconf)
-        _write_metrics(run_dir / "metrics.csv", history, fields_)
-        tensors, opt_meta = _optimizer_tensors(opt)
-        state_tensors = {k: v.detach().cpu().contiguous() for k, v in learner_state(learner).items()}
-        atomic_write(state_dir / "learner.safetensors", lambda p: save_file(state_tensors, str(p)))
-        atomic_write(state_dir / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
-        write_json(state_dir / "state.json", {"epoch": epoch, "best_val": best_val, "best_epoch": best_epoch,
-                                              "history": history, "optimizer": opt_meta, "config": run_config})
+        if dist.is_main:
+            score = val[bench.metrics[0]]
+            if score > best_val or best_epoch < 0:
+                best_val, best_epoch = score, epoch
+                mconf["training"] = mconf.get("training", {}) | {"epoch": epoch, bench.metrics[0]: best_val}
+                save_model(model_dir, learner, mconf)
+            _write_metrics(run_dir / "metrics.csv", history, fields_)
+            tensors, opt_meta = _optimizer_tensors(opt)
+            state_tensors = {k: v.detach().cpu().contiguous() for k, v in learner_state(learner).items()}
+            atomic_write(state_dir / "learner.safetensors", lambda p: save_file(state_tensors, str(p)))
+            atomic_write(state_dir / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
+            write_json(state_dir / "state.json", {"epoch": epoch, "best_val": best_val, "best_epoch": best_epoch,
+                                                  "history": history, "optimizer": opt_meta, "config": run_config})
+        dist.barrier()  # the epoch's state is on disk before any rank goes on (or stops)
         reporter.epoch(row)
     return TrainResult(run_dir=run_dir, best_epoch=best_epoch, best_val=best_val, history=history,
                        wall_s=time.perf_counter() - t0)
 
 
 def batch_step(learner: MetaLearner, mixer: Mixer, batch: TaskBatch, *, generator: torch.Generator, epoch: int,
-               device: torch.device, dist: Any = None) -> torch.Tensor:
-    """`Benchmark.train_step` for a meta-batch built whole on the host: the mixer's plan is drawn on the host,
-    batch and plan go to `device`, the meta-gradient is accumulated. Returns the loss (detached)."""
+               device: torch.device, dist: DistContext = SINGLE) -> torch.Tensor:
+    """`Benchmark.train_step` for a meta-batch built whole on the host: the mixer's plan is drawn on the host
+    from the whole batch, each rank moves and runs its share of the tasks, and the gradients are summed over
+    the ranks. Returns this rank's share of the loss (detached)."""
     plan = mixer.sample(batch, learner.model.n_layers, generator, learner.kind)
-    loss, _ = learner.meta_loss(batch.to(device), mixer, generator=generator, epoch=epoch, plan=plan.to(device))
+    start, stop = dist.share(batch.n_tasks)
+    share = to_device(batch.tasks(start, stop) if dist.active else batch, device)
+    plan = plan.tasks(start, stop).to(device, non_blocking=device.type == "cuda")
+    loss, _ = learner.meta_loss(share, mixer, generator=generator, epoch=epoch, plan=plan)
+    if dist.active:
+        loss = loss * ((stop - start) / batch.n_tasks)
     loss.backward()
+    dist.all_reduce_grads(learner.parameters())
     return loss.detach()
 
 

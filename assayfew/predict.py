@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from assayfew.checkpoint import MetaModel, load_model
+from assayfew.checkpoint import MetaModel, ModelError, load_model
 from assayfew.baselines import ridge_predict
 from assayfew.chem import FingerprintSpec, featurize_smiles, max_tanimoto, may_change_on_standardizing
 from assayfew.metrics import r2_pearson
@@ -349,7 +349,7 @@ def load_default_model(model_dir: Path | None = None) -> MetaModel:
     path = Path(model_dir) if model_dir else default_model_dir()
     try:
         return load_model(path)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ModelError) as exc:
         raise InputError(str(exc)) from exc
 
 

@@ -4,32 +4,32 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from assayfew.bounds import check_train_options
 from assayfew.checkpoint import MODEL_FORMAT, MetaModel
 from assayfew.chem import FingerprintSpec
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
 from assayfew.io import write_json
-from assayfew.loop import Reporter, TrainResult, batch_step, fit
+from assayfew.device import resolve_device
+from assayfew.distributed import SINGLE, DistContext
+from assayfew.loop import LOG_EVERY, Reporter, TrainResult, cosine_lr, fit
 from assayfew.meta import LEARNERS, MIXERS
-from assayfew.meta.batch import TaskBatch
 from assayfew.meta.config import CoreConfig, Part
 from assayfew.meta.learners import MetaLearner
 from assayfew.meta.mixing import Mixer
 from assayfew.meta.registry import option_names
-from assayfew.meta.sparse import SparseRows
 from assayfew.provenance import array_digest, stamp
-from assayfew.scaling import fit_scaling
 from assayfew.tasks import EpisodeSampler, TaskSet
+from assayfew.trainstep import Episode, episode_batch, meta_step
 
-__all__ = ["TrainConfig", "DrugBenchmark", "episode_batch", "model_config", "model_info", "train", "Reporter",
-           "TrainResult"]
+__all__ = ["TrainConfig", "DrugBenchmark", "TrainResult", "Reporter", "train", "model_config", "model_info",
+           "episode_batch", "resolve_device", "cosine_lr", "LOG_EVERY"]
 
 
 @dataclass
@@ -66,6 +66,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     standardize: bool = True  # data preparation: largest fragment + neutralise before featurizing
+
+    def __post_init__(self) -> None:
+        check_train_options(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -124,45 +127,6 @@ def model_info(cfg: TrainConfig, spec: FingerprintSpec, train_set: TaskSet, extr
     } | stamp()
 
 
-def episode_batch(taskset: TaskSet, episodes: Sequence[tuple[int, np.ndarray, np.ndarray]], mode: str,
-                  min_std: float) -> TaskBatch:
-    """Padded meta-batch of episodes (assay, support rows, query rows) from `EpisodeSampler.sample_rows`,
-    each task's labels mapped with its own support statistics. Inputs are gathered straight from the task
-    set's fingerprint table and their sparse form from its stored on-bits (no dense-to-sparse pass);
-    the result equals `pad_tasks` of the materialised, scaled Tasks."""
-    if not episodes:
-        raise ValueError("episode_batch: no episodes")
-    indptr, bit_ids = taskset.bit_index()
-    n_tasks, bits = len(episodes), taskset.spec.bits
-    out: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, SparseRows]] = {}
-    scalings = [fit_scaling(taskset.values[s], mode, min_std) for _, s, _ in episodes]
-    for which, pick in (("s", 1), ("q", 2)):
-        parts = [ep[pick] for ep in episodes]
-        width = max(len(p) for p in parts)
-        if width == 0:
-            raise ValueError("episode_batch: an episode has an empty support or query")
-        y = np.zeros((n_tasks, width), dtype=np.float32)
-        mask = np.zeros((n_tasks, width), dtype=np.float32)
-        for t, (p, sc) in enumerate(zip(parts, scalings)):
-            y[t, : len(p)] = sc.forward(taskset.values[p])
-            mask[t, : len(p)] = 1.0
-        flat = np.concatenate([t * width + np.arange(len(p)) for t, p in enumerate(parts)])
-        fp = taskset.fp_rows[np.concatenate(parts)]
-        x = np.zeros((n_tasks * width, bits), dtype=np.float32)
-        x[flat] = taskset.fingerprints[fp]
-        lens = indptr[fp + 1] - indptr[fp]
-        starts = np.repeat(indptr[fp] - (np.cumsum(lens) - lens), lens)
-        cols = bit_ids[starts + np.arange(int(lens.sum()))]
-        sparse = SparseRows.from_coordinates(torch.from_numpy(np.repeat(flat, lens)), torch.from_numpy(cols),
-                                             n_tasks * width, bits)
-        out[which] = (torch.from_numpy(x).view(n_tasks, width, bits), torch.from_numpy(y),
-                      torch.from_numpy(mask), sparse)
-    batch = TaskBatch(out["s"][0], out["s"][1], out["s"][2], out["q"][0], out["q"][1], out["q"][2])
-    batch.set_sparse_rows("s", out["s"][3])
-    batch.set_sparse_rows("q", out["q"][3])
-    return batch
-
-
 def model_config(cfg: TrainConfig, spec: FingerprintSpec, train_set: TaskSet, extra: dict | None = None) -> dict:
     """The `model/config.json` content: what is needed to rebuild and use the model, and where it came from."""
     return {"format": MODEL_FORMAT, "core": cfg.core(spec.bits).to_dict()} | model_info(cfg, spec, train_set, extra)
@@ -185,7 +149,7 @@ class DrugBenchmark:
     def model_info(self) -> dict[str, Any]:
         return model_info(self.cfg, self.train_set.spec, self.train_set, {"split": self.split_info})
 
-    def train_items(self, epoch: int) -> Iterator[list[tuple[int, np.ndarray, np.ndarray]]]:
+    def train_items(self, epoch: int) -> Iterator[list[Episode]]:
         cfg = self.cfg
         sampler = EpisodeSampler(self.train_set, support_range=(cfg.support_min, cfg.support_max),
                                  query_range=(cfg.query_min, cfg.query_max), max_support=cfg.support_max,
@@ -193,10 +157,10 @@ class DrugBenchmark:
         for _ in range(cfg.iters):
             yield sampler.sample_rows(cfg.meta_batch)
 
-    def train_step(self, learner: MetaLearner, mixer: Mixer, item: list[tuple[int, np.ndarray, np.ndarray]], *,
-                   generator: torch.Generator, epoch: int, device: torch.device, dist: Any) -> torch.Tensor:
-        batch = episode_batch(self.train_set, item, self.cfg.label_scaling, self.cfg.min_std)
-        return batch_step(learner, mixer, batch, generator=generator, epoch=epoch, device=device, dist=dist)
+    def train_step(self, learner: MetaLearner, mixer: Mixer, item: list[Episode], *, generator: torch.Generator,
+                   epoch: int, device: torch.device, dist: DistContext) -> torch.Tensor:
+        return meta_step(learner, mixer, self.train_set, item, label_scaling=self.cfg.label_scaling,
+                         min_std=self.cfg.min_std, generator=generator, epoch=epoch, device=device, dist=dist)
 
     def validate(self, learner: MetaLearner, model_config: dict[str, Any]) -> dict[str, float]:
         current = MetaModel(learners=[learner], config=model_config)
@@ -206,11 +170,17 @@ class DrugBenchmark:
 
 
 def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path, *, resume: bool = False,
-          reporter: Reporter | None = None, split_info: dict | None = None) -> TrainResult:
-    """Meta-train on `train_set`, select the epoch with the best meta-validation mean R², write RUN_DIR."""
+          reporter: Reporter | None = None, split_info: dict | None = None,
+          dist: DistContext = SINGLE) -> TrainResult:
+    """Meta-train on `train_set`, select the epoch with the best meta-validation mean R², write RUN_DIR.
+
+    `dist`: this process's rank in a torchrun job (`assayfew.distributed.init_from_env`); every rank calls
+    train() with the same arguments, rank 0 validates and writes RUN_DIR (resume reads it on every rank)."""
+    dist.share(cfg.meta_batch)  # every rank needs a task: fail before any work
     bench = DrugBenchmark(cfg, train_set, val_set, split_info)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "val_assays.json", {"val": val_set.assay_ids, "n_train": len(train_set)})
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "val_assays.json", {"val": val_set.assay_ids, "n_train": len(train_set)})
     return fit(cfg.core(train_set.spec.bits), bench, cfg, run_dir, run_config=cfg.to_dict(), resume=resume,
-               reporter=reporter)
+               reporter=reporter, dist=dist)

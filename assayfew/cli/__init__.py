@@ -6,6 +6,8 @@ import importlib
 
 import typer
 
+from assayfew.cli._common import guarded
+
 typer_app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 # Each subcommand lives in assayfew/cli/<module>.py and exposes `main`.
@@ -27,7 +29,7 @@ for _name, _module in _COMMANDS.items():
         if exc.name != f"assayfew.cli.{_module}":
             raise
         continue
-    typer_app.command(_name)(_mod.main)
+    typer_app.command(_name)(guarded(_mod.main))
 
 # Command groups: assayfew/cli/<module>.py exposes a Typer `app`.
 _GROUPS = {"images": "images"}

@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from assayfew.checkpoint import load_model
+from assayfew.checkpoint import CONFIG_FILE, load_model
 from assayfew.cli._common import err, user_errors
 from assayfew.experiment import experiment_data, split_taskset
+from assayfew.io import check_output_file
 from assayfew.provenance import stamp
 from assayfew.uncertainty import CV_FOLDS, calibration_quality, fit_calibration, heldout_evidence, save_calibration
 
@@ -20,7 +21,7 @@ def main(
     corpus: Annotated[list[Path], typer.Option(help="Corpus or task cache (repeatable).")],
     split: Annotated[Path, typer.Option(help="Split file; its 'val' side is used (never 'test').")],
     support_k: Annotated[str, typer.Option(help="Support sizes drawn from each assay, comma-separated.")] = "16,32,64",
-    seeds: Annotated[int, typer.Option(help="Support draws per assay and support size.")] = 3,
+    seeds: Annotated[int, typer.Option(min=1, help="Support draws per assay and support size.")] = 3,
 ) -> None:
     """Fit uncertainty = exp(a + b·log(support CV RMSE) + c·(1 − similarity)) by maximum likelihood; prints one
     JSON line (coefficients, 95% coverage and median Spearman(uncertainty, |error|) on the fitting episodes)."""
@@ -29,6 +30,7 @@ def main(
         if seeds < 1 or not ks or min(ks) < 2:
             raise ValueError("--seeds must be ≥ 1 and every --support-k ≥ 2")
         loaded = load_model(model)
+        check_output_file(Path(model) / CONFIG_FILE)  # writable before the long fit, not after it
         taskset, split_def = experiment_data(group=None, data_dir=None, corpus=corpus, fmt=None, split=split,
                                              spec=loaded.spec, standardize=loaded.standardize)
         val = split_taskset(taskset, split_def).val

@@ -9,6 +9,7 @@ import typer
 
 from assayfew.checkpoint import save_ensemble
 from assayfew.cli._common import err, user_errors
+from assayfew.io import check_output_dir
 
 
 def main(
@@ -19,6 +20,7 @@ def main(
     head: Annotated[str, typer.Option(help="Head fitted at adaptation: gd (inner-loop steps) or ridge.")] = "gd",
 ) -> None:
     """Average the predictions of several meta-trained models (each adapts to the assay on its own)."""
+    check_output_dir(out)
     with user_errors():
         if head not in ("gd", "ridge"):
             raise ValueError(f"--head must be gd or ridge, not {head!r}")

@@ -8,37 +8,54 @@ from typing import Annotated, Optional
 
 import typer
 
+from assayfew.bounds import MAX_STEPS, SEED_MAX
 from assayfew.checkpoint import load_model
 from assayfew.cli._common import err, user_errors
-from assayfew.evaluate import evaluate_episodes, evaluation_episodes
+from assayfew.device import DEVICE_HELP, resolve_device
+from assayfew.evaluate import coverage, evaluate_episodes, evaluation_episodes
 from assayfew.experiment import experiment_data, split_taskset
+from assayfew.io import check_output_file, write_csv
 from assayfew.paths import default_model_dir
 
 
 def main(
     model: Annotated[Optional[Path], typer.Option(help="Model directory (default: the shipped model).")] = None,
-    group: Annotated[Optional[int], typer.Option(help="pQSAR drug group 1-4 (needs --data-dir).")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the pQSAR SI files.")] = None,
+    group: Annotated[Optional[int], typer.Option(min=1, max=4, help="pQSAR drug group 1-4.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the pQSAR SI files (default: "
+                                                          "$ASSAYFEW_PQSAR_DIR, else ./pqsar).")] = None,
     corpus: Annotated[Optional[list[Path]], typer.Option(help="Corpus or task cache (repeatable).")] = None,
     format: Annotated[Optional[str], typer.Option("--format", help="pqsar|long|dir|fsmol (auto).")] = None,
     split: Annotated[Optional[Path], typer.Option(help="Split file; its 'test' side is evaluated.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Adaptation steps (default: the model's).")] = None,
-    support_k: Annotated[Optional[int], typer.Option(help="Draw K support compounds from TRN (default: all).")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS,
+                                                 help="Adaptation steps (default: the model's).")] = None,
+    support_k: Annotated[Optional[int], typer.Option(min=1,
+                                                     help="Draw K support compounds from TRN (default: all).")] = None,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX)] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Per-assay CSV.")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
-    """Squared Pearson r per meta-test assay; prints one JSON line (mean, median, gt03, n, 95% CIs)."""
+    """Squared Pearson r per meta-test assay; prints one JSON line (mean, median, gt03, n, 95% CIs, skipped and
+    absent assay ids)."""
+    if out is not None:
+        check_output_file(out)
     with user_errors():
-        loaded = load_model(model or default_model_dir())
+        target = resolve_device(device)
+        loaded = load_model(model or default_model_dir()).to(target)
         taskset, split_def = experiment_data(group=group, data_dir=data_dir, corpus=corpus, fmt=format, split=split,
                                              spec=loaded.spec, standardize=loaded.standardize)
         test = split_taskset(taskset, split_def, seed=seed).test
         if len(test) == 0:
             raise ValueError("the split's test side has no assays in this corpus")
         episodes = evaluation_episodes(test, support_k=support_k, seed=seed)
+        covered = coverage(split_def.test, test, episodes)
+        err.print(f"evaluated {covered['evaluated']} of {len(dict.fromkeys(split_def.test))} meta-test assays")
+        if covered["skipped"]:
+            err.print(f"skipped (too few compounds: under 2 support or 5 query): {', '.join(covered['skipped'])}")
+        if covered["absent"]:
+            err.print(f"absent from the corpus: {', '.join(covered['absent'])}")
         result = evaluate_episodes(episodes, lambda xs, ys, xq: loaded.adapt_predict(xs, ys, xq, steps=steps),
                                    seed=seed)
     if out is not None:
-        result.per_assay.to_csv(out, index=False)
+        write_csv(out, result.per_assay)
         err.print(f"wrote {out}")
-    print(json.dumps(result.summary))
+    print(json.dumps(result.summary | {"skipped": covered["skipped"], "absent": covered["absent"]}))

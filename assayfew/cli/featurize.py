@@ -10,31 +10,43 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from assayfew.bounds import MAX_FP_BITS, MAX_FP_RADIUS, MIN_FP_BITS
 from assayfew.chem import FingerprintSpec, featurize_smiles
+from assayfew.cli._common import fail
 from assayfew.data import DataFormatError, read_smiles_csv
+from assayfew.io import atomic_write, check_output_file
 
 
 def main(
     input_csv: Path = typer.Argument(..., help="CSV file with a SMILES column."),
-    out: Path = typer.Option(..., "--out", help="Output .npz (fingerprints, valid, smiles)."),
+    out: Path = typer.Option(..., "--out", help="Output .npz (fingerprints, valid, smiles), at exactly this path."),
     smiles_col: str | None = typer.Option(None, "--smiles-col", help="SMILES column (default: auto-detect)."),
-    radius: int = typer.Option(2, "--radius", min=0, help="Morgan radius."),
-    bits: int = typer.Option(1024, "--bits", min=8, help="Fingerprint length."),
+    radius: int = typer.Option(2, "--radius", min=0, max=MAX_FP_RADIUS, help="Morgan radius."),
+    bits: int = typer.Option(1024, "--bits", min=MIN_FP_BITS, max=MAX_FP_BITS, help="Fingerprint length."),
     standardize: bool = typer.Option(False, "--standardize", help="Largest fragment + neutralise first."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the fingerprint cache."),
 ) -> None:
     """Featurize every row of INPUT_CSV (input order kept; invalid rows are all-zero with valid=False)."""
     console = Console()
     if not input_csv.is_file():
-        raise typer.BadParameter(f"file not found: {input_csv}", param_hint="INPUT_CSV")
+        problem = "is a directory, not a CSV file" if input_csv.is_dir() else "file not found"
+        raise typer.BadParameter(f"{input_csv}: {problem}", param_hint="INPUT_CSV")
+    check_output_file(out)
     try:
         smiles, column = read_smiles_csv(input_csv, smiles_col)
     except DataFormatError as exc:
+        if exc.column is None:  # unreadable file (encoding, empty, malformed): not the column's fault
+            raise fail(str(exc)) from None
         raise typer.BadParameter(str(exc), param_hint="--smiles-col") from exc
     result = featurize_smiles(smiles, FingerprintSpec(radius=radius, bits=bits), standardize=standardize,
                               cache=not no_cache, canonical=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, fingerprints=result.fingerprints, valid=result.valid, smiles=np.array(smiles, dtype=str))
+    arrays = {"fingerprints": result.fingerprints, "valid": result.valid, "smiles": np.array(smiles, dtype=str)}
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as handle:  # a file handle: numpy adds no '.npz' to the name
+            np.savez_compressed(handle, **arrays)
+
+    atomic_write(out, write)
     n_bad = int((~result.valid).sum())
     console.print(f"{len(smiles)} rows from column '{column}' written to {out}")
     console.print(f"{n_bad} invalid rows", soft_wrap=True)

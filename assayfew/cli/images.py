@@ -29,16 +29,14 @@ def _progress() -> Progress:
 
 class _RichReporter(Reporter):
     def __init__(self, progress: Progress, what: str) -> None:
-        self.progress, self.what, self.task, self.values = progress, what, None, []
+        self.progress, self.what, self.task = progress, what, None
 
     def start(self, total_iters: int, done_iters: int) -> None:
         self.task = self.progress.add_task(self.what, total=total_iters, completed=done_iters, info="")
 
-    def iteration(self, epoch: int, loss: float) -> None:
-        self.values.append(loss)
-        recent = self.values[-50:]
-        info = f"epoch {epoch}  loss {sum(recent) / len(recent):.3f}" if self.what == "meta-training" else ""
-        self.progress.update(self.task, advance=1, info=info)
+    def iteration(self, epoch: int, loss: float, n: int = 1) -> None:
+        info = f"epoch {epoch}  loss {loss:.3f}" if self.what == "meta-training" else ""
+        self.progress.update(self.task, advance=n, info=info)
 
     def epoch(self, row: dict) -> None:
         self.progress.console.print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  validation accuracy "

@@ -11,6 +11,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from assayfew.bounds import MAX_STEPS, SEED_MAX
+from assayfew.cli._common import fail
+from assayfew.io import check_output_file, write_csv
+from assayfew.device import DEVICE_HELP, resolve_device
 from assayfew.metrics import r2_pearson
 from assayfew.predict import (InputError, PredictOptions, adapt_and_predict, example_assay, load_default_model,
                               ridge_baseline_r2)
@@ -28,21 +32,31 @@ def main(
     smiles_col: Annotated[Optional[str], typer.Option(help="SMILES column (auto-detected).")] = None,
     activity_col: Annotated[Optional[str], typer.Option(help="Activity column (auto-detected).")] = None,
     units: Annotated[str, typer.Option(help="Activity units: p (pIC50/pKi...), nM or uM.")] = "p",
-    steps: Annotated[Optional[int], typer.Option(help="Gradient steps of adaptation (default: the model's).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the cross-validation draws.")] = 0,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS,
+                                                 help="Gradient steps of adaptation (default: the model's).")] = None,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX,
+                                      help="Seed for the cross-validation draws.")] = 0,
     example: Annotated[bool, typer.Option("--example", help="Run on RDKit's bundled ChEMBL assay "
                                                             "CHEMBL2321810 (pIC50).")] = False,
-    n_measured: Annotated[int, typer.Option(help="With --example: how many compounds count as measured.")] = 32,
+    n_measured: Annotated[int, typer.Option(min=3, help="With --example: how many compounds count as measured.")] = 32,
     sep: Annotated[Optional[str], typer.Option(help="Column separator of a text INPUT: ',', ';' or 'tab' "
                                                     "(default: sniffed).")] = None,
     standardize: Annotated[Optional[bool], typer.Option(
         "--standardize/--no-standardize", help="Strip salts and neutralise (largest organic fragment) before "
                                                "featurizing; the output keeps your SMILES (default: as the model "
                                                "was trained; models without a record: standardise).")] = None,
+    device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}. One assay adapts in well under a second on "
+                                             "the CPU, where CUDA start-up alone takes longer.")] = "cpu",
 ) -> None:
     """Predict activities for the unmeasured compounds of one assay."""
+    if out is not None:
+        check_output_file(out)  # before the work, not after it
     try:
-        loaded = load_default_model(model)
+        target = resolve_device(device)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    try:
+        loaded = load_default_model(model).to(target)
         problems = None
         if example:
             table, truth = example_assay(n_measured=n_measured, seed=seed)
@@ -58,11 +72,10 @@ def main(
                                        units=units, input_problems=problems,
                                        options=PredictOptions(steps=steps, seed=seed, standardize=standardize))
     except InputError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
 
     if out is not None:
-        result.table.to_csv(out, index=False)
+        write_csv(out, result.table)
     err.print(escape(result.summary()))
     err.print(f"cross-validated R² on the measured compounds: {result.cv_r2:.3f}")
     for warning in result.warnings:

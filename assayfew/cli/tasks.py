@@ -12,17 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from assayfew.bounds import MAX_FP_BITS, MAX_FP_RADIUS, MIN_FP_BITS, SEED_MAX
 from assayfew.chem import FingerprintSpec
-from assayfew.io import write_json
+from assayfew.cli._common import fail as _fail
+from assayfew.io import OutputError, check_output_dir, write_json
 from assayfew.splits import Split, SplitError
 from assayfew.tasks import TaskSet, build_taskset, taskset_summary
 
 FORMATS = ("pqsar", "long", "dir", "fsmol")
-
-
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 def main(
@@ -32,12 +29,12 @@ def main(
         Optional[str], typer.Option("--format", "-f", help="pqsar | long | dir | fsmol (default: detect per source).")
     ] = None,
     split: Annotated[Optional[Path], typer.Option("--split", help="Split file to resolve (saved as split.json).")] = None,
-    radius: Annotated[int, typer.Option(help="Morgan radius.")] = 2,
-    bits: Annotated[int, typer.Option(help="Fingerprint length.")] = 1024,
+    radius: Annotated[int, typer.Option(min=0, max=MAX_FP_RADIUS, help="Morgan radius.")] = 2,
+    bits: Annotated[int, typer.Option(min=MIN_FP_BITS, max=MAX_FP_BITS, help="Fingerprint length.")] = 1024,
     standardize: Annotated[bool, typer.Option(
         "--standardize/--no-standardize", help="Strip salts and neutralise (largest organic fragment) before "
                                                "featurizing; recorded in the cache and in models trained on it.")] = True,
-    seed: Annotated[int, typer.Option(help="Seed (validation draws of partial split files).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed (validation draws of partial split files).")] = 0,
     fp_cache: Annotated[
         bool, typer.Option("--fp-cache/--no-fp-cache", help="Reuse cached fingerprints across runs.")
     ] = True,
@@ -45,8 +42,6 @@ def main(
     """Featurize and validate corpora; write the task cache, summary.json and config.json."""
     if fmt is not None and fmt not in FORMATS:
         raise _fail(f"unknown --format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    if radius < 0 or bits < 8:
-        raise _fail(f"invalid fingerprint settings: radius {radius}, bits {bits}")
     for source in sources:
         if not source.exists():
             raise _fail(f"{source}: no such file or directory")
@@ -56,8 +51,10 @@ def main(
             split_file = Split.load(split)
         except SplitError as exc:
             raise _fail(str(exc)) from None
-    if out.exists() and not out.is_dir():
-        raise _fail(f"{out}: exists and is not a directory")
+    try:
+        check_output_dir(out)
+    except OutputError as exc:
+        raise _fail(str(exc)) from None
 
     spec = FingerprintSpec(radius=radius, bits=bits)
     started = time.perf_counter()

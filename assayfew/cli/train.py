@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from assayfew.cli._common import err, user_errors
+from assayfew.cli._common import err, fail, user_errors
+from assayfew.device import DEVICE_HELP, resolve_device
+from assayfew.distributed import DistContext, init_from_env
 from assayfew.experiment import experiment_data, split_taskset
-from assayfew.io import read_toml
+from assayfew.io import check_output_dir, read_toml
+from assayfew.rundir import clear_run, run_artefacts
 from assayfew.train import Reporter, TrainConfig, train
 
 
@@ -21,8 +25,8 @@ class RichReporter(Reporter):
     def start(self, total_iters: int, done_iters: int) -> None:
         self.task = self.progress.add_task("meta-training", total=total_iters, completed=done_iters, info="")
 
-    def iteration(self, epoch: int, loss: float) -> None:
-        self.progress.update(self.task, advance=1,
+    def iteration(self, epoch: int, loss: float, n: int = 1) -> None:
+        self.progress.update(self.task, advance=n,
                              info=f"epoch {epoch}  loss {loss:.3f}  val R² {self.last_val:.3f}")
 
     def epoch(self, row: dict) -> None:
@@ -31,14 +35,40 @@ class RichReporter(Reporter):
                                     f"val mean R² {row['val_mean_r2']:.4f}  median {row['val_median_r2']:.4f}")
 
 
+def default_run_dir(group: int | None, dist: DistContext) -> Path:
+    """A new runs/group<N>-<timestamp> (runs/train-<timestamp> for corpus runs); rank 0's clock on every rank."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(dist.broadcast_int(int(time.time()))))
+    name = f"group{group}" if group is not None else "train"
+    path = Path("runs") / f"{name}-{stamp}"
+    for n in range(2, 100):  # never reuse an existing directory (two runs started in the same second)
+        if not path.exists():
+            break
+        path = Path("runs") / f"{name}-{stamp}-{n}"
+    return path
+
+
 def _csv_ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
 
+def check_run_target(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Before any work: --out must be writable, and must not hold a run unless --resume or --overwrite says so."""
+    if resume and overwrite:
+        raise fail("--resume and --overwrite contradict each other: choose one")
+    check_output_dir(out)
+    found = run_artefacts(out)
+    if found and not (resume or overwrite):
+        raise fail(f"{out} already holds a training run ({', '.join(found)}): continue it with --resume, "
+                   "choose a new --out, or pass --overwrite to replace it")
+
+
 def main(
-    out: Annotated[Path, typer.Option(help="Run directory (config.toml, metrics.csv, model/).")],
-    group: Annotated[Optional[int], typer.Option(help="pQSAR drug group 1-4 (needs --data-dir).")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the pQSAR SI files.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (config.toml, metrics.csv, model/); "
+                                                     "default: a new runs/group<N>-<timestamp> "
+                                                     "(runs/train-<timestamp>).")] = None,
+    group: Annotated[Optional[int], typer.Option(min=1, max=4, help="pQSAR drug group 1-4.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the pQSAR SI files (default: "
+                                                          "$ASSAYFEW_PQSAR_DIR, else ./pqsar).")] = None,
     corpus: Annotated[Optional[list[Path]], typer.Option(help="Corpus or task cache (repeatable).")] = None,
     format: Annotated[Optional[str], typer.Option("--format", help="pqsar|long|dir|fsmol (auto).")] = None,
     split: Annotated[Optional[Path], typer.Option(help="Split file {train,val,test} for --corpus.")] = None,
@@ -58,34 +88,56 @@ def main(
     hidden: Annotated[Optional[str], typer.Option(help="Hidden widths, e.g. 500,500")] = None,
     label_scaling: Annotated[Optional[str], typer.Option(help="none|center|standardize")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda")] = None,
+    device: Annotated[Optional[str], typer.Option(help=DEVICE_HELP)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR from its last completed epoch.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
     standardize: Annotated[Optional[bool], typer.Option(
         "--standardize/--no-standardize", help="Strip salts and neutralise structures before featurizing "
                                                "(default: yes; predict follows the model's choice).")] = None,
 ) -> None:
-    """Meta-train ANIL++ (or another learner) with MetaMix (or another mixing strategy)."""
+    """Meta-train ANIL++ (or another learner) with MetaMix (or another mixing strategy).
+
+    Under `torchrun --nproc-per-node N -m assayfew train ...` the meta-batch is shared out over N processes
+    (NCCL on GPUs, gloo on CPUs); rank 0 validates and writes the run directory."""
     with user_errors():
+        if resume and out is None:
+            raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
         values: dict = read_toml(config) if config else {}
         flags = {"algo": algo, "mix": mix, "alpha": alpha, "beta": beta, "fixed_lambda": fixed_lambda,
                  "epochs": epochs, "iters": iters, "meta_batch": meta_batch, "inner_steps": inner_steps,
                  "inner_lr": inner_lr, "outer_lr": outer_lr, "label_scaling": label_scaling, "seed": seed,
                  "device": device, "standardize": standardize, "layers": _csv_ints(layers) if layers else None,
                  "hidden": _csv_ints(hidden) if hidden else None}
-        if resume and (out / "config.toml").exists() and not config:
+        if resume and out is not None and (out / "config.toml").exists() and not config:
             values = read_toml(out / "config.toml")
         values |= {k: v for k, v in flags.items() if v is not None}
         cfg = TrainConfig.from_dict(values)
+        dist = init_from_env(resolve_device(cfg.device))
+        if out is not None:  # a named run directory is checked before any work
+            check_run_target(out, resume=resume, overwrite=overwrite)
+        else:  # a new default one is made only once the data have loaded (no empty run dirs left behind)
+            out = default_run_dir(group, dist)
+        if not dist.is_main:
+            dist.barrier()  # rank 0 reads and featurizes first; the others then hit its caches
         taskset, split_def = experiment_data(group=group, data_dir=data_dir, corpus=corpus, fmt=format, split=split,
                                              standardize=cfg.standardize)
+        if dist.is_main:
+            dist.barrier()
         data = split_taskset(taskset, split_def, seed=cfg.seed)
         if len(data.train) == 0 or len(data.val) == 0:
             raise ValueError(f"the split leaves {len(data.train)} training and {len(data.val)} validation assays")
+        if not dist.is_main:
+            train(cfg, data.train, data.val, out, resume=resume, dist=dist)
+            return
+        check_run_target(out, resume=resume, overwrite=overwrite)
+        if overwrite:
+            clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
         data.split.save(out / "split.json")
-        err.print(f"train {len(data.train)} assays, val {len(data.val)}, test {len(data.test)}")
+        ranks = f" on {dist.world_size} ranks" if dist.active else ""
+        err.print(f"train {len(data.train)} assays, val {len(data.val)}, test {len(data.test)}{ranks}; run in {out}")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err) as progress:
             result = train(cfg, data.train, data.val, out, resume=resume, reporter=RichReporter(progress),
-                           split_info={"source": str(split or f"pqsar group {group}")})
+                           split_info={"source": str(split or f"pqsar group {group}")}, dist=dist)
     err.print(f"best epoch {result.best_epoch}: val mean R² {result.best_val:.4f}; model in {out / 'model'}")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from assayfew.distributed import SINGLE, DistContext
 from assayfew.evaluate import evaluate_episodes
 from assayfew.images.data import ImageSet, OneShotRun
 from assayfew.images.episodes import EpisodeSampler
@@ -151,7 +152,7 @@ class ImageBenchmark:
             yield sampler.batch(c.meta_batch)
 
     def train_step(self, learner: MetaLearner, mixer: Mixer, item: TaskBatch, *, generator: torch.Generator,
-                   epoch: int, device: torch.device, dist: Any = None) -> torch.Tensor:
+                   epoch: int, device: torch.device, dist: DistContext = SINGLE) -> torch.Tensor:
         return batch_step(learner, mixer, item, generator=generator, epoch=epoch, device=device, dist=dist)
 
     def validate(self, learner: MetaLearner, model_config: dict[str, Any]) -> dict[str, float]:

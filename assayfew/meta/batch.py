@@ -67,17 +67,53 @@ class TaskBatch:
         self._rows[which] = ((id(x), x._version), rows, x)
         self._rows[("nnz", which)] = (("nnz", id(x), x._version), int(rows.by_row.indices.numel()), x)
 
+    def valid_rows(self, which: str) -> Tensor:
+        """Flat indices (into T*N) of the valid support ("s") or query ("q") rows, in order (memoised;
+        given by `set_valid_rows` when known on the host, so that no device sync is needed)."""
+        m = self.ms if which == "s" else self.mq
+        key = (id(m), m._version)
+        hit = self._rows.get(("valid", which))
+        if hit is None or hit[0] != key:
+            hit = (key, (m.reshape(-1) > 0).nonzero().squeeze(1), m)
+            self._rows[("valid", which)] = hit
+        return hit[1]
+
+    def set_valid_rows(self, which: str, index: Tensor) -> None:
+        """Give `valid_rows(which)` when already known; it must equal the non-zero positions of the mask."""
+        m = self.ms if which == "s" else self.mq
+        self._rows[("valid", which)] = ((id(m), m._version), index, m)
+
+    def tasks(self, start: int, stop: int) -> TaskBatch:
+        """Tasks start..stop-1 (a rank's share of a meta-batch), padded as the whole batch."""
+        part = TaskBatch(*(t[start:stop] for t in (self.xs, self.ys, self.ms, self.xq, self.yq, self.mq)))
+        if start == 0 and stop >= self.n_tasks:
+            part._rows.update(self._rows)
+        return part
+
     @property
     def n_tasks(self) -> int:
         return int(self.xs.shape[0])
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TaskBatch:
+    def pin_memory(self) -> TaskBatch:
+        """The batch in page-locked host memory (for non-blocking copies to a GPU); memoised valid rows kept."""
+        pinned = TaskBatch(*(t.pin_memory() for t in (self.xs, self.ys, self.ms, self.xq, self.yq, self.mq)))
+        for w in ("s", "q"):
+            if ("valid", w) in self._rows:
+                pinned.set_valid_rows(w, self._rows[("valid", w)][1].pin_memory())
+        return pinned
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
+           non_blocking: bool = False) -> TaskBatch:
         def mv(t: Tensor) -> Tensor:
-            return t.to(device=device, dtype=dtype)
+            return t.to(device=device, dtype=dtype, non_blocking=non_blocking)
 
         moved = TaskBatch(mv(self.xs), mv(self.ys), mv(self.ms), mv(self.xq), mv(self.yq), mv(self.mq))
         if moved.xs is self.xs and moved.xq is self.xq:  # same input tensors: memoised forms stay valid
             moved._rows.update(self._rows)
+        else:  # valid-row indices travel with the masks (the sparse forms are rebuilt where needed)
+            for w in ("s", "q"):
+                if ("valid", w) in self._rows:
+                    moved.set_valid_rows(w, self._rows[("valid", w)][1].to(device=device, non_blocking=non_blocking))
         return moved
 
 

@@ -101,7 +101,7 @@ class _Body:
         if self.xq is not None and self.mq is not None and self.batch is not None:
             batch = self.batch
             self.model.prime_memos(self.params, self.xs, self.ms, self.xq, self.mq, self.memo_s, self.memo_q,
-                                   lambda: batch.sparse_rows("sq"))
+                                   lambda: batch.sparse_rows("sq"), batch.valid_rows)
 
     def set_support(self, b: int, trace: tuple[list[Tensor], Stats]) -> None:
         """Use `trace` (hiddens to the last hidden block, statistics) as the support trace under BN set b."""
@@ -276,7 +276,7 @@ class MetaLearner(nn.Module):
         lrs: dict[str, nn.Parameter] = {}
         for n in self.adapt_names:
             if self.lr_mode == "per_step":
-                lrs[n] = nn.Parameter(torch.full((self.inner_steps,), self.inner_lr))
+                lrs[n] = nn.Parameter(torch.full((self.inner_steps,), self.inner_lr, device=init[n].device))
             elif self.lr_mode == "per_param":
                 lrs[n] = nn.Parameter(torch.full_like(init[n], self.inner_lr))
         self.lrs = nn.ParameterDict(lrs)

@@ -126,6 +126,15 @@ def layer_groups(layers: Sequence[int], device: torch.device) -> list[tuple[int,
         return [(distinct[0], None)]
     return [(l, torch.tensor([t for t, lt in enumerate(layers) if lt == l], device=device)) for l in distinct]
 
+    def tasks(self, start: int, stop: int) -> MixPlan:
+        """The plan of tasks start..stop-1 of its batch (a rank's share of a meta-batch)."""
+        pick = (lambda t: None if t is None else t[start:stop])
+        return MixPlan(self.layer, pick(self.lam), pick(self.idx))
+
+    def to(self, device: torch.device, *, non_blocking: bool = False) -> MixPlan:
+        move = (lambda t: None if t is None else t.to(device, non_blocking=non_blocking))
+        return MixPlan(self.layer, move(self.lam), move(self.idx))
+
 
 def numpy_rng(generator: torch.Generator) -> np.random.Generator:
     """A numpy generator seeded from a torch generator (keeps runs reproducible from one seed)."""

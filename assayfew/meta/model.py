@@ -71,7 +71,8 @@ class FunctionalModel(Protocol):
                        per_step_bn: bool) -> HeadFastPath | None: ...
 
     def prime_memos(self, params: dict[str, Tensor], xs: Tensor, ms: Tensor, xq: Tensor, mq: Tensor,
-                    memo_s: Memo, memo_q: Memo, joint_rows: Callable[[], SparseRows] | None) -> None: ...
+                    memo_s: Memo, memo_q: Memo, joint_rows: Callable[[], SparseRows] | None,
+                    valid_rows: Callable[[str], Tensor] | None = None) -> None: ...
 
     def affine_after(self, position: int) -> bool: ...
 
@@ -96,8 +97,10 @@ class ModelBase:
         return None
 
     def prime_memos(self, params: dict[str, Tensor], xs: Tensor, ms: Tensor, xq: Tensor, mq: Tensor,
-                    memo_s: Memo, memo_q: Memo, joint_rows: Callable[[], SparseRows] | None) -> None:
-        """Fill the support and query memos together before the inner loop (optional speed-up)."""
+                    memo_s: Memo, memo_q: Memo, joint_rows: Callable[[], SparseRows] | None,
+                    valid_rows: Callable[[str], Tensor] | None = None) -> None:
+        """Fill the support and query memos together before the inner loop (optional speed-up).
+        `valid_rows(which)`: flat indices of the valid "s"/"q" rows when the batch knows them (no device sync)."""
 
     def affine_after(self, position: int) -> bool:
         """Whether the map after hidden `position` starts with an affine map whose output `trace` memoises
@@ -219,27 +222,28 @@ class MLP(ModelBase):
 
     def init_params(self, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Linear weights (in, out), uniform(±1/sqrt(fan_in)) as torch.nn.Linear; BN weight 1 / bias 0;
-        transforms = I."""
+        transforms = I. Created on the generator's device (the CPU without one): move the learner after."""
         params: dict[str, Tensor] = {}
         dims = (self.in_dim, *self.hidden)
+        device = generator.device if generator is not None else torch.device("cpu")
 
         def lin(fan_in: int, fan_out: int) -> tuple[Tensor, Tensor]:
             bound = 1.0 / math.sqrt(fan_in)
-            w = (torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound
-            b = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
+            w = (torch.rand(fan_in, fan_out, generator=generator, device=device) * 2 - 1) * bound
+            b = (torch.rand(fan_out, generator=generator, device=device) * 2 - 1) * bound
             return w, b
 
         for k in range(1, len(self.hidden) + 1):
             w, b = lin(dims[k - 1], dims[k])
             params[f"block{k}_weight"], params[f"block{k}_bias"] = w, b
-            params[f"block{k}_bn_weight"] = torch.ones(self.bn_rows(k), dims[k])
-            params[f"block{k}_bn_bias"] = torch.zeros(self.bn_rows(k), dims[k])
+            params[f"block{k}_bn_weight"] = torch.ones(self.bn_rows(k), dims[k], device=device)
+            params[f"block{k}_bn_bias"] = torch.zeros(self.bn_rows(k), dims[k], device=device)
             if self.transforms:
-                params[f"block{k}_transform"] = torch.eye(dims[k])
+                params[f"block{k}_transform"] = torch.eye(dims[k], device=device)
         w, b = lin(dims[-1], self.out_dim)
         params["head_weight"], params["head_bias"] = w, torch.full_like(b, self.out_bias)
         if self.transforms:
-            params["head_transform"] = torch.eye(self.out_dim)
+            params["head_transform"] = torch.eye(self.out_dim, device=device)
         return params
 
     def bn_rows(self, k: int) -> int:
@@ -382,7 +386,8 @@ class MLP(ModelBase):
         return loss, {"head_weight": gw, "head_bias": gb}
 
     def prime_memos(self, params: dict[str, Tensor], xs: Tensor, ms: Tensor, xq: Tensor, mq: Tensor,
-                    memo_s: Memo, memo_q: Memo, joint_rows: Callable[[], SparseRows] | None) -> None:
+                    memo_s: Memo, memo_q: Memo, joint_rows: Callable[[], SparseRows] | None,
+                    valid_rows: Callable[[str], Tensor] | None = None) -> None:
         """With per-step batch norm in the last hidden block only, that block's (step-independent) linear map
         runs once on the valid support and query rows together (one product, no padding rows); padding rows
         get 0 there (they are masked out of statistics, losses and mixing partners). Block 1 of both runs as
@@ -396,8 +401,10 @@ class MLP(ModelBase):
         hs, stats = self.trace(params, xs, 0, mask=ms, stop=last - 1, memo=memo_s)
         hq = self.trace(params, xq, 0, stats=stats, stop=last - 1, memo=memo_q)[0][-1]
         (t, ns, width), nq = hs[-1].shape, hq.shape[1]
-        si = (ms.reshape(-1) > 0).nonzero().squeeze(1)
-        qi = (mq.reshape(-1) > 0).nonzero().squeeze(1)
+        if valid_rows is not None:  # no device sync when the batch was given them on the host
+            si, qi = valid_rows("s"), valid_rows("q")
+        else:
+            si, qi = (ms.reshape(-1) > 0).nonzero().squeeze(1), (mq.reshape(-1) > 0).nonzero().squeeze(1)
         rows = torch.cat([hs[-1].reshape(t * ns, width).index_select(0, si),
                           hq.reshape(t * nq, width).index_select(0, qi)])
         z = self.pre_activation(params, rows, last)

@@ -79,8 +79,8 @@ class SparseRows:
         def weights(a: _Bags, b: _Bags) -> Tensor | None:
             if a.weights is None and b.weights is None:
                 return None
-            wa = a.weights if a.weights is not None else torch.ones(a.indices.numel())
-            wb = b.weights if b.weights is not None else torch.ones(b.indices.numel())
+            wa = a.weights if a.weights is not None else torch.ones(a.indices.numel(), device=a.indices.device)
+            wb = b.weights if b.weights is not None else torch.ones(b.indices.numel(), device=b.indices.device)
             return torch.cat([wa, wb.to(wa.dtype)])
 
         by_row = _Bags(torch.cat([top.by_row.indices, bottom.by_row.indices]),

@@ -154,4 +154,4 @@ def test_missing_model_is_a_clear_error(monkeypatch, tmp_path):
     at.button(key="load_example").click().run()
     at.button(key="adapt").click().run()
     assert not at.exception
-    assert len(at.error) == 1 and "not a model directory" in at.error[0].value
+    assert len(at.error) == 1 and "not a valid assayfew model: no such directory" in at.error[0].value

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-import subprocess
-from types import SimpleNamespace
+import os
+import socket
 
 import pytest
 from typer.testing import CliRunner
 
 import assayfew.cli.app as launcher
 from assayfew.cli import typer_app as cli
+from assayfew.paths import default_model_dir
 
 
 @pytest.fixture
 def launched(monkeypatch) -> list[dict]:
+    """Record the exec instead of replacing the test process; every port counts as free."""
     calls: list[dict] = []
 
-    def fake_run(cmd, env=None, check=False):
+    def fake_execve(path, cmd, env):
         calls.append({"cmd": cmd, "env": env})
-        return SimpleNamespace(returncode=0)
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(os, "execve", fake_execve)
+    monkeypatch.setattr(launcher, "port_problem", lambda host, port: None)
     return calls
 
 
@@ -42,12 +44,33 @@ def test_defaults_bind_localhost_with_upload_limit(launched, monkeypatch):
     assert "ASSAYFEW_MODEL_DIR" not in launched[0]["env"]
 
 
-def test_model_host_and_port_are_passed_on(launched, tmp_path):
-    result = CliRunner().invoke(cli, ["app", "--host", "0.0.0.0", "--port", "9999", "--model", str(tmp_path)])
+def test_model_host_and_port_are_passed_on(launched):
+    model = default_model_dir()
+    result = CliRunner().invoke(cli, ["app", "--host", "0.0.0.0", "--port", "9999", "--model", str(model)])
     assert result.exit_code == 0, result.output
     cmd, env = launched[0]["cmd"], launched[0]["env"]
     assert option(cmd, "--server.address") == "0.0.0.0" and option(cmd, "--server.port") == "9999"
-    assert env["ASSAYFEW_MODEL_DIR"] == str(tmp_path.resolve())
+    assert env["ASSAYFEW_MODEL_DIR"] == str(model.resolve())
+
+
+def test_damaged_model_is_refused_before_launch(launched, tmp_path):
+    (tmp_path / "config.json").write_text("{broken")
+    result = CliRunner().invoke(cli, ["app", "--model", str(tmp_path)])
+    assert result.exit_code == 2 and "not a valid assayfew model" in result.output and not launched
+
+
+def test_busy_port_is_refused_before_announcing_a_url(monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "execve", lambda *args: calls.append(args))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert launcher.port_problem("127.0.0.1", port) is not None
+        result = CliRunner().invoke(cli, ["app", "--port", str(port)])
+    assert result.exit_code == 2 and "choose another --port" in result.output
+    assert "http://" not in result.output and not calls
+    assert launcher.port_problem("127.0.0.1", port) is None  # released
 
 
 def test_missing_model_dir_or_app_file_is_a_clear_error(launched, tmp_path, monkeypatch):

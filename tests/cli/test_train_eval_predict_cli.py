@@ -79,7 +79,7 @@ def test_predict_errors_are_clear(tiny_model_dir, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("name,value\nx,1\n")
     res = runner.invoke(typer_app, ["predict", str(bad), "--model", str(tiny_model_dir)])
-    assert res.exit_code == 2 and "no smiles column" in res.output
+    assert res.exit_code == 2 and "no smiles column" in " ".join(res.output.split())
 
 
 def test_predict_example_prints_r2(tiny_model_dir):

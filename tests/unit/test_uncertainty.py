@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from assayfew.checkpoint import load_model
+from assayfew.checkpoint import MetaModel, ModelError, load_model
 from assayfew.predict import InputError, PredictOptions, adapt_and_predict, example_assay
 from assayfew.tasks import Task
 from assayfew.uncertainty import (Evidence, UncertaintyCalibration, calibration_quality, cross_validated, cv_folds,
@@ -107,5 +107,9 @@ def test_bad_calibration_in_the_model_json_is_a_clear_error(tiny_model_dir, tmp_
     shutil.copytree(tiny_model_dir, bad)
     config = json.loads((bad / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps(config | {"uncertainty": {"cv_slope": "steep"}}))
+    with pytest.raises(ModelError, match="not a valid assayfew model: config.json: uncertainty.cv_slope"):
+        load_model(bad)  # refused on loading, by the model schema
+    good = load_model(tiny_model_dir)  # a config changed in memory is still checked where it is used
+    steep = MetaModel(learners=good.learners, config=good.config | {"uncertainty": {"cv_slope": "steep"}})
     with pytest.raises(InputError, match="uncertainty.cv_slope must be a finite number"):
-        adapt_and_predict(assay, load_model(bad), options=PredictOptions(cv_folds=3))
+        adapt_and_predict(assay, steep, options=PredictOptions(cv_folds=3))
