@@ -19,11 +19,12 @@ from assayfew.blas import single_threaded_numpy_blas
 from assayfew.bounds import MAX_STEPS, check_range
 from assayfew.chem import FingerprintSpec
 from assayfew.io import atomic_write, write_json
-from assayfew.meta import MLP, build_learner
+from assayfew.meta.config import CoreConfig
 from assayfew.meta.learners import AdaptedParams
+from assayfew.meta.memo import Memo
 from assayfew.meta.sparse import SparseRows
 from assayfew.meta.state import learner_state, load_learner_state
-from assayfew.model_schema import ModelError, check_config, member_dir
+from assayfew.model_schema import MODEL_FORMAT, ModelError, check_config, member_dir
 from assayfew.provenance import stamp
 from assayfew.scaling import LabelScaling, fit_scaling
 
@@ -36,14 +37,17 @@ CONFIG_FILE = "config.json"
 
 
 def build_learner_from_config(config: dict[str, Any]) -> torch.nn.Module:
-    """A fresh learner with the architecture and algorithm a model config describes."""
-    arch = config["architecture"]
-    algo = config["algorithm"]
-    model = MLP(in_dim=int(arch["in_dim"]), hidden=tuple(arch["hidden"]), n_steps=int(algo["inner_steps"]),
-                negative_slope=float(arch.get("negative_slope", 0.01)),
-                per_step_blocks=str(arch.get("per_step_blocks", "all")))
-    return build_learner(algo["name"], model, inner_steps=int(algo["inner_steps"]),
-                         inner_lr=float(algo["inner_lr"]), **algo.get("options", {}))
+    """A fresh learner as a model config describes it (its `core`, or a legacy `architecture`/`algorithm`)."""
+    return CoreConfig.of_model(config).build_learner()
+
+
+def shared_part(config: dict[str, Any]) -> dict[str, Any]:
+    """What ensemble members must share (they are adapted and averaged in one label space): the learner,
+    model and task kind (not the mixer they were trained with, nor the seed of their initialisation), the
+    fingerprints and the label scaling."""
+    core = CoreConfig.of_model(config).with_mixer(None).to_dict()
+    core["learner"]["options"].pop("seed", None)
+    return {"core": core} | {k: config.get(k) for k in ("fingerprint", "label_scaling")}
 
 
 def save_model(model_dir: Path, learner: torch.nn.Module, config: dict[str, Any]) -> None:
@@ -79,7 +83,7 @@ class MetaModel:
 
     @property
     def inner_steps(self) -> int:
-        return int(self.config["algorithm"]["inner_steps"])
+        return int(self.learners[0].inner_steps)
 
     @property
     def prediction(self) -> dict[str, Any]:
@@ -135,7 +139,7 @@ class MetaModel:
             for learner in self.learners:
                 learner.eval()
                 with torch.enable_grad():
-                    states.append(learner.adapt(xs, ys, steps=steps or self.inner_steps, ridge_alpha=ridge_alpha))
+                    states.append(learner.adapt(xs, ys, steps=self.inner_steps if steps is None else steps, ridge_alpha=ridge_alpha))
             ridge = (ridge_fit(support_x, support_y, alpha=float(settings["fp_ridge_alpha"]))
                      if float(settings["fp_ridge_weight"]) > 0 else None)
         return Adaptation(states=states, scaling=scaling, ridge=ridge)
@@ -149,8 +153,8 @@ class MetaModel:
         weight = float(self.prediction["fp_ridge_weight"])
         with single_threaded_numpy_blas():
             xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32), device=self.device)
-            memo = {"sparse_rows": cache(lambda: SparseRows.from_dense(xq)),
-                    "input_nnz": cache(lambda: int(torch.count_nonzero(xq)))}  # shared by the learners
+            memo = Memo(sparse_rows=cache(lambda: SparseRows.from_dense(xq)),
+                        input_nnz=cache(lambda: int(torch.count_nonzero(xq))))  # shared by the learners
             per_learner = [learner.predict_many([a.states[i] for a in adaptations], xq, memo)
                            for i, learner in enumerate(self.learners)]
             xq64 = np.asarray(query_x, dtype=np.float64) if weight > 0 else None
@@ -175,8 +179,6 @@ class Adaptation:
     ridge: RidgeFit | None
 
 
-#: Keys that must agree between ensemble members (they are adapted and averaged in one label space).
-SHARED_KEYS = ("architecture", "fingerprint", "label_scaling", "algorithm")
 
 
 MAX_CONFIG_BYTES = 10_000_000
@@ -258,7 +260,8 @@ def load_model(model_dir: Path) -> MetaModel:
     learners = []
     for name in config["members"]:
         learner, member = _load_learner(member_dir(model_dir, name))
-        differing = [k for k in SHARED_KEYS if member.get(k) != config.get(k)]
+        mine, theirs = shared_part(member), shared_part(config)
+        differing = [k for k in mine if mine[k] != theirs[k]]
         if differing:
             raise ModelError(model_dir, f"ensemble member {name!r} differs from the ensemble in {differing}")
         learners.append(learner)
@@ -274,7 +277,8 @@ def save_ensemble(member_dirs: list[Path], out_dir: Path, *, prediction: dict[st
     out_dir = Path(out_dir)
     configs = [_load_learner(Path(m))[1] for m in member_dirs]  # validates every member first
     for m, c in zip(member_dirs[1:], configs[1:]):
-        differing = [k for k in SHARED_KEYS if c.get(k) != configs[0].get(k)]
+        mine, first = shared_part(c), shared_part(configs[0])
+        differing = [k for k in mine if mine[k] != first[k]]
         if differing:
             raise ValueError(f"{m}: cannot join an ensemble with {member_dirs[0]}: they differ in {differing}")
     unknown = set(prediction or {}) - set(PREDICTION_DEFAULTS)
@@ -286,7 +290,7 @@ def save_ensemble(member_dirs: list[Path], out_dir: Path, *, prediction: dict[st
         dst.mkdir(parents=True, exist_ok=True)
         for file in (WEIGHTS_FILE, CONFIG_FILE):
             atomic_write(dst / file, lambda p, f=Path(src) / file: shutil.copyfile(f, p))
-    config = {k: configs[0][k] for k in ("format", *SHARED_KEYS)} | {
+    config = {"format": MODEL_FORMAT} | shared_part(configs[0]) | {
         "members": names,
         "member_training": [c.get("training", {}) | {"commit": c.get("commit")} for c in configs],
         "prediction": PREDICTION_DEFAULTS | (prediction or {}),

@@ -49,16 +49,27 @@ class EvaluationResult:
     summary: dict
 
 
-def evaluate_episodes(episodes: Sequence[Task], predictor: Predictor, *, n_boot: int = 2000,
-                      seed: int = 0) -> EvaluationResult:
-    """Score a predictor (support_x, support_y, query_x) → query predictions on every episode."""
+Score = Callable[[np.ndarray, np.ndarray], float]
+#: The drug benchmark's episode scores (the first one is summarised).
+REGRESSION_SCORES: dict[str, Score] = {"r2": r2_pearson, "mse": mse}
+
+
+def evaluate_episodes(episodes: Sequence[Task], predictor: Predictor, *, scores: dict[str, Score] | None = None,
+                      n_boot: int = 2000, seed: int = 0) -> EvaluationResult:
+    """Score a predictor (support_x, support_y, query_x) → query predictions on every episode, with each of
+    `scores` (name → score(query_y, prediction); default squared Pearson r and MSE); the summary (mean,
+    median, bootstrap CIs) is over the first score."""
+    scores = REGRESSION_SCORES if scores is None else scores
+    if not scores:
+        raise ValueError("evaluate_episodes: no scores given")
     rows = []
     for task in episodes:
         pred = predictor(task.support_x, task.support_y, task.query_x)
-        rows.append({"assay_id": task.assay_id, "n_support": len(task.support_y), "n_query": len(task.query_y),
-                     "r2": r2_pearson(task.query_y, pred), "mse": mse(task.query_y, pred)})
-    per_assay = pd.DataFrame(rows, columns=["assay_id", "n_support", "n_query", "r2", "mse"])
-    return EvaluationResult(per_assay=per_assay, summary=summarize(per_assay["r2"].to_numpy(), n_boot=n_boot,
+        rows.append({"assay_id": task.assay_id, "n_support": len(task.support_y), "n_query": len(task.query_y)}
+                    | {name: score(task.query_y, pred) for name, score in scores.items()})
+    per_assay = pd.DataFrame(rows, columns=["assay_id", "n_support", "n_query", *scores])
+    first = next(iter(scores))
+    return EvaluationResult(per_assay=per_assay, summary=summarize(per_assay[first].to_numpy(), n_boot=n_boot,
                                                                    seed=seed))
 
 

@@ -15,9 +15,13 @@ import jsonschema
 from assayfew.bounds import (MAX_ENSEMBLE_MEMBERS, MAX_FP_BITS, MAX_FP_RADIUS, MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH,
                              MAX_STEPS, MIN_FP_BITS)
 from assayfew.meta import LEARNERS
+from assayfew.meta.config import CoreConfig
 from assayfew.scaling import SCALING_MODES
 
-MODEL_FORMAT = "assayfew-model/1"
+#: 2: the learner, model and task kind as one `core` config (`assayfew.meta.config.CoreConfig`);
+#: 1 (still read, e.g. the shipped model): `architecture` + `algorithm`.
+MODEL_FORMAT = "assayfew-model/2"
+LEGACY_FORMAT = "assayfew-model/1"
 
 
 class ModelError(ValueError):
@@ -32,11 +36,37 @@ _POSITIVE = {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6}
 _FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
 _COUNT = {"type": "integer", "minimum": 0, "maximum": 1_000_000}
 
+_PART = {"type": "object", "required": ["name"], "additionalProperties": False,
+         "properties": {"name": {"type": "string", "maxLength": 100}, "options": {"type": "object"}}}
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["format", "architecture", "fingerprint", "algorithm"],
+    "required": ["format", "fingerprint"],
+    "if": {"properties": {"format": {"const": LEGACY_FORMAT}}},
+    "then": {"required": ["architecture", "algorithm"]},
+    "else": {"required": ["core"], "properties": {"format": {"const": MODEL_FORMAT}}},
     "properties": {
-        "format": {"const": MODEL_FORMAT},
+        "format": {"enum": [MODEL_FORMAT, LEGACY_FORMAT]},
+        "core": {
+            "type": "object",
+            "required": ["model", "learner"],
+            "properties": {
+                "kind": _PART, "mixer": _PART, "format": {"type": "string"},
+                "model": {**_PART, "properties": {**_PART["properties"], "options": {
+                    "type": "object",
+                    "properties": {
+                        "in_dim": {"type": "integer", "minimum": MIN_FP_BITS, "maximum": MAX_FP_BITS},
+                        "hidden": {"type": "array", "minItems": 1, "maxItems": MAX_HIDDEN_LAYERS,
+                                   "items": {"type": "integer", "minimum": 1, "maximum": MAX_HIDDEN_WIDTH}},
+                        "n_steps": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS},
+                        "out_dim": {"type": "integer", "minimum": 1, "maximum": MAX_HIDDEN_WIDTH}}}}},
+                "learner": {**_PART, "properties": {**_PART["properties"], "name": {"enum": sorted(LEARNERS)},
+                                                    "options": {
+                    "type": "object",
+                    "properties": {"inner_steps": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS},
+                                   "inner_lr": _POSITIVE, "msl_epochs": _COUNT, "first_order_epochs": _COUNT}}}},
+            },
+        },
         "architecture": {
             "type": "object",
             "required": ["type", "in_dim", "hidden"],
@@ -101,6 +131,9 @@ def _where(path: Any) -> str:
 
 def check_config(config: Any, model_dir: Path, *, member: bool = False) -> None:
     """ModelError when `config` (parsed config.json) breaks the schema; members must be single models."""
+    if isinstance(config, dict) and config.get("format") not in (MODEL_FORMAT, LEGACY_FORMAT):
+        raise ModelError(model_dir, f"config.json: format: expected {MODEL_FORMAT!r} or {LEGACY_FORMAT!r}, "
+                                    f"found {config.get('format')!r}")
     error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(config))
     if error is not None:
         where = _where(error.absolute_path)
@@ -113,10 +146,14 @@ def check_config(config: Any, model_dir: Path, *, member: bool = False) -> None:
         raise ModelError(model_dir, f"config.json{': ' + where if where else ''}: {message}")
     if member and "members" in config:
         raise ModelError(model_dir, "an ensemble member cannot itself be an ensemble")
-    arch, fp = config["architecture"], config["fingerprint"]
-    if arch["in_dim"] != fp["bits"]:
-        raise ModelError(model_dir, f"config.json: architecture.in_dim {arch['in_dim']} differs from "
-                                    f"fingerprint.bits {fp['bits']}")
+    try:  # names and options of the parts (unknown ones are errors), legacy configs converted
+        core = CoreConfig.of_model(config)
+    except ValueError as exc:
+        raise ModelError(model_dir, f"config.json: {exc}") from None
+    in_dim, fp = core.model.options.get("in_dim"), config["fingerprint"]
+    if in_dim != fp["bits"]:
+        where = "architecture.in_dim" if "core" not in config else "core.model.options.in_dim"
+        raise ModelError(model_dir, f"config.json: {where} {in_dim} differs from fingerprint.bits {fp['bits']}")
 
 
 def member_dir(model_dir: Path, name: str) -> Path:

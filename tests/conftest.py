@@ -59,3 +59,30 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("tiny_run")
     train(TrainConfig(**TINY_CONFIG), ts.subset(ts.assay_ids[:9]), ts.subset(ts.assay_ids[9:]), run)
     return run / "model"
+
+
+def make_omniglot_zip(path: Path, n_classes: int = 6, per_class: int = 4, size: int = 35,
+                      extra: dict[str, bytes] | None = None) -> Path:
+    """A small zip in Omniglot's layout (<top>/<alphabet>/<character>/<drawing>.png, two alphabets): each
+    character a different bar pattern on white, drawings jittered. `extra`: more members (name -> bytes)."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as zf:
+        for c in range(n_classes):
+            alphabet, char = f"Alpha{c % 2}", f"character{c:02d}"
+            for d in range(per_class):
+                img = np.full((size, size), 255, dtype=np.uint8)
+                row = 3 + (c * 5) % (size - 8) + int(rng.integers(0, 2))
+                img[row:row + 3, 4:size - 4] = 0  # one horizontal stroke per character
+                img[4:size - 4, 3 + (c * 7) % (size - 8):6 + (c * 7) % (size - 8)] = 0  # one vertical stroke
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, format="PNG")
+                zf.writestr(f"images_tiny/{alphabet}/{char}/{c:04d}_{d + 1:02d}.png", buf.getvalue())
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return path

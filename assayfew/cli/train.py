@@ -73,7 +73,7 @@ def main(
     format: Annotated[Optional[str], typer.Option("--format", help="pqsar|long|dir|fsmol (auto).")] = None,
     split: Annotated[Optional[Path], typer.Option(help="Split file {train,val,test} for --corpus.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file of training options (flags override).")] = None,
-    algo: Annotated[Optional[str], typer.Option(help="maml|anil|anil++|metasgd|tnet")] = None,
+    algo: Annotated[Optional[str], typer.Option(help="maml|anil|anil++|metasgd|tnet|r2d2")] = None,
     mix: Annotated[Optional[str], typer.Option(help="none|metamix|mixup_ss|mixup_qq|cob")] = None,
     alpha: Annotated[Optional[float], typer.Option()] = None,
     beta: Annotated[Optional[float], typer.Option()] = None,

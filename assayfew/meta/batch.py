@@ -83,6 +83,13 @@ class TaskBatch:
         m = self.ms if which == "s" else self.mq
         self._rows[("valid", which)] = ((id(m), m._version), index, m)
 
+    def tasks(self, start: int, stop: int) -> TaskBatch:
+        """Tasks start..stop-1 (a rank's share of a meta-batch), padded as the whole batch."""
+        part = TaskBatch(*(t[start:stop] for t in (self.xs, self.ys, self.ms, self.xq, self.yq, self.mq)))
+        if start == 0 and stop >= self.n_tasks:
+            part._rows.update(self._rows)
+        return part
+
     @property
     def n_tasks(self) -> int:
         return int(self.xs.shape[0])

@@ -1,15 +1,18 @@
-"""Gradient-based meta-learners (MAML, ANIL, ANIL++, Meta-SGD, T-Net) over a `FunctionalModel`.
+"""Gradient-based meta-learners (MAML, ANIL, ANIL++, Meta-SGD, T-Net) and a closed-form ridge head (R2D2)
+over any model of the protocol in `assayfew.meta.model`, for any task kind (`assayfew.meta.kinds`).
+
+Each learner is a small class that owns its options and its adaptation: which parameters it adapts
+(`adapt_names`), its inner rates (`lr`: fixed, learned per step (MAML++), or per parameter (Meta-SGD)) and
+its inner loop (`inner_loop`; the ridge head replaces it with a closed-form fit). Learners are registered
+by name in `LEARNERS` and built with `build_learner` (options checked against the learner's own).
 
 All learners run a whole padded meta-batch at once: adapted parameters carry a leading task dimension and
 one `torch.autograd.grad` call over the sum of per-task losses gives every task's inner gradient (tasks
 are independent, so that equals per-task gradients). Second order goes through the inner loop
 (`create_graph=True`). When only head parameters are adapted (ANIL family), the body is evaluated once
-per batch-norm parameter set and reused across inner steps; with per-step batch norm (ANIL++) the first
-block's linear map is still computed only once (with per-step batch norm in the last hidden block only,
-that block's linear map runs once on the valid support and query rows together). A plain linear MSE head
-gets its inner gradients in closed form (differentiable, no `autograd.grad` per step); with per-step batch norm in
-the last hidden block only, all its steps run as one fused node (`assayfew.meta.headloop`), and mixing at a
-position followed by an affine map mixes that map's memoised outputs instead of recomputing it.
+per batch-norm parameter set and memoised (`assayfew.meta.memo.Memo`). A model may offer a fast path for
+such a head-only loop (`head_fast_path`: closed-form head gradients, or all steps in one fused node); it
+checks its own preconditions, and `fast_path=False` forces the generic path.
 
 Batch-norm statistics come from each task's valid support rows (see `assayfew.meta.model`).
 Labels are used as given: centre them outside, or set `MLP(out_bias=...)`.
@@ -19,17 +22,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from assayfew.meta.batch import TaskBatch
-from assayfew.meta.mixing import Mixer, MixPlan, _gather_rows, _mix
-from assayfew.meta.headloop import head_inner_loop
-from assayfew.meta.model import MLP, FunctionalModel, Stats, linear, masked_moments
+from assayfew.meta.kinds import Regression, TaskKind
+from assayfew.meta.memo import Memo
+from assayfew.meta.mixing import Mixer, MixPlan, ViewBase, gather_rows, mix, select_tasks
+from assayfew.meta.model import MLP, FunctionalModel, HeadFastPath, Stats
+from assayfew.meta.registry import Registry, option_defaults
 
-__all__ = ["AdaptedParams", "MetaLearner", "MAML", "ANIL", "ANILPlusPlus", "MetaSGD", "TNet", "LEARNERS",
-           "build_learner"]
+__all__ = ["AdaptedParams", "MetaLearner", "MAML", "ANIL", "ANILPlusPlus", "MetaSGD", "TNet", "RidgeHead",
+           "LEARNERS", "build_learner", "ridge_head"]
 
 
 @dataclass
@@ -49,126 +55,89 @@ def _step(param: Tensor, grad: Tensor, lr: Tensor | float) -> Tensor:
     return param - lr * grad
 
 
-def _head_mse_grads(h: Tensor, w: Tensor, b: Tensor, y: Tensor, mask: Tensor,
-                    create_graph: bool) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-task masked MSE of the linear head pred = h w + b (h (T, N, H), w (T, H, 1), b (T, 1)) and its
-    gradient w.r.t. w and b in closed form: r = 2 mask (pred - y) / n, dw = h^T r, db = sum r.
-    Differentiable (as autograd.grad with create_graph) when `create_graph`, else detached."""
-    cnt = mask.sum(1).clamp_min(1.0)
-    diff = linear(h, w, b).squeeze(-1) - y
-    loss = (diff.square() * mask).sum(1) / cnt  # = masked_mse(pred, y, mask)
-    with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
-        r = diff * (mask * (2.0 / cnt).unsqueeze(1))
-        gw = torch.bmm(r.unsqueeze(1), h).transpose(1, 2)
-        gb = r.sum(1, keepdim=True)
-    if not create_graph:
-        gw, gb = gw.detach(), gb.detach()
-    return loss, {"head_weight": gw, "head_bias": gb}
+def ridge_head(f: Tensor, target: Tensor, mask: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    """Per-task ridge regression with an unpenalised intercept: features f (T, N, H), targets (T, N) or
+    (T, N, C), mask (T, N) -> weight (T, H, C), bias (T, C). Dual form when N <= H (padding rows get zero
+    coefficients). Differentiable."""
+    y = target.unsqueeze(-1) if target.dim() == 2 else target
+    m = mask.unsqueeze(-1)
+    cnt = m.sum(1, keepdim=True).clamp_min(1.0)
+    f_mean = (f * m).sum(1, keepdim=True) / cnt  # (T, 1, H)
+    y_mean = (y * m).sum(1, keepdim=True) / cnt  # (T, 1, C)
+    fc, yc = (f - f_mean) * m, (y - y_mean) * m
+    n, h = f.shape[1], f.shape[2]
+    if n <= h:  # w = Fc^T (Fc Fc^T + alpha I)^-1 yc
+        gram = fc @ fc.transpose(1, 2) + alpha * torch.eye(n, dtype=f.dtype, device=f.device)
+        w = fc.transpose(1, 2) @ torch.linalg.solve(gram, yc)
+    else:
+        gram = fc.transpose(1, 2) @ fc + alpha * torch.eye(h, dtype=f.dtype, device=f.device)
+        w = torch.linalg.solve(gram, fc.transpose(1, 2) @ yc)
+    return w, (y_mean - f_mean @ w).squeeze(1)
 
 
 class _Body:
     """Body (all blocks but the head) outputs under fixed body parameters, memoised per BN step."""
 
     def __init__(self, model: FunctionalModel, params: dict[str, Tensor], xs: Tensor, ms: Tensor,
-                 xq: Tensor | None, batch: TaskBatch | None = None) -> None:
-        self.model, self.params, self.xs, self.ms, self.xq = model, params, xs, ms, xq
-        self._cs: dict = {}
-        self._cq: dict = {}
+                 batch: TaskBatch | None = None) -> None:
+        self.model, self.params, self.xs, self.ms = model, params, xs, ms
+        self.xq = None if batch is None else batch.xq
+        self.mq = None if batch is None else batch.mq
+        self.memo_s, self.memo_q = Memo(), Memo()
+        self.batch = batch
         if batch is not None:  # the batch memoises its sparse input form (reused across meta-iterations)
-            self._cs["sparse_rows"] = lambda: batch.sparse_rows("s")
-            self._cq["sparse_rows"] = lambda: batch.sparse_rows("q")
-            self._cs["input_nnz"] = lambda: batch.input_nnz("s")
-            self._cq["input_nnz"] = lambda: batch.input_nnz("q")
+            self.memo_s.sparse_rows, self.memo_s.input_nnz = (lambda: batch.sparse_rows("s")), (lambda: batch.input_nnz("s"))
+            self.memo_q.sparse_rows, self.memo_q.input_nnz = (lambda: batch.sparse_rows("q")), (lambda: batch.input_nnz("q"))
         self._s: dict[int, tuple[list[Tensor], Stats]] = {}
         self._q: dict[int, list[Tensor]] = {}
-        self.mixed: dict = {}  # step-independent mixes of memoised linear outputs (see _View.run_mixed)
-        self.mq = None if batch is None else batch.mq
-        self.batch = batch
+        self.mixed: dict[tuple, tuple] = {}  # step-independent mixes of memoised affine outputs (_View.run_mixed)
         self._primed = False
 
-    def _prime(self) -> None:
-        """MLP with per-step batch norm in the last hidden block only: its (step-independent) linear map
-        runs once on the valid support and query rows together (one product, no padding rows); padding
-        rows get 0 there (they are masked out of statistics, losses and mixing partners)."""
+    def prime(self) -> None:
+        """Let the model fill both memos together (once, before the first trace)."""
+        if self._primed:
+            return
         self._primed = True
-        m = self.model
-        if (self.xq is None or self.mq is None or not isinstance(m, MLP) or m.per_step_blocks != "last"
-                or m.n_layers < 3):
-            return
-        last = m.n_layers - 1
-        if (self.batch is not None and self.params["block1_weight"].dim() == 2
-                and m.uses_sparse_input(self.xs, self._cs["input_nnz"])
-                and m.uses_sparse_input(self.xq, self._cq["input_nnz"])):  # block 1 of both in one product
-            self._cs["lin1"], self._cq["lin1"] = m.joint_first_linear(self.params, [self.xs, self.xq],
-                                                                      self.batch.sparse_rows("sq"))
-        hs, stats = m.trace(self.params, self.xs, 0, mask=self.ms, stop=last - 1, cache=self._cs)
-        hq = m.trace(self.params, self.xq, 0, stats=stats, stop=last - 1, cache=self._cq)[0][-1]
-        (t, ns, width), nq = hs[-1].shape, hq.shape[1]
-        assert self.batch is not None
-        si, qi = self.batch.valid_rows("s"), self.batch.valid_rows("q")  # no device sync when given on the host
-        rows = torch.cat([hs[-1].reshape(t * ns, width).index_select(0, si),
-                          hq.reshape(t * nq, width).index_select(0, qi)])
-        z = m.pre_activation(self.params, rows, last)
-        n_s = si.numel()
-        self._cs[f"lin{last}"] = z.new_zeros(t * ns, z.shape[-1]).index_copy(0, si, z[:n_s]).view(t, ns, -1)
-        self._cq[f"lin{last}"] = z.new_zeros(t * nq, z.shape[-1]).index_copy(0, qi, z[n_s:]).view(t, nq, -1)
+        if self.xq is not None and self.mq is not None and self.batch is not None:
+            batch = self.batch
+            self.model.prime_memos(self.params, self.xs, self.ms, self.xq, self.mq, self.memo_s, self.memo_q,
+                                   lambda: batch.sparse_rows("sq"), batch.valid_rows)
 
-    def last_preact(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(MLP) the support pre-activation of the last hidden block and its support mean and variance,
-        from the step-independent prefix (valid when only that block has per-step parameters)."""
-        if not self._primed:
-            self._prime()
-        assert isinstance(self.model, MLP)
-        last = self.model.n_layers - 1
-        key, mkey = f"lin{last}", f"mom{last}"
-        if key not in self._cs:
-            hs = self.model.trace(self.params, self.xs, 0, mask=self.ms, stop=last - 1, cache=self._cs)[0]
-            self._cs[key] = self.model.pre_activation(self.params, hs[-1], last)
-        if mkey not in self._cs:
-            self._cs[mkey] = masked_moments(self._cs[key], self.ms)
-        return self._cs[key], *self._cs[mkey]
-
-    def set_support_features(self, b: int, h: Tensor) -> None:
-        """(MLP) use `h` as the support output of the last hidden block under batch-norm set b (computed
-        elsewhere from `last_preact`, e.g. by the fused head loop)."""
-        if b in self._s:
-            return
-        last = self.model.n_layers - 1
-        _, mean, var = self.last_preact()
-        hs, stats = self.model.trace(self.params, self.xs, b, mask=self.ms, stop=last - 1, cache=self._cs)
-        self._s[b] = ([*hs, h], {**stats, last: (mean, var)})
+    def set_support(self, b: int, trace: tuple[list[Tensor], Stats]) -> None:
+        """Use `trace` (hiddens to the last hidden block, statistics) as the support trace under BN set b."""
+        self._s.setdefault(b, trace)
 
     def support(self, b: int) -> tuple[list[Tensor], Stats]:
-        if not self._primed:
-            self._prime()
+        self.prime()
         if b not in self._s:
-            self._s[b] = self.model.trace(self.params, self.xs, b, mask=self.ms,
-                                          stop=self.model.n_layers - 1, cache=self._cs)
+            self._s[b] = self.model.trace(self.params, self.xs, b, mask=self.ms, stop=self.model.n_layers - 1,
+                                          memo=self.memo_s)
         return self._s[b]
 
     def query(self, b: int) -> list[Tensor]:
-        if not self._primed:
-            self._prime()
+        self.prime()
         if b not in self._q:
             assert self.xq is not None
             stats = self.support(b)[1]
-            self._q[b] = self.model.trace(self.params, self.xq, b, stats=stats,
-                                          stop=self.model.n_layers - 1, cache=self._cq)[0]
+            self._q[b] = self.model.trace(self.params, self.xq, b, stats=stats, stop=self.model.n_layers - 1,
+                                          memo=self.memo_q)[0]
         return self._q[b]
 
 
-class _View:
+class _View(ViewBase):
     """The adapted network after one inner step (implements mixing.EvalView)."""
 
     def __init__(self, learner: MetaLearner, params: dict[str, Tensor], b: int, batch: TaskBatch,
                  body: _Body | None) -> None:
-        self.model = learner.model
+        self.model, self.kind = learner.model, learner.kind
+        self.per_task = learner.adapt_names  # parameters with a leading task dimension
         self.params, self.b, self.body = params, b, body
         self.xs, self.xq = batch.xs, batch.xq
         self.ys, self.ms, self.yq, self.mq = batch.ys, batch.ms, batch.yq, batch.mq
         self._s: list[Tensor] | None = None
         self._q: list[Tensor] | None = None
         self._stats: Stats | None = None
+        self._subsets: dict[int, tuple[Tensor, dict[str, Tensor], Stats]] = {}
 
     def _support(self) -> list[Tensor]:
         if self._s is None:
@@ -202,68 +171,89 @@ class _View:
         hs = self._support() if which == "s" else self._query()
         return hs[position]
 
-    def run_from(self, h: Tensor, position: int) -> Tensor:
-        pos = position % (self.model.n_layers + 1)
-        return self.model.trace(self.params, h, self.b, stats=self.stats, start=pos)[0][-1]
+    def _restricted(self, tasks: Tensor | None) -> tuple[dict[str, Tensor], Stats]:
+        """Parameters and statistics of a subset of the tasks (memoised per subset tensor)."""
+        if tasks is None:
+            return self.params, self.stats
+        hit = self._subsets.get(id(tasks))
+        if hit is None or hit[0] is not tasks:
+            params = {n: (p.index_select(0, tasks) if n in self.per_task else p) for n, p in self.params.items()}
+            stats = {k: (m.index_select(0, tasks), v.index_select(0, tasks)) for k, (m, v) in self.stats.items()}
+            hit = (tasks, params, stats)
+            self._subsets[id(tasks)] = hit
+        return hit[1], hit[2]
 
-    def _linear_out(self, which: str, pos: int) -> Tensor | None:
-        """The (memoised) output of the linear map that follows position `pos`, or None."""
+    def run_from(self, h: Tensor, position: int, tasks: Tensor | None = None) -> Tensor:
+        pos = position % (self.model.n_layers + 1)
+        params, stats = self._restricted(tasks)
+        return self.model.trace(params, h, self.b, stats=stats, start=pos)[0][-1]
+
+    def _affine_out(self, which: str, pos: int) -> Tensor | None:
+        """The (memoised) output of the affine map that follows position `pos`, or None."""
         if pos == self.model.n_layers - 1:  # the head: its output is the prediction
             return self.hidden(which, -1)
-        if self.body is None or not isinstance(self.model, MLP):
+        if self.body is None:
             return None
-        cache = self.body._cs if which == "s" else self.body._cq
-        key = f"lin{pos + 1}"
-        if key not in cache:  # not memoised yet (e.g. query rows before their first trace)
+        memo = self.body.memo_s if which == "s" else self.body.memo_q
+        if pos + 1 not in memo.linear:  # not memoised yet (e.g. query rows before their first trace)
             self.hidden(which, pos)
-        return cache.get(key)
+        return memo.linear.get(pos + 1)
 
-    def run_mixed(self, a: str, idx: Tensor, b: str, lam: Tensor, position: int) -> Tensor:
+    def run_mixed(self, a: str, idx: Tensor, b: str, lam: Tensor, position: int,
+                  tasks: Tensor | None = None) -> Tensor:
         """Output for the mixed hidden lam * hidden(a)[idx] + (1 - lam) * hidden(b) at `position` (as
-        run_from). The map after the position is affine, so mixing its (memoised) outputs is the same."""
+        run_from). Where the map after the position is affine (`model.affine_after`), mixing its memoised
+        outputs is the same and the mix is step-independent (one per meta-batch) below the head."""
         pos = position % (self.model.n_layers + 1)
-        za = self._linear_out(a, pos) if pos < self.model.n_layers else None
-        zb = self._linear_out(b, pos) if za is not None else None
+        za = self._affine_out(a, pos) if pos < self.model.n_layers and self.model.affine_after(pos) else None
+        zb = self._affine_out(b, pos) if za is not None else None
         if za is None or zb is None:
-            return self.run_from(_mix(_gather_rows(self.hidden(a, pos), idx), self.hidden(b, pos), lam), pos)
+            return super().run_mixed(a, idx, b, lam, pos, tasks)
         if pos == self.model.n_layers - 1:  # mixing predictions: step-specific
-            return _mix(_gather_rows(za, idx), zb, lam)
-        # the memoised linear outputs are step-independent, so their mix is too (one plan per meta-batch)
+            return mix(gather_rows(select_tasks(za, tasks), select_tasks(idx, tasks)), select_tasks(zb, tasks),
+                       select_tasks(lam, tasks))
         key = (a, b, pos)
         hit = None if self.body is None else self.body.mixed.get(key)
-        if hit is None or hit[0] is not idx or hit[1] is not lam:
-            hit = (idx, lam, _mix(_gather_rows(za, idx), zb, lam))
+        if hit is None or hit[0] is not idx or hit[1] is not lam or hit[2] is not tasks:
+            z = mix(gather_rows(select_tasks(za, tasks), select_tasks(idx, tasks)), select_tasks(zb, tasks),
+                    select_tasks(lam, tasks))
+            hit = (idx, lam, tasks, z)
             if self.body is not None:
                 self.body.mixed[key] = hit
-        z = hit[2]
-        assert isinstance(self.model, MLP)
-        h = self.model.normalize(self.params, z, pos + 1, self.b, self.stats)
-        return self.model.trace(self.params, h, self.b, stats=self.stats, start=pos + 1)[0][-1]
+        params, stats = self._restricted(tasks)
+        return self.model.from_linear(params, hit[3], pos, self.b, stats)
 
-    def loss(self, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        return self.model.loss(pred, y, mask)
+    def loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        return self.kind.loss(pred, target, mask)
 
 
 class MetaLearner(nn.Module):
     """Holds all meta-parameters: the network initialisation (`params`) and learned inner rates (`lrs`).
 
-    lr_mode: "fixed" (scalar `inner_lr`), "per_step" (one learned rate per adapted tensor and step,
-    MAML++ LSLR), "per_param" (one learned rate per adapted scalar, Meta-SGD).
-    msl_epochs > 0: MAML++ multi-step loss; non-final step weights decay linearly from 1/n to 0 over
-    that many epochs. first_order_epochs: first-order inner loop during the first epochs.
+    Subclasses set `name` and `lr_mode` ("fixed": scalar `inner_lr`; "per_step": one learned rate per adapted
+    tensor and step, MAML++ LSLR; "per_param": one learned rate per adapted scalar, Meta-SGD) and choose the
+    adapted parameters. msl_epochs > 0: MAML++ multi-step loss; non-final step weights decay linearly from 1/n
+    to 0 over that many epochs. first_order_epochs: first-order inner loop during the first epochs.
+    `kind`: the task kind (default regression); the model's output width must match it.
     """
 
-    name = "base"
+    name: ClassVar[str] = "base"
+    lr_mode: ClassVar[str] = "fixed"
+    closed_form: ClassVar[bool] = False  # the ridge head: adaptation is a closed-form fit, not steps
 
-    def __init__(self, model: FunctionalModel, *, adapt: Sequence[str], inner_steps: int = 5,
-                 inner_lr: float = 0.01, lr_mode: str = "fixed", per_step_bn: bool = False,
-                 msl_epochs: int = 0, first_order_epochs: int = 0, seed: int = 0) -> None:
+    def __init__(self, model: FunctionalModel, kind: TaskKind | None, adapt: Sequence[str], *, inner_steps: int = 5,
+                 inner_lr: float = 0.01, per_step_bn: bool = False, msl_epochs: int = 0,
+                 first_order_epochs: int = 0, seed: int = 0, fast_path: bool = True) -> None:
         super().__init__()
         if inner_steps < 1:
             raise ValueError("inner_steps must be >= 1")
-        if lr_mode not in ("fixed", "per_step", "per_param"):
-            raise ValueError(f"unknown lr_mode {lr_mode!r}")
+        if first_order_epochs < 0 or msl_epochs < 0:
+            raise ValueError("first_order_epochs and msl_epochs must be >= 0")
         self.model = model
+        self.kind = Regression() if kind is None else kind
+        if int(model.out_dim) != self.kind.out_dim:
+            raise ValueError(f"model has {model.out_dim} outputs but a {self.kind.name} task kind needs "
+                             f"{self.kind.out_dim}")
         init = model.init_params(torch.Generator().manual_seed(seed))
         missing = [n for n in adapt if n not in init]
         if missing:
@@ -271,26 +261,23 @@ class MetaLearner(nn.Module):
         self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in init.items()})
         self.adapt_names = tuple(adapt)
         self.head_only = set(self.adapt_names) <= set(model.head_names)
-        # plain linear single-output head with masked MSE: inner gradients in closed form (no autograd.grad)
-        self._closed_head = (type(model) is MLP and not model.transforms and model.out_dim == 1
-                             and set(self.adapt_names) == {"head_weight", "head_bias"})
-        # ... and when only the last hidden block has per-step batch norm, all steps run as one fused node
-        self._fused_head = (self._closed_head and len(model.hidden) >= 1 and lr_mode in ("fixed", "per_step")
-                            and (not per_step_bn or model.per_step_blocks == "last"))
         self.inner_steps = int(inner_steps)
         self.inner_lr = float(inner_lr)
-        self.lr_mode = lr_mode
         self.per_step_bn = bool(per_step_bn)
         self.msl_epochs = int(msl_epochs)
         self.first_order_epochs = int(first_order_epochs)
+        self.fast_path: HeadFastPath | None = None
+        if fast_path and self.head_only:
+            self.fast_path = model.head_fast_path(self.kind, self.adapt_names, lr_mode=self.lr_mode,
+                                                  per_step_bn=self.per_step_bn)
         self.epoch = 0
-        self.build_options: dict = {}  # set by build_learner (for learner_config)
+        self.build_options: dict = {}  # set by build_learner (for the config)
         self.built_from: FunctionalModel = model
         lrs: dict[str, nn.Parameter] = {}
         for n in self.adapt_names:
-            if lr_mode == "per_step":
+            if self.lr_mode == "per_step":
                 lrs[n] = nn.Parameter(torch.full((self.inner_steps,), self.inner_lr, device=init[n].device))
-            elif lr_mode == "per_param":
+            elif self.lr_mode == "per_param":
                 lrs[n] = nn.Parameter(torch.full_like(init[n], self.inner_lr))
         self.lrs = nn.ParameterDict(lrs)
 
@@ -299,6 +286,7 @@ class MetaLearner(nn.Module):
         return min(step, self.model.n_bn_sets - 1) if self.per_step_bn else 0
 
     def lr(self, name: str, step: int) -> Tensor | float:
+        """Inner rate of adapted parameter `name` at inner step `step`."""
         if self.lr_mode == "per_step":
             rates = self.lrs[name]
             return rates[min(step, rates.shape[0] - 1)]
@@ -326,29 +314,30 @@ class MetaLearner(nn.Module):
         hs, stats = self.model.trace(params, xs, b, mask=ms)
         return hs[-1], stats
 
-    def _inner(self, meta: dict[str, Tensor], xs: Tensor, ys: Tensor, ms: Tensor, steps: int, *,
-               create_graph: bool, body: _Body | None, leaf_each_step: bool = False,
-               on_step: Callable[[int, dict[str, Tensor], int], None] | None = None,
-               ) -> tuple[dict[str, Tensor], Tensor]:
+    def inner_loop(self, meta: dict[str, Tensor], xs: Tensor, ys: Tensor, ms: Tensor, steps: int, *,
+                   create_graph: bool, body: _Body | None, leaf_each_step: bool = False,
+                   on_step: Callable[[int, dict[str, Tensor], int], None] | None = None,
+                   ) -> tuple[dict[str, Tensor], Tensor]:
         """Batched inner loop; returns the adapted parameters (adapted ones with a leading T) and the
-        mean support loss before adaptation."""
+        mean support loss before adaptation. `on_step(s, params, bn_step)` sees the parameters after each step."""
         t = xs.shape[0]
-        if body is not None and self._fused_head and steps > 0:
+        fast_path = self.fast_path
+        if body is not None and fast_path is not None and fast_path.fused and steps > 0:
             return self._fused_inner(meta, body, ys, ms, steps, create_graph=create_graph, on_step=on_step)
+        target = self.kind.targets(ys)
         fast = {n: meta[n].unsqueeze(0).expand(t, *meta[n].shape) for n in self.adapt_names}
         if leaf_each_step:
             fast = {n: v.detach().clone().requires_grad_(True) for n, v in fast.items()}
         loss0 = xs.new_zeros(())
         for s in range(steps):
             b = self.bn_step(s)
-            if body is not None and self._closed_head:
-                loss, grads = _head_mse_grads(body.support(b)[0][-1], fast["head_weight"], fast["head_bias"],
-                                              ys, ms, create_graph)
-                grads = [grads[n] for n in fast]
+            if body is not None and fast_path is not None:  # closed-form head gradients (the model's offer)
+                loss, named = self.model.head_grads(body.support(b)[0][-1], fast["head_weight"],  # type: ignore[attr-defined]
+                                                    fast["head_bias"], target, ms, create_graph)
+                grads = [named[n] for n in fast]
             else:
-                params = {**meta, **fast}
-                pred, _ = self._support_pred(params, xs, ms, b, body)
-                loss = self.model.loss(pred, ys, ms)
+                pred, _ = self._support_pred({**meta, **fast}, xs, ms, b, body)
+                loss = self.kind.loss(pred, target, ms)
                 grads = torch.autograd.grad(loss.sum(), list(fast.values()), create_graph=create_graph)
             if s == 0:
                 loss0 = loss.detach().mean()
@@ -362,28 +351,22 @@ class MetaLearner(nn.Module):
     def _fused_inner(self, meta: dict[str, Tensor], body: _Body, ys: Tensor, ms: Tensor, steps: int, *,
                      create_graph: bool, on_step: Callable[[int, dict[str, Tensor], int], None] | None,
                      ) -> tuple[dict[str, Tensor], Tensor]:
-        """`_inner` for a closed-form head on an MLP whose last hidden block alone has per-step batch norm:
-        one fused autograd node for all steps (see `assayfew.meta.headloop`)."""
-        model = self.model
-        assert isinstance(model, MLP)
-        last = model.n_layers - 1
-        z, mean, var = body.last_preact()
-        bn_w, bn_b = meta[f"block{last}_bn_weight"], meta[f"block{last}_bn_bias"]
-        bn_rows = self._constant(("bn_rows", steps, bn_w.shape[0]), lambda: torch.tensor(
-            [min(self.bn_step(s), bn_w.shape[0] - 1) for s in range(steps)], dtype=torch.long, device="cpu"), z.device)
-        rates = [torch.stack([torch.as_tensor(self.lr(name, s), dtype=z.dtype, device=z.device)
-                              for s in range(steps)]) for name in ("head_weight", "head_bias")
-                 ] if self.lr_mode != "fixed" else [self._constant(("rates", steps, z.dtype), lambda: torch.full(
-                     (steps,), self.inner_lr, dtype=z.dtype, device="cpu"), z.device)] * 2
-        t = z.shape[0]
-        w0 = meta["head_weight"].unsqueeze(0).expand(t, *meta["head_weight"].shape)
-        b0 = meta["head_bias"].unsqueeze(0).expand(t, *meta["head_bias"].shape)
-        ws, bs, hs, loss0 = head_inner_loop(z, mean, var, bn_w.index_select(0, bn_rows),
-                                            bn_b.index_select(0, bn_rows), w0, b0, rates[0], rates[1], ys, ms,
-                                            eps=model.bn_eps, slope=model.negative_slope, second_order=create_graph)
+        """`inner_loop` through the model's fused head loop (one autograd node for all steps)."""
+        body.prime()
+        dtype, device = ys.dtype, ys.device
+        if self.lr_mode == "fixed":
+            rates = [self._constant(("rates", steps, dtype), lambda: torch.full((steps,), self.inner_lr, dtype=dtype,
+                                                                                device="cpu"), device)] * 2
+        else:
+            rates = [torch.stack([torch.as_tensor(self.lr(name, s), dtype=dtype, device=device)
+                                  for s in range(steps)]) for name in ("head_weight", "head_bias")]
+        rows = self._constant(("bn_rows", steps), lambda: torch.tensor([self.bn_step(s) for s in range(steps)],
+                                                                        dtype=torch.long, device="cpu"), device)
+        ws, bs, traces, loss0 = self.model.fused_head_inner(  # type: ignore[attr-defined]
+            meta, body.xs, body.ms, body.memo_s, ys, rows, rates[0], rates[1], second_order=create_graph)
         params = meta
         for s in range(steps):
-            body.set_support_features(self.bn_step(s), hs[s])
+            body.set_support(self.bn_step(s), traces[s])
             params = {**meta, "head_weight": ws[s], "head_bias": bs[s]}
             if on_step is not None:
                 on_step(s, params, self.bn_step(s))
@@ -403,35 +386,40 @@ class MetaLearner(nn.Module):
                   second_order: bool = True, plan: MixPlan | None = None) -> tuple[Tensor, dict]:
         """Scalar outer loss of a padded meta-batch (differentiable w.r.t. all meta-parameters) and info
         {"support_loss": mean support loss before adaptation, "outer_loss": the returned loss (detached),
-        "layer": the mixing position drawn}. The mixer's random plan (layer, λ, pairs) is drawn once and
-        shared by all multi-step-loss terms. `epoch=None` uses the epoch recorded by `epoch_end`. `plan`: a
-        plan drawn beforehand (e.g. on the host, see `assayfew.trainstep`) instead of one from `generator`."""
+        "layers": the mixing position drawn for each task, "layer": that position when all tasks share it}.
+        The mixer's random plan is drawn once and shared by all multi-step-loss terms. `epoch=None` uses the
+        epoch recorded by `epoch_end`. `plan`: a plan drawn beforehand (e.g. on the host, see
+        `assayfew.trainstep`) instead of one from `generator`."""
         epoch = self.epoch if epoch is None else epoch
         if plan is None:
-            plan = mixer.sample(batch, self.model.n_layers, generator)
+            plan = mixer.sample(batch, self.model.n_layers, generator, self.kind)
         weights = self.step_weights(epoch, self.inner_steps)
         create_graph = second_order and epoch >= self.first_order_epochs
         meta = dict(self.params.items())
-        body = _Body(self.model, meta, batch.xs, batch.ms, batch.xq, batch) if self.head_only else None
+        body = _Body(self.model, meta, batch.xs, batch.ms, batch) if self.head_only else None
         terms: list[Tensor] = []
 
         def on_step(s: int, params: dict[str, Tensor], b: int) -> None:
             if weights[s] > 0:
                 terms.append(weights[s] * mixer.loss(_View(self, params, b, batch, body), plan))
 
-        _, loss0 = self._inner(meta, batch.xs, batch.ys, batch.ms, self.inner_steps,
-                               create_graph=create_graph, body=body, on_step=on_step)
+        _, loss0 = self.inner_loop(meta, batch.xs, batch.ys, batch.ms, self.inner_steps,
+                                   create_graph=create_graph, body=body, on_step=on_step)
         total = torch.stack(terms).sum() if len(terms) > 1 else terms[0]
-        return total, {"support_loss": loss0, "outer_loss": total.detach(), "layer": plan.layer}
+        return total, {"support_loss": loss0, "outer_loss": total.detach(), "layers": plan.layers,
+                       "layer": plan.layer}
 
     def adapt(self, xs: Tensor, ys: Tensor, ms: Tensor | None = None, *, steps: int | None = None,
               ridge_alpha: float | None = None) -> AdaptedParams:
         """Inference-time adaptation of one task (2-D xs) or a padded batch of tasks (3-D xs).
 
-        ridge_alpha: instead of gradient steps, fit the head in closed form (ridge regression with an
-        unpenalised intercept on the penultimate features, batch norm of the last inner step);
-        head-only learners with a plain linear head only."""
+        steps: inner steps (default the learner's; 0 = no adaptation). ridge_alpha: instead of gradient
+        steps, fit the head in closed form (ridge regression with an unpenalised intercept on the
+        penultimate features, batch norm of the last inner step); head-only learners with a plain linear head
+        only."""
         steps = self.inner_steps if steps is None else int(steps)
+        if steps < 0:
+            raise ValueError("adapt: steps must be >= 0")
         batched = xs.dim() == 3
         if not batched:
             xs, ys = xs.unsqueeze(0), ys.unsqueeze(0)
@@ -443,13 +431,13 @@ class MetaLearner(nn.Module):
             return self._ridge_adapt(meta, xs, ys, ms, self.bn_step(max(steps - 1, 0)), float(ridge_alpha),
                                      batched)
         with torch.enable_grad():
-            body = _Body(self.model, meta, xs, ms, None) if self.head_only else None
+            body = _Body(self.model, meta, xs, ms) if self.head_only else None
             with torch.no_grad():
                 if body is not None:
                     for s in range(steps):
                         body.support(self.bn_step(s))
-            params, _ = self._inner(meta, xs, ys, ms, steps, create_graph=False, body=body,
-                                    leaf_each_step=True)
+            params, _ = self.inner_loop(meta, xs, ys, ms, steps, create_graph=False, body=body,
+                                        leaf_each_step=True)
         params = {k: v.detach() for k, v in params.items()}
         b = self.bn_step(max(steps - 1, 0))
         with torch.no_grad():
@@ -457,36 +445,28 @@ class MetaLearner(nn.Module):
         stats = {k: (m.detach(), v.detach()) for k, (m, v) in stats.items()}
         return AdaptedParams(params, stats, b, batched)
 
+    def _check_ridge_head(self, meta: dict[str, Tensor]) -> None:
+        head = meta.get("head_weight")
+        if (not self.head_only or head is None or head.dim() != 2
+                or set(self.model.head_names) != {"head_weight", "head_bias"} or "head_transform" in meta):
+            raise ValueError(f"ridge head: needs a head-only learner with a plain linear head "
+                             f"({self.name} does not qualify)")
+
     @torch.no_grad()
     def _ridge_adapt(self, meta: dict[str, Tensor], xs: Tensor, ys: Tensor, ms: Tensor, b: int, alpha: float,
                      batched: bool) -> AdaptedParams:
-        head = meta.get("head_weight")
-        if (not self.head_only or head is None or head.dim() != 2 or head.shape[1] != 1
-                or set(self.model.head_names) != {"head_weight", "head_bias"} or "head_transform" in meta):
-            raise ValueError(f"ridge head: needs a head-only learner with a plain single-output linear head "
-                             f"({self.name} does not qualify)")
+        self._check_ridge_head(meta)
         if alpha <= 0:
             raise ValueError("ridge head: ridge_alpha must be > 0")
         feats, stats = self.model.trace(meta, xs, b, mask=ms, stop=self.model.n_layers - 1)
-        f, m = feats[-1], ms.unsqueeze(-1)
-        cnt = m.sum(1, keepdim=True).clamp_min(1.0)
-        f_mean = (f * m).sum(1, keepdim=True) / cnt  # (T, 1, H)
-        y_mean = (ys.unsqueeze(-1) * m).sum(1, keepdim=True) / cnt  # (T, 1, 1)
-        fc, yc = (f - f_mean) * m, (ys.unsqueeze(-1) - y_mean) * m
-        n, h = f.shape[1], f.shape[2]
-        if n <= h:  # dual form: w = Fc^T (Fc Fc^T + alpha I)^-1 yc; padding rows get zero coefficients
-            gram = fc @ fc.transpose(1, 2) + alpha * torch.eye(n, dtype=f.dtype, device=f.device)
-            w = fc.transpose(1, 2) @ torch.linalg.solve(gram, yc)
-        else:
-            gram = fc.transpose(1, 2) @ fc + alpha * torch.eye(h, dtype=f.dtype, device=f.device)
-            w = torch.linalg.solve(gram, fc.transpose(1, 2) @ yc)
-        bias = (y_mean - f_mean @ w).reshape(-1, 1)
+        w, bias = ridge_head(feats[-1], self.kind.targets(ys), ms, alpha)
         params = {**meta, "head_weight": w, "head_bias": bias}
         return AdaptedParams(params, {k: (a.detach(), v.detach()) for k, (a, v) in stats.items()}, b, batched)
 
     @torch.no_grad()
     def predict(self, adapted: AdaptedParams, x: Tensor) -> Tensor:
-        """Predictions for x ((N, D) after a 2-D adapt, (T, N, D) after a batched one); rows independent."""
+        """Predictions for x ((N, D) after a 2-D adapt, (T, N, D) after a batched one); rows independent.
+        Regression: (…, N); classification: logits (…, N, C)."""
         if not adapted.batched:
             x = x.unsqueeze(0)
         out = self.model.trace(adapted.params, x, adapted.bn_step, stats=adapted.stats)[0][-1]
@@ -495,24 +475,21 @@ class MetaLearner(nn.Module):
         return out if adapted.batched else out.squeeze(0)
 
     @torch.no_grad()
-    def predict_many(self, adapted: Sequence[AdaptedParams], x: Tensor, memo: dict | None = None) -> list[Tensor]:
-        """[predict(a, x) for a in adapted] for 2-D adaptations; when they share block 1's parameters
-        (head-only learners: adaptation leaves the body unchanged) its linear map on x runs once.
-        `memo`: x's sparse form and non-zero count as memoised callables ("sparse_rows", "input_nnz"), when
-        the caller shares them between learners."""
-        first = ("block1_weight", "block1_bias", "block1_transform")
-
-        def body_key(a: AdaptedParams) -> tuple:
-            return tuple((a.params[k].data_ptr(), tuple(a.params[k].shape)) for k in first if k in a.params)
-
-        if (not isinstance(self.model, MLP) or any(a.batched for a in adapted)
-                or len({body_key(a) for a in adapted}) > 1):
+    def predict_many(self, adapted: Sequence[AdaptedParams], x: Tensor, memo: Memo | None = None) -> list[Tensor]:
+        """[predict(a, x) for a in adapted] for 2-D adaptations of a head-only learner (adaptation leaves the
+        body unchanged): the first block's linear map on x is memoised once and shared by all of them.
+        `memo`: x's sparse form and non-zero count (`Memo.sparse_rows` / `input_nnz`), when the caller shares
+        them between learners; only those and the first linear map are carried between adaptations."""
+        if not self.head_only or any(a.batched for a in adapted):
             return [self.predict(a, x) for a in adapted]
-        seen: dict = dict(memo or {})  # the first trace memoises block 1's linear map ("lin1") here
+        shared = memo if memo is not None else Memo()
         out = []
         for a in adapted:
-            cache = {"lin1": seen["lin1"]} if "lin1" in seen else seen
-            pred = self.model.trace(a.params, x.unsqueeze(0), a.bn_step, stats=a.stats, cache=cache)[0][-1]
+            one = Memo(sparse_rows=shared.sparse_rows, input_nnz=shared.input_nnz,
+                       linear={1: shared.linear[1]} if 1 in shared.linear else {})
+            pred = self.model.trace(a.params, x.unsqueeze(0), a.bn_step, stats=a.stats, memo=one)[0][-1]
+            if 1 in one.linear:
+                shared.linear.setdefault(1, one.linear[1])
             out.append(pred.squeeze(-1).squeeze(0) if pred.shape[-1] == 1 else pred.squeeze(0))
         return out
 
@@ -521,41 +498,69 @@ class MetaLearner(nn.Module):
         return self.predict(self.adapt(xs, ys, steps=steps, ridge_alpha=ridge_alpha), xq)
 
 
+LEARNERS: Registry[MetaLearner] = Registry("learner")
+
+
+@LEARNERS.register
 class MAML(MetaLearner):
+    """MAML: every adaptable parameter, fixed inner rate."""
+
     name = "maml"
 
-    def __init__(self, model: FunctionalModel, **kw) -> None:
-        super().__init__(model, adapt=model.adaptable_names, **kw)
+    def __init__(self, model: FunctionalModel, kind: TaskKind | None = None, /, *, inner_steps: int = 5,
+                 inner_lr: float = 0.01, first_order_epochs: int = 0, seed: int = 0, fast_path: bool = True) -> None:
+        super().__init__(model, kind, model.adaptable_names, inner_steps=inner_steps, inner_lr=inner_lr,
+                         first_order_epochs=first_order_epochs, seed=seed, fast_path=fast_path)
 
 
+@LEARNERS.register
 class ANIL(MetaLearner):
+    """ANIL: MAML on the head only."""
+
     name = "anil"
 
-    def __init__(self, model: FunctionalModel, **kw) -> None:
-        super().__init__(model, adapt=model.head_names, **kw)
+    def __init__(self, model: FunctionalModel, kind: TaskKind | None = None, /, *, inner_steps: int = 5,
+                 inner_lr: float = 0.01, first_order_epochs: int = 0, seed: int = 0, fast_path: bool = True) -> None:
+        super().__init__(model, kind, model.head_names, inner_steps=inner_steps, inner_lr=inner_lr,
+                         first_order_epochs=first_order_epochs, seed=seed, fast_path=fast_path)
 
 
+@LEARNERS.register
 class ANILPlusPlus(MetaLearner):
     """ANIL + MAML++: per-step BN parameters, learned per-step inner rates, multi-step loss annealing."""
 
     name = "anil++"
+    lr_mode = "per_step"
 
-    def __init__(self, model: FunctionalModel, *, msl_epochs: int = 10, first_order_epochs: int = 0,
-                 per_step_bn: bool = True, **kw) -> None:
-        super().__init__(model, adapt=model.head_names, lr_mode="per_step", per_step_bn=per_step_bn,
-                         msl_epochs=msl_epochs, first_order_epochs=first_order_epochs, **kw)
+    def __init__(self, model: FunctionalModel, kind: TaskKind | None = None, /, *, inner_steps: int = 5,
+                 inner_lr: float = 0.01, msl_epochs: int = 10, first_order_epochs: int = 0, per_step_bn: bool = True,
+                 seed: int = 0, fast_path: bool = True) -> None:
+        super().__init__(model, kind, model.head_names, inner_steps=inner_steps, inner_lr=inner_lr,
+                         per_step_bn=per_step_bn, msl_epochs=msl_epochs, first_order_epochs=first_order_epochs,
+                         seed=seed, fast_path=fast_path)
 
 
+def _scope(model: FunctionalModel, adapt: str) -> tuple[str, ...]:
+    if adapt not in ("all", "head"):
+        raise ValueError(f"adapt must be 'all' or 'head', got {adapt!r}")
+    return tuple(model.adaptable_names) if adapt == "all" else tuple(model.head_names)
+
+
+@LEARNERS.register
 class MetaSGD(MetaLearner):
     """Learned per-parameter inner rates; adapts `adapt` = "all" (default) or "head" parameters."""
 
     name = "metasgd"
+    lr_mode = "per_param"
 
-    def __init__(self, model: FunctionalModel, *, adapt: str = "all", **kw) -> None:
-        names = model.adaptable_names if adapt == "all" else model.head_names
-        super().__init__(model, adapt=names, lr_mode="per_param", **kw)
+    def __init__(self, model: FunctionalModel, kind: TaskKind | None = None, /, *, adapt: str = "all",
+                 inner_steps: int = 5, inner_lr: float = 0.01, first_order_epochs: int = 0, seed: int = 0,
+                 fast_path: bool = True) -> None:
+        super().__init__(model, kind, _scope(model, adapt), inner_steps=inner_steps, inner_lr=inner_lr,
+                         first_order_epochs=first_order_epochs, seed=seed, fast_path=fast_path)
 
 
+@LEARNERS.register
 class TNet(MetaLearner):
     """T-Net (Lee & Choi, 2018), simplified: meta-learned transformation matrices (identity at init) after
     each linear map; the inner loop adapts the task weights of the head only (`adapt="all"`: all linear
@@ -563,26 +568,69 @@ class TNet(MetaLearner):
 
     name = "tnet"
 
-    def __init__(self, model: FunctionalModel, *, adapt: str = "head", **kw) -> None:
+    def __init__(self, model: FunctionalModel, kind: TaskKind | None = None, /, *, adapt: str = "head",
+                 inner_steps: int = 5, inner_lr: float = 0.01, first_order_epochs: int = 0, seed: int = 0,
+                 fast_path: bool = True) -> None:
         if not getattr(model, "transforms", False):
-            if not hasattr(model, "with_transforms"):
-                raise ValueError("tnet needs a model with transformation layers (with_transforms())")
             model = model.with_transforms()  # type: ignore[attr-defined]
-        names = model.adaptable_names if adapt == "all" else model.head_names
-        super().__init__(model, adapt=names, **kw)
+        super().__init__(model, kind, _scope(model, adapt), inner_steps=inner_steps, inner_lr=inner_lr,
+                         first_order_epochs=first_order_epochs, seed=seed, fast_path=fast_path)
 
 
-LEARNERS: dict[str, type[MetaLearner]] = {c.name: c for c in (MAML, ANIL, ANILPlusPlus, MetaSGD, TNet)}
+@LEARNERS.register
+class RidgeHead(MetaLearner):
+    """R2D2-style closed-form head (Bertinetto et al., 2019): the body is meta-learned; each task's linear
+    head is the ridge-regression fit (penalty `ridge_alpha`, unpenalised intercept) on the support features
+    and the task kind's targets (one-hot for classification), differentiable, so the outer loss trains the
+    body through the fit. No inner steps or rates."""
+
+    name = "r2d2"
+    closed_form = True
+
+    def __init__(self, model: FunctionalModel, kind: TaskKind | None = None, /, *, ridge_alpha: float = 1.0,
+                 seed: int = 0) -> None:
+        if ridge_alpha <= 0:
+            raise ValueError("r2d2: ridge_alpha must be > 0")
+        super().__init__(model, kind, model.head_names, inner_steps=1, seed=seed, fast_path=False)
+        self.ridge_alpha = float(ridge_alpha)
+        self._check_ridge_head(dict(self.params.items()))
+
+    def inner_loop(self, meta: dict[str, Tensor], xs: Tensor, ys: Tensor, ms: Tensor, steps: int, *,
+                   create_graph: bool, body: _Body | None, leaf_each_step: bool = False,
+                   on_step: Callable[[int, dict[str, Tensor], int], None] | None = None,
+                   ) -> tuple[dict[str, Tensor], Tensor]:
+        if steps == 0:
+            return dict(meta), xs.new_zeros(())
+        target = self.kind.targets(ys)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and create_graph):
+            if body is not None:
+                feats = body.support(0)[0][-1]
+            else:
+                feats = self.model.trace(meta, xs, 0, mask=ms, stop=self.model.n_layers - 1)[0][-1]
+            w, bias = ridge_head(feats, target, ms, self.ridge_alpha)
+        with torch.no_grad():  # the support loss of the meta-learned head, before the fit
+            pred0 = self.model.trace(meta, feats, 0, start=self.model.n_layers - 1)[0][-1]
+            loss0 = self.kind.loss(pred0, target, ms).mean()
+        params = {**meta, "head_weight": w, "head_bias": bias}
+        if on_step is not None:
+            on_step(0, params, 0)
+        return params, loss0
+
+    def adapt(self, xs: Tensor, ys: Tensor, ms: Tensor | None = None, *, steps: int | None = None,
+              ridge_alpha: float | None = None) -> AdaptedParams:
+        """The closed-form fit (`steps=0`: the meta-learned head, unadapted)."""
+        return super().adapt(xs, ys, ms, steps=steps,
+                             ridge_alpha=self.ridge_alpha if ridge_alpha is None and steps != 0 else ridge_alpha)
 
 
-def build_learner(name: str, model: FunctionalModel | None = None, *, inner_steps: int = 5,
-                  inner_lr: float = 0.01, **opts) -> MetaLearner:
-    """Learner by name (one of LEARNERS). `opts` go to the learner (e.g. msl_epochs, first_order_epochs,
-    per_step_bn, adapt, seed)."""
-    if name not in LEARNERS:
-        raise ValueError(f"unknown learner {name!r}; choose from {sorted(LEARNERS)}")
+def build_learner(name: str, model: FunctionalModel | None = None, kind: TaskKind | None = None,
+                  **options) -> MetaLearner:
+    """Learner by name (one of LEARNERS) on `model` (default: the fingerprint MLP) for task `kind` (default:
+    regression). `options` are the learner's own (e.g. inner_steps, inner_lr, msl_epochs, adapt, seed); an
+    option the learner does not have is an error."""
     model = MLP() if model is None else model
-    learner = LEARNERS[name](model, inner_steps=inner_steps, inner_lr=inner_lr, **opts)
-    learner.build_options = {"inner_steps": inner_steps, "inner_lr": inner_lr, **opts}
+    learner = LEARNERS.build(name, model, kind, **options)
+    learner.build_options = {k: (list(v) if isinstance(v, tuple) else v)
+                             for k, v in (option_defaults(type(learner)) | options).items()}
     learner.built_from = model
     return learner

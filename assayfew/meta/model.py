@@ -18,43 +18,116 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from assayfew.meta.headloop import head_inner_loop
+from assayfew.meta.kinds import TaskKind, masked_mse
+from assayfew.meta.memo import Memo
+from assayfew.meta.registry import Registry
 from assayfew.meta.sparse import SparseRows, spmm
 
-__all__ = ["Stats", "FunctionalModel", "MLP", "masked_mse", "masked_moments", "linear"]
+__all__ = ["Stats", "FunctionalModel", "ModelBase", "HeadFastPath", "MODELS", "build_model", "MLP", "masked_mse",
+           "masked_moments", "linear"]
 
 Stats = dict[int, tuple[Tensor, Tensor]]  # block index -> (mean, var), each broadcastable to (T, 1, H)
 
 
+@dataclass(frozen=True)
+class HeadFastPath:
+    """A model's offer to run a head-only inner loop faster than generic autograd (`ModelBase.head_fast_path`).
+
+    closed_form: the head's inner gradients in closed form (no autograd.grad per step);
+    fused: all inner steps as one autograd node (`assayfew.meta.headloop`), support features memoised."""
+
+    closed_form: bool = True
+    fused: bool = False
+
+
 @runtime_checkable
 class FunctionalModel(Protocol):
-    """What learners and mixers need from a model."""
+    """What learners and mixers need from a model (implementations subclass `ModelBase`)."""
 
+    name: ClassVar[str]
     n_layers: int  # number of blocks incl. the head; positions 0..n_layers
     n_bn_sets: int  # rows of per-step normalisation parameters (>= 1)
+    out_dim: int  # outputs per row (1 for regression, C for C-way classification)
     head_names: tuple[str, ...]  # parameters of the last block (ANIL adapts these)
     adaptable_names: tuple[str, ...]  # parameters sensible to adapt in an inner loop (MAML adapts these)
+
+    def config(self) -> dict: ...
 
     def init_params(self, generator: torch.Generator | None = None) -> dict[str, Tensor]: ...
 
     def trace(self, params: dict[str, Tensor], h: Tensor, step: int, *, mask: Tensor | None = None,
               stats: Stats | None = None, start: int = 0, stop: int | None = None,
-              cache: dict | None = None) -> tuple[list[Tensor], Stats]: ...
+              memo: Memo | None = None) -> tuple[list[Tensor], Stats]: ...
 
-    def loss(self, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor: ...
+    def head_fast_path(self, kind: TaskKind, adapt_names: Sequence[str], *, lr_mode: str,
+                       per_step_bn: bool) -> HeadFastPath | None: ...
+
+    def prime_memos(self, params: dict[str, Tensor], xs: Tensor, ms: Tensor, xq: Tensor, mq: Tensor,
+                    memo_s: Memo, memo_q: Memo, joint_rows: Callable[[], SparseRows] | None,
+                    valid_rows: Callable[[str], Tensor] | None = None) -> None: ...
+
+    def affine_after(self, position: int) -> bool: ...
+
+    def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int,
+                    stats: Stats) -> Tensor: ...
 
 
-def masked_mse(pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-    """Per-task mean squared error over valid rows: pred (T, N[, 1]), y/mask (T, N) -> (T,)."""
-    if pred.dim() == y.dim() + 1 and pred.shape[-1] == 1:
-        pred = pred.squeeze(-1)
-    err = (pred - y).square() * mask
-    return err.sum(1) / mask.sum(1).clamp_min(1.0)
+class ModelBase:
+    """Defaults of the optional parts of the model protocol: no fast path, no memoised affine maps.
+
+    A model overrides `head_fast_path` to offer a fast path and checks its own preconditions there (the
+    task kind's loss, activation, head shape, ...); learners never inspect a model's class. Offering
+    `HeadFastPath(closed_form=True)` commits the model to `head_grads(h, w, b, target, mask, create_graph)`
+    (support loss and head gradients from the last hidden h); `fused=True` to `fused_head_inner(...)` too
+    (see `MLP`). A test must show the fast path equals the generic one (`tests/unit/test_meta_core.py`)."""
+
+    name: ClassVar[str] = "base"
+
+    def head_fast_path(self, kind: TaskKind, adapt_names: Sequence[str], *, lr_mode: str,
+                       per_step_bn: bool) -> HeadFastPath | None:
+        """The fast path this model offers for a head-only inner loop with these settings, or None."""
+        return None
+
+    def prime_memos(self, params: dict[str, Tensor], xs: Tensor, ms: Tensor, xq: Tensor, mq: Tensor,
+                    memo_s: Memo, memo_q: Memo, joint_rows: Callable[[], SparseRows] | None,
+                    valid_rows: Callable[[str], Tensor] | None = None) -> None:
+        """Fill the support and query memos together before the inner loop (optional speed-up).
+        `valid_rows(which)`: flat indices of the valid "s"/"q" rows when the batch knows them (no device sync)."""
+
+    def affine_after(self, position: int) -> bool:
+        """Whether the map after hidden `position` starts with an affine map whose output `trace` memoises
+        as `Memo.linear[position + 1]` (mixers may then mix those outputs instead of the hiddens)."""
+        return False
+
+    def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int, stats: Stats) -> Tensor:
+        """Model output from z, the affine output that follows hidden `position` (only where `affine_after`)."""
+        raise NotImplementedError(f"{type(self).__name__} memoises no affine maps")
+
+    def with_transforms(self) -> ModelBase:
+        """The same model with T-Net transformation layers (models without them raise)."""
+        raise ValueError(f"model {self.name!r} has no transformation layers (T-Net needs them)")
+
+    def forward_from(self, params: dict[str, Tensor], h: Tensor, start_layer: int, step: int,
+                     stats: Stats | None = None) -> Tensor:
+        """Model output from the hidden `h` at position `start_layer`. Pass the support `stats` (without
+        them the statistics of `h` itself are used, which makes rows depend on each other)."""
+        return self.trace(params, h, step, stats=stats, start=start_layer)[0][-1]  # type: ignore[attr-defined]
+
+
+MODELS: Registry[ModelBase] = Registry("model")
+
+
+def build_model(name: str = "mlp", **options) -> ModelBase:
+    """Model by name (one of MODELS) with its options."""
+    return MODELS.build(name, **options)
 
 
 def masked_moments(z: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -90,7 +163,8 @@ def _row(p: Tensor, idx: int) -> Tensor:
     return r.unsqueeze(-2) if r.dim() == 2 else r
 
 
-class MLP:
+@MODELS.register
+class MLP(ModelBase):
     """Fully-connected net: hidden block = Linear [-> transform] -> batch norm -> leaky ReLU; head = Linear.
 
     Parameter names (weights are stored (in, out)): block{k}_weight/_bias/_bn_weight/_bn_bias[/_transform] (k = 1..len(hidden)),
@@ -99,11 +173,17 @@ class MLP:
     parameters ("all", as MAML++, or only the "last" hidden block: then the body before it is
     step-independent and computed once per task by ANIL-type learners). `sparse_input`: use a sparse
     product for block 1 (None = automatically on CPU when <= 25% of the inputs are non-zero).
+
+    Fast path (`head_fast_path`): a plain linear head (no transform) adapted alone under a squared-error
+    loss with one output gets its inner gradients in closed form; with per-step batch norm in the last hidden
+    block only (or none) and fixed or per-step rates, all steps run as one fused node (`headloop`).
     """
+
+    name = "mlp"
 
     def __init__(self, in_dim: int = 1024, hidden: Sequence[int] = (500, 500), n_steps: int = 5,
                  negative_slope: float = 0.01, *, out_dim: int = 1, transforms: bool = False,
-                 bn_eps: float = 1e-5, out_bias: float = 0.0, per_step_blocks: str = "all",
+                 bn_eps: float = 1e-5, out_bias: float = 0.0, per_step_blocks: str = "last",
                  sparse_input: bool | None = None) -> None:
         if in_dim < 1 or out_dim < 1 or any(h < 1 for h in hidden) or n_steps < 1:
             raise ValueError("MLP: dimensions and n_steps must be positive")
@@ -135,6 +215,7 @@ class MLP:
                 "per_step_blocks": self.per_step_blocks, "sparse_input": self.sparse_input}
 
     def with_transforms(self) -> MLP:
+        """The same net with T-Net transformation matrices after each linear map."""
         cfg = self.config()
         cfg["transforms"] = True
         return MLP(**cfg)
@@ -210,29 +291,26 @@ class MLP:
         return out.reshape(*h.shape[:-1], w.shape[-1]) + bias
 
     def _block(self, params: dict[str, Tensor], h: Tensor, k: int, step: int, mask: Tensor | None,
-               stats: Stats, cache: dict | None) -> Tensor:
-        key = f"lin{k}"
-        if cache is not None and key in cache:
-            z = cache[key]
-        else:
+               stats: Stats, memo: Memo | None) -> Tensor:
+        z = None if memo is None else memo.linear.get(k)
+        if z is None:
             if k == 1:
-                c = cache if cache is not None else {}
-                z = self._first_linear(h, params["block1_weight"], params["block1_bias"], c.get("sparse_rows"),
-                                       c.get("input_nnz"))
+                z = self._first_linear(h, params["block1_weight"], params["block1_bias"],
+                                       None if memo is None else memo.sparse_rows,
+                                       None if memo is None else memo.input_nnz)
             else:
                 z = linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"])
             if self.transforms:
                 z = linear(z, params[f"block{k}_transform"], None)
-            if cache is not None:
-                cache[key] = z
-        if k not in stats:
-            mkey = f"mom{k}"  # support statistics of a memoised linear map are step-independent too
-            if cache is not None and mkey in cache:
-                stats[k] = cache[mkey]
-            else:
-                stats[k] = masked_moments(z, mask)
-                if cache is not None:
-                    cache[mkey] = stats[k]
+            if memo is not None:
+                memo.linear[k] = z
+        if k not in stats:  # support statistics of a memoised linear map are step-independent too
+            hit = None if memo is None else memo.moments.get(k)
+            if hit is None:
+                hit = masked_moments(z, mask)
+                if memo is not None:
+                    memo.moments[k] = hit
+            stats[k] = hit
         return self.normalize(params, z, k, step, stats)
 
     def pre_activation(self, params: dict[str, Tensor], h: Tensor, k: int) -> Tensor:
@@ -251,30 +329,29 @@ class MLP:
 
     def trace(self, params: dict[str, Tensor], h: Tensor, step: int, *, mask: Tensor | None = None,
               stats: Stats | None = None, start: int = 0, stop: int | None = None,
-              cache: dict | None = None) -> tuple[list[Tensor], Stats]:
+              memo: Memo | None = None) -> tuple[list[Tensor], Stats]:
         """Run positions start -> stop (default: output). Returns the hiddens at positions start..stop and
         the batch-norm statistics (given ones reused; missing ones computed from `h`'s masked rows).
 
-        `cache` (optional, one dict per input tensor) memoises step-independent work across inner steps
-        (block 1's linear map; whole blocks without per-step parameters); only valid while the body
-        parameters are unchanged and, for a query input, the support statistics are the same (the
-        learner guarantees both)."""
+        `memo` (optional, one per input tensor) memoises step-independent work across inner steps
+        (block 1's linear map; whole blocks without per-step parameters); see `assayfew.meta.memo`."""
         stop = self.n_layers if stop is None else stop
         if not 0 <= start <= stop <= self.n_layers:
             raise ValueError(f"MLP.trace: invalid positions start={start}, stop={stop}")
         stats = dict(stats) if stats else {}
         out = [h]
-        invariant = cache is not None and start == 0  # still on a step-independent prefix of blocks
+        invariant = memo is not None and start == 0  # still on a step-independent prefix of blocks
         for k in range(start + 1, stop + 1):
             if k < self.n_layers:
                 input_invariant = invariant
                 invariant = invariant and self.bn_rows(k) == 1
-                if invariant and ("h", k) in cache:  # type: ignore[operator]
-                    h, stats[k] = cache[("h", k)], cache[("s", k)]  # type: ignore[index]
+                hit = memo.blocks.get(k) if invariant and memo is not None else None
+                if hit is not None:
+                    h, stats[k] = hit
                 else:
-                    h = self._block(params, h, k, step, mask, stats, cache if input_invariant else None)
-                    if invariant:
-                        cache[("h", k)], cache[("s", k)] = h, stats[k]  # type: ignore[index]
+                    h = self._block(params, h, k, step, mask, stats, memo if input_invariant else None)
+                    if invariant and memo is not None:
+                        memo.blocks[k] = (h, stats[k])
             else:
                 h = linear(h, params["head_weight"], params["head_bias"])
                 if self.transforms:
@@ -282,11 +359,91 @@ class MLP:
             out.append(h)
         return out, stats
 
-    def forward_from(self, params: dict[str, Tensor], h: Tensor, start_layer: int, step: int,
-                     stats: Stats | None = None) -> Tensor:
-        """Model output from the hidden `h` at position `start_layer`. Pass the support `stats` (without
-        them the statistics of `h` itself are used, which makes rows depend on each other)."""
-        return self.trace(params, h, step, stats=stats, start=start_layer)[0][-1]
+    # ---- fast paths (see the class docstring) -------------------------------------------------------
+    def head_fast_path(self, kind: TaskKind, adapt_names: Sequence[str], *, lr_mode: str,
+                       per_step_bn: bool) -> HeadFastPath | None:
+        if (kind.loss_name != "mse" or self.out_dim != 1 or self.transforms
+                or set(adapt_names) != {"head_weight", "head_bias"}):
+            return None
+        fused = (len(self.hidden) >= 1 and self.negative_slope >= 0 and lr_mode in ("fixed", "per_step")
+                 and (not per_step_bn or self.per_step_blocks == "last"))
+        return HeadFastPath(closed_form=True, fused=fused)
 
-    def loss(self, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        return masked_mse(pred, y, mask)
+    def head_grads(self, h: Tensor, w: Tensor, b: Tensor, y: Tensor, mask: Tensor,
+                   create_graph: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        """(closed-form fast path) Per-task masked MSE of the linear head pred = h w + b (h (T, N, H),
+        w (T, H, 1), b (T, 1)) and its gradient w.r.t. w and b: r = 2 mask (pred - y) / n, dw = h^T r,
+        db = sum r. Differentiable (as autograd.grad with create_graph) when `create_graph`, else detached."""
+        cnt = mask.sum(1).clamp_min(1.0)
+        diff = linear(h, w, b).squeeze(-1) - y
+        loss = (diff.square() * mask).sum(1) / cnt  # = masked_mse(pred, y, mask)
+        with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+            r = diff * (mask * (2.0 / cnt).unsqueeze(1))
+            gw = torch.bmm(r.unsqueeze(1), h).transpose(1, 2)
+            gb = r.sum(1, keepdim=True)
+        if not create_graph:
+            gw, gb = gw.detach(), gb.detach()
+        return loss, {"head_weight": gw, "head_bias": gb}
+
+    def prime_memos(self, params: dict[str, Tensor], xs: Tensor, ms: Tensor, xq: Tensor, mq: Tensor,
+                    memo_s: Memo, memo_q: Memo, joint_rows: Callable[[], SparseRows] | None,
+                    valid_rows: Callable[[str], Tensor] | None = None) -> None:
+        """With per-step batch norm in the last hidden block only, that block's (step-independent) linear map
+        runs once on the valid support and query rows together (one product, no padding rows); padding rows
+        get 0 there (they are masked out of statistics, losses and mixing partners). Block 1 of both runs as
+        one sparse product when `joint_rows` (their stacked sparse form) is given."""
+        if self.per_step_blocks != "last" or self.n_layers < 3:
+            return
+        last = self.n_layers - 1
+        if (joint_rows is not None and params["block1_weight"].dim() == 2
+                and self.uses_sparse_input(xs, memo_s.input_nnz) and self.uses_sparse_input(xq, memo_q.input_nnz)):
+            memo_s.linear[1], memo_q.linear[1] = self.joint_first_linear(params, [xs, xq], joint_rows())
+        hs, stats = self.trace(params, xs, 0, mask=ms, stop=last - 1, memo=memo_s)
+        hq = self.trace(params, xq, 0, stats=stats, stop=last - 1, memo=memo_q)[0][-1]
+        (t, ns, width), nq = hs[-1].shape, hq.shape[1]
+        if valid_rows is not None:  # no device sync when the batch was given them on the host
+            si, qi = valid_rows("s"), valid_rows("q")
+        else:
+            si, qi = (ms.reshape(-1) > 0).nonzero().squeeze(1), (mq.reshape(-1) > 0).nonzero().squeeze(1)
+        rows = torch.cat([hs[-1].reshape(t * ns, width).index_select(0, si),
+                          hq.reshape(t * nq, width).index_select(0, qi)])
+        z = self.pre_activation(params, rows, last)
+        n_s = si.numel()
+        memo_s.linear[last] = z.new_zeros(t * ns, z.shape[-1]).index_copy(0, si, z[:n_s]).view(t, ns, -1)
+        memo_q.linear[last] = z.new_zeros(t * nq, z.shape[-1]).index_copy(0, qi, z[n_s:]).view(t, nq, -1)
+
+    def fused_head_inner(self, params: dict[str, Tensor], xs: Tensor, ms: Tensor, memo: Memo, ys: Tensor,
+                         bn_rows: Tensor, lr_w: Tensor, lr_b: Tensor, *, second_order: bool,
+                         ) -> tuple[Tensor, Tensor, list[tuple[list[Tensor], Stats]], Tensor]:
+        """(fused fast path) All inner steps of the head as one node: returns the head after each step
+        ws (S, T, H, 1), bs (S, T, 1), the support trace (hiddens to the last hidden block, statistics) of
+        each step, and the per-task support loss before adaptation (T,). `bn_rows` (S,) long: the batch-norm
+        row of each step (clamped to the rows there are)."""
+        last = self.n_layers - 1
+        prefix, stats = self.trace(params, xs, 0, mask=ms, stop=last - 1, memo=memo)
+        z = memo.linear.get(last)
+        if z is None:
+            z = memo.linear[last] = self.pre_activation(params, prefix[-1], last)
+        mom = memo.moments.get(last)
+        if mom is None:
+            mom = memo.moments[last] = masked_moments(z, ms)
+        bn_w, bn_b = params[f"block{last}_bn_weight"], params[f"block{last}_bn_bias"]
+        rows = bn_rows.clamp_max(bn_w.shape[0] - 1)
+        t = z.shape[0]
+        w0 = params["head_weight"].unsqueeze(0).expand(t, *params["head_weight"].shape)
+        b0 = params["head_bias"].unsqueeze(0).expand(t, *params["head_bias"].shape)
+        ws, bs, feats, loss0 = head_inner_loop(z, mom[0], mom[1], bn_w.index_select(0, rows),
+                                               bn_b.index_select(0, rows), w0, b0, lr_w, lr_b, ys, ms,
+                                               eps=self.bn_eps, slope=self.negative_slope,
+                                               second_order=second_order)
+        full = {**stats, last: mom}
+        return ws, bs, [([*prefix, h], full) for h in feats], loss0
+
+    def affine_after(self, position: int) -> bool:
+        return 0 <= position < self.n_layers
+
+    def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int, stats: Stats) -> Tensor:
+        if position == self.n_layers - 1:  # the head's output is the model output
+            return z
+        h = self.normalize(params, z, position + 1, step, stats)
+        return self.trace(params, h, step, stats=stats, start=position + 1)[0][-1]

@@ -1,7 +1,9 @@
 """Straightforward per-task reference of `MetaLearner.meta_loss` (slow; for tests and benchmarks).
 
 Each task is sliced to its valid rows and run alone: plain forward passes with shared (unbatched)
-parameters, one `torch.autograd.grad` per task and step, no caching. Same math as the batched learners.
+parameters, one `torch.autograd.grad` per task and step (or a plain per-task ridge solve for the closed-form
+head), no memo, no fast path. The loss is the task kind's; the outer loss is the mixer's own `loss` on a
+one-task view with the task's part of the plan.
 """
 
 from __future__ import annotations
@@ -10,52 +12,50 @@ import torch
 from torch import Tensor
 
 from assayfew.meta.batch import TaskBatch
+from assayfew.meta.kinds import TaskKind
 from assayfew.meta.learners import MetaLearner
-from assayfew.meta.mixing import Mixer, MixPlan
+from assayfew.meta.mixing import Mixer, ViewBase
+from assayfew.meta.model import FunctionalModel, Stats
 
 __all__ = ["reference_meta_loss"]
 
 
-def _mse(pred: Tensor, y: Tensor) -> Tensor:
-    return (pred.reshape(-1) - y.reshape(-1)).square().mean()
+class _TaskView(ViewBase):
+    """One task's adapted network (valid rows only), traced without any memo."""
+
+    def __init__(self, model: FunctionalModel, kind: TaskKind, params: dict[str, Tensor], b: int,
+                 xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> None:
+        self.model, self.kind, self.params, self.b = model, kind, params, b
+        self.ys, self.yq = ys[None], yq[None]
+        self.ms = torch.ones(1, xs.shape[0], dtype=xs.dtype, device=xs.device)
+        self.mq = torch.ones(1, xq.shape[0], dtype=xq.dtype, device=xq.device)
+        self._hs, self.stats = model.trace(params, xs[None], b)
+        self._hq, _ = model.trace(params, xq[None], b, stats=self.stats)
+
+    def hidden(self, which: str, position: int) -> Tensor:
+        return (self._hs if which == "s" else self._hq)[position]
+
+    def run_from(self, h: Tensor, position: int, tasks: Tensor | None = None) -> Tensor:
+        stats: Stats = self.stats
+        return self.model.trace(self.params, h, self.b, stats=stats, start=position % (self.model.n_layers + 1))[0][-1]
+
+    def loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        return self.kind.loss(pred, target, mask)
 
 
-def _task_outer(learner: MetaLearner, mixer: Mixer, plan: MixPlan, p: dict[str, Tensor], b: int,
-                xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, lam: Tensor | None, idx: Tensor | None) -> Tensor:
-    model = learner.model
-    hs, stats = model.trace(p, xs[None], b)
-    hq, _ = model.trace(p, xq[None], b, stats=stats)
-    if mixer.name == "none":
-        return _mse(hq[-1], yq)
-    if mixer.name == "cob":
-        return _mse(torch.cat([hs[-1], hq[-1]], 1), torch.cat([ys, yq]))
-    assert lam is not None and idx is not None
-    l = plan.layer
-    if mixer.name == "metamix":
-        a_h, a_y, b_h, b_y = hs[l][0][idx], ys[idx], hq[l][0], yq
-    elif mixer.name == "mixup_ss":
-        a_h, a_y, b_h, b_y = hs[l][0][idx], ys[idx], hs[l][0], ys
-    elif mixer.name == "mixup_qq":
-        a_h, a_y, b_h, b_y = hq[l][0][idx], yq[idx], hq[l][0], yq
-    else:
-        raise ValueError(f"reference: unsupported mixer {mixer.name!r}")
-    lam_h = lam.reshape(-1, *([1] * (a_h.dim() - 1)))
-    h = lam_h * a_h + (1 - lam_h) * b_h
-    y = lam * a_y + (1 - lam) * b_y
-    return _mse(model.trace(p, h[None], b, stats=stats, start=l)[0][-1], y)
-
-
-def _local(idx: Tensor, mask: Tensor) -> Tensor:
-    """Map indices into padded rows to indices into the valid rows."""
-    pos = torch.cumsum(mask > 0, 0) - 1
-    return pos[idx]
+def _ridge(f: Tensor, y: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    """Primal ridge with an unpenalised intercept on one task's rows: f (N, H), y (N, C)."""
+    fm, ym = f.mean(0, keepdim=True), y.mean(0, keepdim=True)
+    fc = f - fm
+    w = torch.linalg.solve(fc.T @ fc + alpha * torch.eye(f.shape[1], dtype=f.dtype, device=f.device), fc.T @ (y - ym))
+    return w, (ym - fm @ w).reshape(-1)
 
 
 def reference_meta_loss(learner: MetaLearner, batch: TaskBatch, mixer: Mixer, *, generator: torch.Generator,
                         epoch: int = 0, second_order: bool = True) -> Tensor:
     """Per-task loop computing the same outer loss as `learner.meta_loss` (same generator draws)."""
-    model = learner.model
-    plan = mixer.sample(batch, model.n_layers, generator)
+    model, kind = learner.model, learner.kind
+    plan = mixer.sample(batch, model.n_layers, generator, kind)
     weights = learner.step_weights(epoch, learner.inner_steps)
     create = second_order and epoch >= learner.first_order_epochs
     meta = dict(learner.params.items())
@@ -63,19 +63,24 @@ def reference_meta_loss(learner: MetaLearner, batch: TaskBatch, mixer: Mixer, *,
     for t in range(batch.n_tasks):
         s_ok, q_ok = batch.ms[t] > 0, batch.mq[t] > 0
         xs, ys, xq, yq = batch.xs[t][s_ok], batch.ys[t][s_ok], batch.xq[t][q_ok], batch.yq[t][q_ok]
-        lam = idx = None
-        if plan.idx is not None and plan.lam is not None:
-            rows = s_ok if mixer.name in ("metamix", "mixup_ss") else q_ok
-            own = q_ok if mixer.name in ("metamix", "mixup_qq") else s_ok
-            lam, idx = plan.lam[t][own], _local(plan.idx[t][own], rows)
+        task_plan = mixer.task_plan(plan, t, batch.ms, batch.mq)
+        target = kind.targets(ys[None])
+        ones = torch.ones(1, xs.shape[0], dtype=xs.dtype, device=xs.device)
         fast = {n: meta[n] for n in learner.adapt_names}
         for s in range(learner.inner_steps):
             b = learner.bn_step(s)
-            out, _ = model.trace({**meta, **fast}, xs[None], b)
-            loss = _mse(out[-1], ys)
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create)
-            fast = {n: fast[n] - learner.lr(n, s) * g for n, g in zip(list(fast), grads)}
+            if learner.closed_form:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and create):
+                    f = model.trace(meta, xs[None], b, stop=model.n_layers - 1)[0][-1][0]
+                    y2 = target[0] if target.dim() == 3 else target[0].unsqueeze(-1)
+                    w, bias = _ridge(f, y2, learner.ridge_alpha)  # type: ignore[attr-defined]
+                fast = {"head_weight": w, "head_bias": bias}
+            else:
+                out, _ = model.trace({**meta, **fast}, xs[None], b)
+                loss = kind.loss(out[-1], target, ones)[0]
+                grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create)
+                fast = {n: fast[n] - learner.lr(n, s) * g for n, g in zip(list(fast), grads)}
             if weights[s] > 0:
-                total = total + weights[s] * _task_outer(learner, mixer, plan, {**meta, **fast}, b,
-                                                         xs, ys, xq, yq, lam, idx)
+                view = _TaskView(model, kind, {**meta, **fast}, b, xs, ys, xq, yq)
+                total = total + weights[s] * mixer.loss(view, task_plan)
     return total / batch.n_tasks

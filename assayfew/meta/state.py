@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from assayfew.meta.learners import MetaLearner, build_learner
-from assayfew.meta.model import MLP
+from assayfew.meta.config import CoreConfig
+from assayfew.meta.learners import MetaLearner
 
 __all__ = ["learner_state", "load_learner_state", "learner_config", "learner_from_config"]
 
@@ -31,22 +31,11 @@ def load_learner_state(learner: MetaLearner, tensors: dict[str, Tensor]) -> None
 
 
 def learner_config(learner: MetaLearner) -> dict:
-    """JSON-able description ({"learner", "options", "model"}) of a learner made by `build_learner`
-    with an `MLP`; `learner_from_config` rebuilds it (then load the tensors)."""
-    model = learner.built_from
-    if not isinstance(model, MLP):
-        raise ValueError(f"learner_config: only MLP models are described, got {type(model).__name__}")
-    return {"learner": learner.name, "options": dict(learner.build_options),
-            "model": {"type": "mlp", **model.config()}}
+    """JSON-able `CoreConfig` (without mixer) of a learner made by `build_learner`; `learner_from_config`
+    rebuilds it (then load the tensors)."""
+    return CoreConfig.of_learner(learner).to_dict()
 
 
 def learner_from_config(config: dict) -> MetaLearner:
     """Inverse of `learner_config` (fresh parameters; use `load_learner_state` afterwards)."""
-    try:
-        model_cfg = dict(config["model"])
-        name, options = str(config["learner"]), dict(config["options"])
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"learner config: missing or malformed entry ({e})") from e
-    if model_cfg.pop("type", "mlp") != "mlp":
-        raise ValueError("learner config: only model type 'mlp' is supported")
-    return build_learner(name, MLP(**model_cfg), **options)
+    return CoreConfig.from_dict(config).build_learner()

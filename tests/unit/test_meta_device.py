@@ -16,7 +16,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device 
 
 
 def _run(device: str, name: str) -> tuple[float, dict[str, torch.Tensor], torch.Tensor]:
-    lrn = build_learner(name, MLP(64, (32, 16), n_steps=3), inner_steps=3, inner_lr=0.05, seed=0)
+    lrn = build_learner(name, MLP(64, (32, 16), n_steps=3, per_step_blocks="all"), inner_steps=3, inner_lr=0.05, seed=0)
     lrn = lrn.to(device=device, dtype=torch.float64)
     tasks = random_fingerprint_tasks([(9, 6), (4, 11), (7, 7)], 64, seed=1, density=0.1)
     batch = pad_tasks(tasks).to(device, torch.float64)
@@ -47,7 +47,7 @@ def test_cuda_matches_cpu(name):
 
 @cuda
 def test_cuda_generator_accepted():
-    lrn = build_learner("anil", MLP(16, (8,)), inner_steps=2).cuda()
+    lrn = build_learner("anil", MLP(16, (8,), per_step_blocks="all"), inner_steps=2).cuda()
     batch = pad_tasks(random_fingerprint_tasks([(5, 4), (3, 6)], 16)).to("cuda")
     loss, _ = lrn.meta_loss(batch, build_mixer("metamix", layers=(0, 1)),
                             generator=torch.Generator(device="cuda").manual_seed(0))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from assayfew.meta import MLP, TaskBatch, build_learner, build_mixer, masked_mse, pad_tasks
+from assayfew.meta import MIXERS, MLP, TaskBatch, build_learner, build_mixer, masked_mse, pad_tasks
 from assayfew.meta.reference import reference_meta_loss
+from assayfew.meta.registry import option_names
 from assayfew.meta.synthetic import random_fingerprint_tasks
 
 
@@ -29,8 +30,13 @@ def grads(module: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor
     return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named, gs)}
 
 
+def _mixer(name: str, **options):
+    """A mixer with those of the options it has (none and cob have no layers)."""
+    return build_mixer(name, **{k: v for k, v in options.items() if k in option_names(MIXERS[name])})
+
+
 def _learner(name: str, model_opts: dict | None = None, **kw):
-    opts = {"hidden": (16, 12), **(model_opts or {})}
+    opts = {"hidden": (16, 12), "per_step_blocks": "all", **(model_opts or {})}
     model = MLP(DIM, n_steps=3, **opts)
     return build_learner(name, model, inner_steps=3, inner_lr=0.05, seed=1, **kw).double()
 
@@ -60,7 +66,7 @@ def test_batched_meta_gradient_matches_per_task_loop(learner, mixer, epoch, opts
         for p in lrn.params.values():
             p.add_(0.05 * torch.randn_like(p))
     batch = random_batch(dim=DIM).to(dtype=torch.float64)
-    mix = build_mixer(mixer, layers=(0, 1, 2))
+    mix = _mixer(mixer, layers=(0, 1, 2))
     loss, _ = lrn.meta_loss(batch, mix, generator=torch.Generator().manual_seed(5), epoch=epoch)
     ref = reference_meta_loss(lrn, batch, mix, generator=torch.Generator().manual_seed(5), epoch=epoch)
     assert torch.allclose(loss, ref, rtol=1e-9, atol=1e-9)
@@ -129,7 +135,7 @@ def test_fused_head_loop_matches_reference_first_and_second_order(model_opts):
     (hand-written backward); with it on all blocks the general path runs. Both equal the per-task loop,
     first order (epoch < first_order_epochs) and second order."""
     lrn = _learner("anil++", model_opts, first_order_epochs=2, msl_epochs=4)
-    assert lrn._fused_head == (model_opts["per_step_blocks"] == "last")
+    assert lrn.fast_path is not None and lrn.fast_path.fused == (model_opts["per_step_blocks"] == "last")
     with torch.no_grad():
         for p in lrn.params.values():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(7), dtype=p.dtype))
@@ -187,7 +193,7 @@ def test_padding_rows_change_nothing(mixer):
     padded = TaskBatch(pad(batch.xs, batch.ms, extra_s, junk), pad(batch.ys, batch.ms, extra_s, junk),
                        pad(batch.ms, batch.ms, extra_s, zeros), pad(batch.xq, batch.mq, extra_q, junk),
                        pad(batch.yq, batch.mq, extra_q, junk), pad(batch.mq, batch.mq, extra_q, zeros))
-    mix = build_mixer(mixer, layers=(0, 1, 2))
+    mix = _mixer(mixer, layers=(0, 1, 2))
     a, _ = lrn.meta_loss(batch, mix, generator=torch.Generator().manual_seed(2), epoch=4)
     b, _ = lrn.meta_loss(padded, mix, generator=torch.Generator().manual_seed(2), epoch=4)
     assert torch.allclose(a, b, atol=1e-10)
@@ -208,7 +214,7 @@ def test_batched_adapt_matches_single_task_adapt():
 
 
 def test_adaptation_reduces_support_loss():
-    lrn = build_learner("anil", MLP(DIM, (16,)), inner_steps=10, inner_lr=0.1, seed=0)
+    lrn = build_learner("anil", MLP(DIM, (16,), per_step_blocks="all"), inner_steps=10, inner_lr=0.1, seed=0)
     xs, ys, _, _ = random_tasks([(20, 5)], dim=DIM, offset=0.0)[0]
     before = lrn.predict(lrn.adapt(xs, ys, steps=0), xs)
     after = lrn.predict(lrn.adapt(xs, ys), xs)
@@ -230,7 +236,7 @@ def test_meta_training_improves_adapted_query_error(name):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     proj = torch.randn(DIM, 3, generator=g) * 0.5
-    lrn = build_learner(name, MLP(DIM, (32, 32), n_steps=5, out_bias=6.0), inner_steps=5, inner_lr=0.05, seed=0)
+    lrn = build_learner(name, MLP(DIM, (32, 32), n_steps=5, out_bias=6.0, per_step_blocks="all"), inner_steps=5, inner_lr=0.05, seed=0)
     test = pad_tasks(_family_tasks(torch.Generator().manual_seed(99), 16, proj))
 
     def query_mse() -> float:
@@ -284,7 +290,7 @@ def test_mixing_through_memoised_linear_maps_matches_per_task_loop(mixer, layer)
         for p in lrn.params.values():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3), dtype=p.dtype))
     batch = random_batch(dim=DIM).to(dtype=torch.float64)
-    mix = build_mixer(mixer, layers=(layer,))
+    mix = _mixer(mixer, layers=(layer,))
     loss, info = lrn.meta_loss(batch, mix, generator=torch.Generator().manual_seed(2), epoch=12)
     ref = reference_meta_loss(lrn, batch, mix, generator=torch.Generator().manual_seed(2), epoch=12)
     assert info["layer"] == layer and torch.allclose(loss, ref, rtol=1e-9, atol=1e-9)

@@ -17,7 +17,7 @@ DIM = 24
 
 
 def _learner(name: str = "anil++"):
-    return build_learner(name, MLP(DIM, (16, 12), n_steps=3), inner_steps=3, inner_lr=0.05, seed=2).double()
+    return build_learner(name, MLP(DIM, (16, 12), n_steps=3, per_step_blocks="all"), inner_steps=3, inner_lr=0.05, seed=2).double()
 
 
 def _batch(sizes):
@@ -94,8 +94,8 @@ def _toy_tasks(rng: torch.Generator, n_tasks: int, n: int = 10):
 
 def _toy_slope(mixer_name: str) -> float:
     torch.manual_seed(0)
-    lrn = build_learner("maml", MLP(1, (), n_steps=1), inner_steps=1, inner_lr=0.05, seed=0)
-    mixer = build_mixer(mixer_name, layers=(0,))
+    lrn = build_learner("maml", MLP(1, (), n_steps=1, per_step_blocks="all"), inner_steps=1, inner_lr=0.05, seed=0)
+    mixer = build_mixer(mixer_name, **({"layers": (0,)} if mixer_name != "none" else {}))
     opt = torch.optim.Adam(lrn.parameters(), lr=0.05)
     data, gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
     for _ in range(300):

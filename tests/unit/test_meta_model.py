@@ -36,7 +36,8 @@ def test_spmm_matches_dense_to_second_order():
 def test_sparse_and_dense_first_layer_agree():
     x = (torch.rand(3, 10, 64) < 0.05).double()
     mask = torch.ones(3, 10, dtype=torch.float64)
-    sparse, dense = MLP(64, (8, 8), sparse_input=True), MLP(64, (8, 8), sparse_input=False)
+    sparse = MLP(64, (8, 8), sparse_input=True, per_step_blocks="all")
+    dense = MLP(64, (8, 8), sparse_input=False, per_step_blocks="all")
     params = {k: v.double() for k, v in sparse.init_params(torch.Generator().manual_seed(0)).items()}
     a = sparse.trace(params, x, 0, mask=mask)[0][-1]
     b = dense.trace(params, x, 0, mask=mask)[0][-1]
@@ -106,7 +107,7 @@ def test_joint_first_linear_equals_separate_products():
     from assayfew.meta.synthetic import random_fingerprint_tasks
 
     batch = pad_tasks(random_fingerprint_tasks([(5, 4), (3, 6)], 64, seed=2, density=0.1))
-    model = MLP(64, (16, 8), transforms=True)
+    model = MLP(64, (16, 8), transforms=True, per_step_blocks="all")
     params = model.init_params(torch.Generator().manual_seed(0))
     params["block1_transform"] = params["block1_transform"] + 0.1
     assert model.uses_sparse_input(batch.xs) and model.uses_sparse_input(batch.xq)

@@ -28,7 +28,7 @@ def test_run_directory_has_config_metrics_and_model(tmp_path):
     assert read_json(tmp_path / "val_assays.json")["val"] == va.assay_ids
     cfg = read_json(tmp_path / "model" / "config.json")
     assert cfg["fingerprint"]["bits"] == 256 and cfg["training"]["epoch"] == result.best_epoch
-    assert cfg["algorithm"]["name"] == "anil++" and cfg["mixing"]["name"] == "metamix"
+    assert cfg["core"]["learner"]["name"] == "anil++" and cfg["core"]["mixer"]["name"] == "metamix"
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):

@@ -1,0 +1,161 @@
+"""Conv-4: the few-shot image classifier of MAML / MetaMix as a functional model batched over tasks.
+
+Four blocks of 3×3 convolution (`filters` channels, padding 1) -> batch norm -> ReLU -> 2×2 max-pool, then a
+linear head on the flattened features (64 for 28×28 Omniglot, 64·5·5 for 84×84 MiniImagenet). Inputs are
+(T, N, C, H, W); a parameter is shared (its natural shape) or task-specific with a leading T (adapted).
+
+Registered as model "conv4" (`assayfew.meta.model.MODELS`); implements the `FunctionalModel` protocol
+(positions 0 = the image, k = the output of block k, `n_layers` = the logits; mixers read and resume from
+any position < `n_layers`; no fast path: learners use the generic autograd inner loop). `out_dim` = the
+number of ways, filled in from the classification task kind. Batch-norm statistics are those of each
+task's (masked) support images, per channel over images and pixels, as for the MLP.
+
+Task-specific convolution weights run as one grouped convolution (tasks folded into channels,
+`batching="grouped"`), as `torch.func.vmap` over `functional_call` of a `Conv2d` (`batching="vmap"`) or as
+a loop of per-task convolutions (`batching="loop"`, the default: fastest on CPU); shared weights fold the
+tasks into the image batch. `benchmarks/image_step.py` measures them (DEVELOPERS.md has the figures).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from assayfew.meta.memo import Memo
+from assayfew.meta.model import MODELS, ModelBase, Stats, linear
+
+__all__ = ["Conv4", "BATCHINGS"]
+
+#: How task-specific convolution weights run: a loop of per-task convolutions (stacked; the fastest on
+#: CPU, see DEVELOPERS.md), one grouped convolution, or torch.func vmap
+BATCHINGS = ("loop", "grouped", "vmap")
+
+
+def _bn_row(p: Tensor, step: int) -> Tensor:
+    """Step row of a (S, C) or per-task (T, S, C) batch-norm parameter, shaped to broadcast over
+    (T, N, C, H, W)."""
+    r = p.select(-2, min(step, p.shape[-2] - 1))
+    return r.reshape(-1, 1, r.shape[-1], 1, 1) if r.dim() == 2 else r.reshape(1, 1, -1, 1, 1)
+
+
+def _moments(z: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per-task, per-channel mean and biased variance of z (T, N, C, H, W) over valid images and pixels."""
+    if mask is None or bool((mask > 0).all()):  # every image valid (the usual N-way K-shot episode)
+        var, mean = torch.var_mean(z, (1, 3, 4), correction=0, keepdim=True)
+        return mean, var
+    m = mask.reshape(*mask.shape, 1, 1, 1)
+    cnt = m.sum(1, keepdim=True).clamp_min(1.0) * (z.shape[3] * z.shape[4])
+    mean = (z * m).sum((1, 3, 4), keepdim=True) / cnt
+    var = ((z - mean).square() * m).sum((1, 3, 4), keepdim=True) / cnt
+    return mean, var
+
+
+@MODELS.register
+class Conv4(ModelBase):
+    """Conv-4 over (T, N, C, H, W) images, or the same flattened to (T, N, C*H*W) (then position 0, the
+    input, is flat too; batched `MetaLearner.adapt` takes (T, N, D) inputs). Parameter names: block{k}_weight (out, in, 3, 3), block{k}_bias,
+    block{k}_bn_weight / _bn_bias (n_steps, filters) (per-step rows, used by learners with per-step batch
+    norm), head_weight (features, out_dim), head_bias."""
+
+    name = "conv4"
+
+    def __init__(self, *, out_dim: int = 5, in_channels: int = 1, image_size: int = 28, filters: int = 64,
+                 n_blocks: int = 4, n_steps: int = 5, bn_eps: float = 1e-5, batching: str = "loop") -> None:
+        if min(out_dim, in_channels, image_size, filters, n_blocks, n_steps) < 1:
+            raise ValueError("Conv4: sizes must be positive")
+        if image_size >> n_blocks < 1:
+            raise ValueError(f"Conv4: {image_size}-pixel images are too small for {n_blocks} pooling blocks")
+        if batching not in BATCHINGS:
+            raise ValueError(f"Conv4: batching must be one of {BATCHINGS}")
+        self.out_dim, self.in_channels, self.image_size = int(out_dim), int(in_channels), int(image_size)
+        self.filters, self.n_blocks, self.n_steps = int(filters), int(n_blocks), int(n_steps)
+        self.bn_eps, self.batching = float(bn_eps), batching
+        self.n_layers = self.n_blocks + 1
+        self.n_bn_sets = self.n_steps
+        self.head_names = ("head_weight", "head_bias")
+        convs = tuple(f"block{k}_{p}" for k in range(1, self.n_blocks + 1) for p in ("weight", "bias"))
+        self.adaptable_names = convs + self.head_names
+        self.features = self.filters * (self.image_size >> self.n_blocks) ** 2
+        self._conv = nn.Conv2d(1, 1, 3, padding=1)  # template for functional_call (its tensors are unused)
+
+    def config(self) -> dict:
+        return {"out_dim": self.out_dim, "in_channels": self.in_channels, "image_size": self.image_size,
+                "filters": self.filters, "n_blocks": self.n_blocks, "n_steps": self.n_steps,
+                "bn_eps": self.bn_eps, "batching": self.batching}
+
+    def init_params(self, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Convolutions: Xavier-uniform weights, zero biases (as MAML); BN weight 1 / bias 0; head as
+        torch.nn.Linear's default (uniform ±1/sqrt(features)), zero bias."""
+        params: dict[str, Tensor] = {}
+        cin = self.in_channels
+        for k in range(1, self.n_blocks + 1):
+            fan_in, fan_out = cin * 9, self.filters * 9
+            bound = (6.0 / (fan_in + fan_out)) ** 0.5
+            params[f"block{k}_weight"] = (torch.rand(self.filters, cin, 3, 3, generator=generator) * 2 - 1) * bound
+            params[f"block{k}_bias"] = torch.zeros(self.filters)
+            params[f"block{k}_bn_weight"] = torch.ones(self.n_bn_sets, self.filters)
+            params[f"block{k}_bn_bias"] = torch.zeros(self.n_bn_sets, self.filters)
+            cin = self.filters
+        bound = 1.0 / self.features ** 0.5
+        params["head_weight"] = (torch.rand(self.features, self.out_dim, generator=generator) * 2 - 1) * bound
+        params["head_bias"] = torch.zeros(self.out_dim)
+        return params
+
+    def conv(self, h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        """3×3 convolution (padding 1) of h (T, N, C, H, W) with shared (out, in, 3, 3) or per-task
+        (T, out, in, 3, 3) weights and (out,) or (T, out) biases."""
+        t, n = h.shape[:2]
+        if w.dim() == 4 and b.dim() == 1:  # shared: fold tasks into the image batch
+            z = F.conv2d(h.reshape(t * n, *h.shape[2:]), w, b, padding=1)
+            return z.view(t, n, *z.shape[1:])
+        w = w if w.dim() == 5 else w.unsqueeze(0).expand(t, *w.shape)
+        b = b if b.dim() == 2 else b.unsqueeze(0).expand(t, *b.shape)
+        batching = self.batching
+        if batching == "vmap":
+            def one(x: Tensor, wt: Tensor, bt: Tensor) -> Tensor:
+                return functional_call(self._conv, {"weight": wt, "bias": bt}, (x,))
+            return vmap(one)(h, w, b)
+        if batching == "loop":
+            return torch.stack([F.conv2d(h[i], w[i], b[i], padding=1) for i in range(t)])
+        c, hh, ww = h.shape[2:]
+        x = h.transpose(0, 1).reshape(n, t * c, hh, ww)  # tasks folded into channels
+        z = F.conv2d(x, w.reshape(t * w.shape[1], *w.shape[2:]), b.reshape(-1), padding=1, groups=t)
+        return z.view(n, t, -1, hh, ww).transpose(0, 1)
+
+    def block(self, params: dict[str, Tensor], h: Tensor, k: int, step: int, mask: Tensor | None,
+              stats: Stats) -> Tensor:
+        """Block k: convolution, batch norm (statistics `stats[k]`, computed from h's masked images when
+        missing), ReLU, 2×2 max-pool."""
+        z = self.conv(h, params[f"block{k}_weight"], params[f"block{k}_bias"])
+        if k not in stats:
+            stats[k] = _moments(z, mask)
+        mean, var = stats[k]
+        scale = torch.rsqrt(var + self.bn_eps) * _bn_row(params[f"block{k}_bn_weight"], step)
+        shift = _bn_row(params[f"block{k}_bn_bias"], step) - mean * scale
+        a = F.relu(torch.addcmul(shift, z, scale))
+        t, n = a.shape[:2]
+        p = F.max_pool2d(a.reshape(t * n, *a.shape[2:]), 2)
+        return p.view(t, n, *p.shape[1:])
+
+    def trace(self, params: dict[str, Tensor], h: Tensor, step: int, *, mask: Tensor | None = None,
+              stats: Stats | None = None, start: int = 0, stop: int | None = None,
+              memo: Memo | None = None) -> tuple[list[Tensor], Stats]:
+        """Run positions start -> stop (default: the logits); returns the hiddens at start..stop and the
+        batch-norm statistics (given ones reused, missing ones from `h`'s masked images). `memo` is
+        accepted for the protocol and unused (the learners already reuse a fixed body across steps)."""
+        stop = self.n_layers if stop is None else stop
+        if not 0 <= start <= stop <= self.n_layers:
+            raise ValueError(f"Conv4.trace: invalid positions start={start}, stop={stop}")
+        stats = dict(stats) if stats else {}
+        out = [h]
+        if start == 0 and h.dim() == 3:  # flat images (T, N, C*H*W), as learners' (T, N, D) inputs
+            h = h.view(*h.shape[:2], self.in_channels, self.image_size, self.image_size)
+        for k in range(start + 1, stop + 1):
+            if k < self.n_layers:
+                h = self.block(params, h, k, step, mask, stats)
+            else:
+                h = linear(h.flatten(2), params["head_weight"], params["head_bias"])
+            out.append(h)
+        return out, stats
