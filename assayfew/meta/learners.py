@@ -482,7 +482,8 @@ class MetaLearner(nn.Module):
         them between learners; only those and the first linear map are carried between adaptations."""
         if not self.head_only or any(a.batched for a in adapted):
             return [self.predict(a, x) for a in adapted]
-        shared = memo if memo is not None else Memo()
+        given = memo if memo is not None else Memo()  # may be shared with other learners: input forms only
+        shared = Memo(sparse_rows=given.sparse_rows, input_nnz=given.input_nnz)
         out = []
         for a in adapted:
             one = Memo(sparse_rows=shared.sparse_rows, input_nnz=shared.input_nnz,
