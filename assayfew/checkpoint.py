@@ -122,11 +122,21 @@ class MetaModel:
             return np.zeros(0, dtype=np.float64)
         return self.predict([self.adapt(support_x, support_y, steps=steps)], query_x)[0]
 
+    def check_steps(self, steps: int | None) -> None:
+        """ValueError unless `steps` (None = the model's own) is a usable number of adaptation steps: 1..MAX_STEPS,
+        and no more than the model was meta-trained for when its inner rates were learned per step."""
+        if steps is None:
+            return
+        check_range("steps", steps, 1, MAX_STEPS, integer=True)
+        if steps > self.inner_steps and any(getattr(lr, "lr_mode", "") == "per_step" for lr in self.learners):
+            raise ValueError(f"steps: this model meta-learned its inner rates for {self.inner_steps} adaptation "
+                             f"steps; use at most {self.inner_steps}, not {steps} (more steps reuse the last "
+                             f"rate and can diverge)")
+
     def adapt(self, support_x: np.ndarray, support_y: np.ndarray, *, steps: int | None = None) -> Adaptation:
         """Adapt every member to one assay's measured compounds (gradient steps or the ridge head); fit the
         fingerprint ridge regression when the model blends it in."""
-        if steps is not None:
-            check_range("steps", steps, 1, MAX_STEPS, integer=True)
+        self.check_steps(steps)
         settings = self.prediction
         scaling_cfg = self.config.get("label_scaling", {"mode": "center"})
         scaling = fit_scaling(support_y, scaling_cfg.get("mode", "center"), float(scaling_cfg.get("min_std", 0.5)))

@@ -289,6 +289,10 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
     query = np.flatnonzero(feats.valid)
     xq = feats.fingerprints[query].astype(np.float32)
 
+    try:
+        model.check_steps(options.steps)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
     if options.ridge_weight is not None:
         model = model.with_prediction(fp_ridge_weight=options.ridge_weight)
     try:

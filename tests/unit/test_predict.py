@@ -196,3 +196,16 @@ def test_model_records_decide_standardisation(model):
     assert model.standardize  # no record: standardise
     config = model.config | {"fingerprint": model.config["fingerprint"] | {"standardize": False}}
     assert not MetaModel(learners=model.learners, config=config).standardize
+
+
+def test_steps_beyond_the_learned_per_step_rates_are_refused(assay):
+    """The shipped ANIL++ model learned one inner rate per step for its trained steps; more steps would reuse the
+    last rate (it diverged at 20), so they are refused with a clear message, and fewer steps are allowed."""
+    from assayfew.predict import load_default_model
+
+    shipped = load_default_model(None)
+    trained = shipped.inner_steps
+    with pytest.raises(InputError, match=f"at most {trained}, not {trained + 1}"):
+        adapt_and_predict(assay, shipped, options=PredictOptions(steps=trained + 1, cv_folds=3))
+    fewer = adapt_and_predict(assay, shipped, options=PredictOptions(steps=trained - 1, cv_folds=3))
+    assert np.isfinite(fewer.table.loc[fewer.table["status"] == "ok", "prediction"]).all()
