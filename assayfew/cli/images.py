@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from assayfew.bounds import MAX_STEPS
 from assayfew.cli._common import err, user_errors
 from assayfew.images.data import is_runs_zip, load_images, read_omniglot_runs
 from assayfew.images.train import ImageTrainConfig, evaluate_images, evaluate_runs, load_image_model, train_images
@@ -136,7 +137,8 @@ def evaluate(
     shot: Annotated[int, typer.Option(help="Support images per class (K).")] = 1,
     query: Annotated[int, typer.Option(help="Query images per class.")] = 15,
     episodes: Annotated[int, typer.Option(help="Test episodes (>= 600 for the usual 95% CI).")] = 600,
-    steps: Annotated[Optional[int], typer.Option(help="Adaptation steps (default: the model's eval steps).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS,
+                                                 help="Adaptation steps (default: the model's eval steps).")] = None,
     nme: Annotated[bool, typer.Option("--nme/--me", help="Fixed label groups in test episodes too.")] = False,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda")] = "auto",
@@ -145,14 +147,16 @@ def evaluate(
     """Accuracy ± 95% CI over seeded N-way K-shot meta-test episodes (N = the model's); prints one JSON line."""
     with user_errors():
         learner, config = load_image_model(model)
+        if steps is None:
+            steps = int(config["episodes"]["eval_steps"])
         if is_runs_zip(data):  # Omniglot's all_runs.zip: Lake et al.'s 20 one-shot runs
             with _progress() as progress:
                 result = evaluate_runs(learner, read_omniglot_runs(data, size=learner.model.image_size),
-                                       steps=steps or int(config["episodes"]["eval_steps"]), device=device,
+                                       steps=steps, device=device,
                                        progress=_RichReporter(progress, "one-shot runs"))
         else:
             result = _evaluate(learner, data, split or ("test" if data.is_dir() else None), shot, query, episodes,
-                               steps or int(config["episodes"]["eval_steps"]), seed, device, nme)
+                               steps, seed, device, nme)
         if out is not None:
             write_json(out, result)
     _print_result(result)

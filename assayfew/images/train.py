@@ -245,7 +245,7 @@ def evaluate_runs(learner: MetaLearner, runs: list[OneShotRun], *, steps: int | 
                                n_boot=0)
     return accuracy_summary(result.per_assay["accuracy"].to_numpy()) | {
         "n_way": learner.kind.out_dim, "k_shot": 1, "runs": [r.name for r in runs],
-        "steps": steps or learner.inner_steps}
+        "steps": learner.inner_steps if steps is None else steps}
 
 
 def evaluate_images(learner: MetaLearner, images: ImageSet, *, k_shot: int, query: int = 15, episodes: int = 600,
@@ -266,5 +266,6 @@ def evaluate_images(learner: MetaLearner, images: ImageSet, *, k_shot: int, quer
                                scores={"accuracy": _accuracy}, n_boot=0)
     learner.train(was_training)
     return accuracy_summary(result.per_assay["accuracy"].to_numpy()) | {
-        "n_way": n_way, "k_shot": k_shot, "query": query, "nme": nme, "steps": steps or learner.inner_steps,
+        "n_way": n_way, "k_shot": k_shot, "query": query, "nme": nme,
+        "steps": learner.inner_steps if steps is None else steps,
         "seed": seed, "source": images.source}

@@ -59,6 +59,10 @@ def test_train_resume_evaluate(zips, tmp_path):
                                     "--episodes", "6", "--query", "2", "--seed", "3", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["accuracy"] == pytest.approx(result["accuracy"])
+    # --steps 0 is refused (as on the drug CLI), not read as "the model's default"
+    res = runner.invoke(typer_app, ["images", "evaluate", "--model", str(run / "model"), "--data", str(test),
+                                    "--steps", "0", "--device", "cpu"])
+    assert res.exit_code == 2 and "--steps" in res.output
 
 
 @pytest.mark.parametrize("case", ["corrupt", "unreadable", "missing", "too_few"])
