@@ -34,5 +34,5 @@ class AssayAdaptation:
         if len(x) == 0:
             return np.zeros(0), np.zeros(0), np.zeros(0)
         similarity = max_tanimoto(x, self.support_fingerprints)
-        prediction = self.model.predict([self.full], x)[0]
+        prediction = self.model.predict(self.full, x)
         return prediction, self.calibration.sd(similarity, self.cv_rmse), similarity

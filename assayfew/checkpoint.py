@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -120,7 +119,7 @@ class MetaModel:
         """
         if len(query_x) == 0:
             return np.zeros(0, dtype=np.float64)
-        return self.predict([self.adapt(support_x, support_y, steps=steps)], query_x)[0]
+        return self.predict(self.adapt(support_x, support_y, steps=steps), query_x)
 
     def check_steps(self, steps: int | None) -> None:
         """ValueError unless `steps` (None = the model's own) is a usable number of adaptation steps: 1..MAX_STEPS,
@@ -149,33 +148,26 @@ class MetaModel:
             for learner in self.learners:
                 learner.eval()
                 with torch.enable_grad():
-                    states.append(learner.adapt(xs, ys, steps=self.inner_steps if steps is None else steps, ridge_alpha=ridge_alpha))
+                    states.append(learner.adapt(xs, ys, steps=self.inner_steps if steps is None else steps,
+                                                ridge_alpha=ridge_alpha))
             ridge = (ridge_fit(support_x, support_y, alpha=float(settings["fp_ridge_alpha"]))
                      if float(settings["fp_ridge_weight"]) > 0 else None)
         return Adaptation(states=states, scaling=scaling, ridge=ridge)
 
-    def predict(self, adaptations: Sequence[Adaptation], query_x: np.ndarray) -> list[np.ndarray]:
-        """Predictions of `query_x` by each adaptation (made by this model's `adapt`), in task units.
-
-        Work the adaptations share (block 1's linear map of head-only learners, the query in float64 for
-        the ridge blend) is done once.
-        """
+    def predict(self, adaptation: Adaptation, query_x: np.ndarray) -> np.ndarray:
+        """Predictions of `query_x` by an adaptation made by this model's `adapt`, in task units. The query's
+        sparse input form is computed once for all members."""
         weight = float(self.prediction["fp_ridge_weight"])
         with single_threaded_numpy_blas():
             xq = torch.as_tensor(np.asarray(query_x, dtype=np.float32), device=self.device)
             memo = Memo(sparse_rows=cache(lambda: SparseRows.from_dense(xq)),
-                        input_nnz=cache(lambda: int(torch.count_nonzero(xq))))  # shared by the learners
-            per_learner = [learner.predict_many([a.states[i] for a in adaptations], xq, memo)
-                           for i, learner in enumerate(self.learners)]
-            xq64 = np.asarray(query_x, dtype=np.float64) if weight > 0 else None
-            out = []
-            for j, a in enumerate(adaptations):
-                mean = np.mean([p[j].detach().cpu().numpy().reshape(-1) for p in per_learner], axis=0)
-                pred = a.scaling.inverse(mean)
-                if a.ridge is not None and xq64 is not None:
-                    pred = (1 - weight) * pred + weight * a.ridge.predict(xq64)
-                out.append(pred)
-        return out
+                        input_nnz=cache(lambda: int(torch.count_nonzero(xq))))
+            mean = np.mean([learner.predict(state, xq, memo).detach().cpu().numpy().reshape(-1)
+                            for learner, state in zip(self.learners, adaptation.states)], axis=0)
+            pred = adaptation.scaling.inverse(mean)
+            if adaptation.ridge is not None and weight > 0:
+                pred = (1 - weight) * pred + weight * adaptation.ridge.predict(np.asarray(query_x, dtype=np.float64))
+        return pred
 
 
 @dataclass(frozen=True)

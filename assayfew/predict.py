@@ -308,7 +308,7 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
 
     report(0.15, "adapting on the measured compounds")
     full = model.adapt(xs, ys, steps=options.steps)
-    pred_full = model.predict([full], xq)[0]
+    pred_full = model.predict(full, xq)
 
     report(0.5, "cross-validating the measured set")
     cv_pred = cross_validated(adapter, xs, ys, cv_folds(n_support, options.cv_folds, rng))

@@ -464,35 +464,18 @@ class MetaLearner(nn.Module):
         return AdaptedParams(params, {k: (a.detach(), v.detach()) for k, (a, v) in stats.items()}, b, batched)
 
     @torch.no_grad()
-    def predict(self, adapted: AdaptedParams, x: Tensor) -> Tensor:
+    def predict(self, adapted: AdaptedParams, x: Tensor, memo: Memo | None = None) -> Tensor:
         """Predictions for x ((N, D) after a 2-D adapt, (T, N, D) after a batched one); rows independent.
-        Regression: (…, N); classification: logits (…, N, C)."""
+        Regression: (…, N); classification: logits (…, N, C). `memo`: x's sparse form and non-zero count
+        (`Memo.sparse_rows` / `input_nnz`) when the caller shares them between learners; nothing else of it
+        is read or written, since the body's outputs depend on each adaptation's statistics."""
         if not adapted.batched:
             x = x.unsqueeze(0)
-        out = self.model.trace(adapted.params, x, adapted.bn_step, stats=adapted.stats)[0][-1]
+        own = None if memo is None else Memo(sparse_rows=memo.sparse_rows, input_nnz=memo.input_nnz)
+        out = self.model.trace(adapted.params, x, adapted.bn_step, stats=adapted.stats, memo=own)[0][-1]
         if out.shape[-1] == 1:
             out = out.squeeze(-1)
         return out if adapted.batched else out.squeeze(0)
-
-    @torch.no_grad()
-    def predict_many(self, adapted: Sequence[AdaptedParams], x: Tensor, memo: Memo | None = None) -> list[Tensor]:
-        """[predict(a, x) for a in adapted] for 2-D adaptations of a head-only learner (adaptation leaves the
-        body unchanged): the first block's linear map on x is memoised once and shared by all of them.
-        `memo`: x's sparse form and non-zero count (`Memo.sparse_rows` / `input_nnz`), when the caller shares
-        them between learners; only those and the first linear map are carried between adaptations."""
-        if not self.head_only or any(a.batched for a in adapted):
-            return [self.predict(a, x) for a in adapted]
-        given = memo if memo is not None else Memo()  # may be shared with other learners: input forms only
-        shared = Memo(sparse_rows=given.sparse_rows, input_nnz=given.input_nnz)
-        out = []
-        for a in adapted:
-            one = Memo(sparse_rows=shared.sparse_rows, input_nnz=shared.input_nnz,
-                       linear={1: shared.linear[1]} if 1 in shared.linear else {})
-            pred = self.model.trace(a.params, x.unsqueeze(0), a.bn_step, stats=a.stats, memo=one)[0][-1]
-            if 1 in one.linear:
-                shared.linear.setdefault(1, one.linear[1])
-            out.append(pred.squeeze(-1).squeeze(0) if pred.shape[-1] == 1 else pred.squeeze(0))
-        return out
 
     def adapt_and_predict(self, xs: Tensor, ys: Tensor, xq: Tensor, *, steps: int | None = None,
                           ridge_alpha: float | None = None) -> Tensor:

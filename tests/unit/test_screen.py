@@ -72,8 +72,8 @@ def check_against_reference(table, rows, reference, id_col):
 
 @pytest.mark.parametrize("ridge_weight", [0.0, 0.4])
 def test_adapt_then_predict_equals_the_one_shot_path(model, one_thread, ridge_weight):
-    """MetaModel.adapt + predict (shared work done once) = each learner's adapt_and_predict, averaged, blended
-    with fingerprint ridge regression when the model says so."""
+    """MetaModel.adapt + predict (the query's sparse form shared by the members) = each learner's
+    adapt_and_predict, averaged, blended with fingerprint ridge regression when the model says so."""
     model = model.with_prediction(fp_ridge_weight=ridge_weight)
     rng = np.random.default_rng(0)
     bits = model.spec.bits
@@ -82,7 +82,7 @@ def test_adapt_then_predict_equals_the_one_shot_path(model, one_thread, ridge_we
     xq = (rng.random((40, bits)) < 0.1).astype(np.float32)
     boot = rng.integers(0, 12, 12)
     a, b = model.adapt(xs, ys), model.adapt(xs[boot], ys[boot])
-    together = model.predict([a, b], xq)
+    together = [model.predict(a, xq), model.predict(b, xq)]
     for support_x, support_y, got in ((xs, ys, together[0]), (xs[boot], ys[boot], together[1])):
         shift = support_y.mean()  # the model's label scaling: centred on the support mean
         one_shot = np.mean([learner.adapt_and_predict(torch.as_tensor(support_x),
