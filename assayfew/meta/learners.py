@@ -189,39 +189,54 @@ class _View(ViewBase):
         return self.model.trace(params, h, self.b, stats=stats, start=pos)[0][-1]
 
     def _affine_out(self, which: str, pos: int) -> Tensor | None:
-        """The (memoised) output of the affine map that follows position `pos`, or None."""
-        if pos == self.model.n_layers - 1:  # the head: its output is the prediction
-            return self.hidden(which, -1)
-        if self.body is None:
-            return None
+        """The memoised output of the affine map that follows hidden position `pos` (below the head), or None."""
+        assert self.body is not None
         memo = self.body.memo_s if which == "s" else self.body.memo_q
         if pos + 1 not in memo.linear:  # not memoised yet (e.g. query rows before their first trace)
             self.hidden(which, pos)
         return memo.linear.get(pos + 1)
 
-    def run_mixed(self, a: str, idx: Tensor, b: str, lam: Tensor, position: int,
-                  tasks: Tensor | None = None) -> Tensor:
-        """Output for the mixed hidden lam * hidden(a)[idx] + (1 - lam) * hidden(b) at `position` (as
-        run_from). Where the map after the position is affine (`model.affine_after`), mixing its memoised
-        outputs is the same and the mix is step-independent (one per meta-batch) below the head."""
-        pos = position % (self.model.n_layers + 1)
-        za = self._affine_out(a, pos) if pos < self.model.n_layers and self.model.affine_after(pos) else None
-        zb = self._affine_out(b, pos) if za is not None else None
-        if za is None or zb is None:
-            return super().run_mixed(a, idx, b, lam, pos, tasks)
-        if pos == self.model.n_layers - 1:  # mixing predictions: step-specific
-            return mix(gather_rows(select_tasks(za, tasks), select_tasks(idx, tasks)), select_tasks(zb, tasks),
-                       select_tasks(lam, tasks))
+    def run_mixed(self, a: str, b: str, plan: MixPlan) -> Tensor:
+        """`EvalView.run_mixed` in one pass over all tasks when the body is memoised (head-only learners) and
+        an affine map follows every drawn layer (`model.affine_after`; the MLP): every task runs from the
+        lowest drawn layer and is mixed at each drawn layer with `plan.lam_at`'s λ, which is 0 for the tasks
+        that drew another layer (0 · h_a + 1 · h = h exactly). Mixing the affine map's outputs is the same
+        as mixing its inputs, so the first mix uses the memoised affine outputs (step-independent: one mix
+        per meta-batch) and a mix at the head mixes predictions. This computes each task's output
+        from its own layer's mix, as the generic grouped path does, with fewer, larger operations."""
+        last = self.model.n_layers - 1
+        if (self.body is None or plan.shuffle_src is not None or plan.idx is None
+                or not all(self.model.affine_after(layer) for layer, _ in plan.lam_at)):
+            return super().run_mixed(a, b, plan)
+        idx, h = plan.idx, None
+        for i, (layer, lam) in enumerate(plan.lam_at):
+            stop = plan.lam_at[i + 1][0] if i + 1 < len(plan.lam_at) else self.model.n_layers
+            if layer == last:  # the head: mix predictions
+                out = self.hidden(b, -1) if h is None else self.run_from(h, layer)
+                return mix(gather_rows(self.hidden(a, -1), idx), out, lam)
+            z = None if h is not None else self._mixed_affine(a, b, idx, lam, layer)
+            if z is not None:
+                h = self.model.from_linear(self.params, z, layer, self.b, self.stats, stop=stop)
+                continue
+            h = self.hidden(b, layer) if h is None else h
+            h = self.model.trace(self.params, mix(gather_rows(self.hidden(a, layer), idx), h, lam), self.b,
+                                 stats=self.stats, start=layer, stop=stop)[0][-1]
+        assert h is not None
+        return h
+
+    def _mixed_affine(self, a: str, b: str, idx: Tensor, lam: Tensor, pos: int) -> Tensor | None:
+        """The mix of the memoised affine outputs after `pos` (memoised in the body across inner steps), or None
+        when the model memoised none there."""
         key = (a, b, pos)
-        hit = None if self.body is None else self.body.mixed.get(key)
-        if hit is None or hit[0] is not idx or hit[1] is not lam or hit[2] is not tasks:
-            z = mix(gather_rows(select_tasks(za, tasks), select_tasks(idx, tasks)), select_tasks(zb, tasks),
-                    select_tasks(lam, tasks))
-            hit = (idx, lam, tasks, z)
-            if self.body is not None:
-                self.body.mixed[key] = hit
-        params, stats = self._restricted(tasks)
-        return self.model.from_linear(params, hit[3], pos, self.b, stats)
+        assert self.body is not None
+        hit = self.body.mixed.get(key)
+        if hit is None or hit[0] is not idx or hit[1] is not lam:
+            za, zb = self._affine_out(a, pos), self._affine_out(b, pos)
+            if za is None or zb is None:
+                return None
+            hit = (idx, lam, mix(gather_rows(za, idx), zb, lam))
+            self.body.mixed[key] = hit
+        return hit[2]
 
     def loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         return self.kind.loss(pred, target, mask)

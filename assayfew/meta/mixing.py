@@ -2,7 +2,8 @@
 
 A mixer draws a `MixPlan` once per meta-iteration (`sample`) and turns an `EvalView` (the adapted network
 of one inner step: hiddens of support/query at any layer position, the rest of the network run from a
-position, and the task kind's loss) into a scalar outer loss (`loss`). Mixers only use the view, so they
+position, the output for rows mixed at each task's drawn layer, and the task kind's loss) into a scalar
+outer loss (`loss`). Mixers only use the view, so they
 work with any model and any task kind: labels are mixed as the kind's targets (floats, or one-hot vectors
 for classification, scored with cross-entropy on the soft targets).
 
@@ -34,7 +35,7 @@ from assayfew.meta.kinds import TaskKind
 from assayfew.meta.registry import Registry
 
 __all__ = ["MixPlan", "EvalView", "ViewBase", "Mixer", "NoMix", "MetaMix", "MixupSS", "MixupQQ", "Cob", "MIXERS",
-           "build_mixer", "numpy_rng", "partners", "gather_rows", "mix", "select_tasks", "layer_groups"]
+           "build_mixer", "numpy_rng", "partners", "gather_rows", "mix", "select_tasks"]
 
 
 class EvalView(Protocol):
@@ -51,8 +52,7 @@ class EvalView(Protocol):
 
     def run_from(self, h: Tensor, position: int, tasks: Tensor | None = None) -> Tensor: ...
 
-    def run_mixed(self, a: str, idx: Tensor, b: str, lam: Tensor, position: int,
-                  tasks: Tensor | None = None) -> Tensor: ...
+    def run_mixed(self, a: str, b: str, plan: MixPlan) -> Tensor: ...  # all tasks, each mixed at its layer
 
     def loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor: ...  # per task (T,)
 
@@ -77,20 +77,28 @@ def mix(a: Tensor, b: Tensor, lam: Tensor) -> Tensor:
 
 
 class ViewBase:
-    """The generic `run_mixed`: mix the hiddens, then `run_from` (views may override it with a faster,
-    equal computation)."""
+    """The generic `run_mixed` (views may override it with a faster, equal computation)."""
 
-    def run_mixed(self, a: str, idx: Tensor, b: str, lam: Tensor, position: int,
-                  tasks: Tensor | None = None) -> Tensor:
-        h = mix(gather_rows(select_tasks(self.hidden(a, position), tasks), select_tasks(idx, tasks)),  # type: ignore[attr-defined]
-                select_tasks(self.hidden(b, position), tasks), select_tasks(lam, tasks))  # type: ignore[attr-defined]
-        return self.run_from(h, position, tasks)  # type: ignore[attr-defined]
+    def run_mixed(self, a: str, b: str, plan: MixPlan) -> Tensor:
+        """Output for the rows of `b` mixed with their partners in `a`, every task at its drawn layer l:
+        h = lam * hidden(a, l)[idx] + (1 - lam) * hidden(b, l), then the plan's channel shuffle, run on from l.
+        Generic: each group of tasks that drew the same layer runs from it; outputs back in task order."""
+        assert plan.idx is not None and plan.lam is not None
+        outs = []
+        for layer, tasks in plan.groups:
+            h = mix(gather_rows(select_tasks(self.hidden(a, layer), tasks), select_tasks(plan.idx, tasks)),  # type: ignore[attr-defined]
+                    select_tasks(self.hidden(b, layer), tasks), select_tasks(plan.lam, tasks))  # type: ignore[attr-defined]
+            outs.append(self.run_from(plan.shuffle(h, tasks), layer, tasks))  # type: ignore[attr-defined]
+        return outs[0] if plan.order is None else torch.cat(outs).index_select(0, plan.order)
 
 
 @dataclass
 class MixPlan:
     """Random choices of one meta-iteration: per task the layer position, λ (T, N) and partner indices (T, N);
-    with channel shuffle, per task a channel group and for each row the row whose channels it takes."""
+    with channel shuffle, per task a channel group and for each row the row whose channels it takes.
+    Derived from the layers (`by_layer`): `groups` [(layer, its tasks; None = all)] in ascending layer order,
+    `order` (the task order of the groups' outputs concatenated; None for one group) and `lam_at`
+    [(layer, λ of the tasks that drew it, 0 for the others)]."""
 
     layers: tuple[int, ...] = ()
     lam: Tensor | None = None
@@ -98,42 +106,51 @@ class MixPlan:
     shuffle_src: Tensor | None = None
     shuffle_group: Tensor | None = None
     shuffle_groups: int = 0
-    groups: list[tuple[int, Tensor | None]] = field(default_factory=list)  # (layer, its tasks; None = all)
+    groups: list[tuple[int, Tensor | None]] = field(default_factory=list)
+    order: Tensor | None = None
+    lam_at: list[tuple[int, Tensor]] = field(default_factory=list)
 
     @property
     def layer(self) -> int | None:
         """The layer when every task drew the same one, else None."""
         return self.layers[0] if self.layers and len(set(self.layers)) == 1 else None
 
+    def by_layer(self) -> MixPlan:
+        """This plan with `groups`, `order` and `lam_at` derived from its layers (on λ's device)."""
+        assert self.lam is not None
+        distinct = sorted(set(self.layers))
+        if len(distinct) == 1:
+            self.groups, self.order, self.lam_at = [(distinct[0], None)], None, [(distinct[0], self.lam)]
+            return self
+        device, members = self.lam.device, [[t for t, l in enumerate(self.layers) if l == d] for d in distinct]
+        self.groups = [(d, torch.tensor(m, device=device)) for d, m in zip(distinct, members)]
+        grouped = [t for m in members for t in m]
+        self.order = torch.tensor(sorted(range(len(grouped)), key=grouped.__getitem__), device=device)
+        shape = (len(self.layers), *([1] * (self.lam.dim() - 1)))
+        self.lam_at = [(d, self.lam * torch.tensor([l == d for l in self.layers], dtype=self.lam.dtype,
+                                                   device=device).reshape(shape)) for d in distinct]
+        return self
+
+    def shuffle(self, h: Tensor, tasks: Tensor | None) -> Tensor:
+        """Channel shuffle of the mixed hidden h of the given tasks (h itself without one)."""
+        if self.shuffle_src is None or self.shuffle_group is None:
+            return h
+        return _shuffle_channels(h, select_tasks(self.shuffle_src, tasks), select_tasks(self.shuffle_group, tasks),
+                                 self.shuffle_groups)
+
     def tasks(self, start: int, stop: int) -> MixPlan:
         """The plan of tasks start..stop-1 of its batch (a rank's share of a meta-batch)."""
         pick = (lambda t: None if t is None else t[start:stop])
-        layers = self.layers[start:stop]
-        device = self.lam.device if self.lam is not None else torch.device("cpu")
-        return MixPlan(layers, pick(self.lam), pick(self.idx), pick(self.shuffle_src), pick(self.shuffle_group),
-                       self.shuffle_groups, layer_groups(layers, device) if layers else [])
+        plan = MixPlan(self.layers[start:stop], pick(self.lam), pick(self.idx), pick(self.shuffle_src),
+                       pick(self.shuffle_group), self.shuffle_groups)
+        return plan.by_layer() if plan.layers else plan
 
     def to(self, device: torch.device, *, non_blocking: bool = False) -> MixPlan:
         move = (lambda t: None if t is None else t.to(device, non_blocking=non_blocking))
-        return MixPlan(self.layers, move(self.lam), move(self.idx), move(self.shuffle_src), move(self.shuffle_group),
-                       self.shuffle_groups, [(layer, move(tasks)) for layer, tasks in self.groups])
-
-
-def layer_groups(layers: Sequence[int], device: torch.device) -> list[tuple[int, Tensor | None]]:
-    """Tasks grouped by drawn layer: [(layer, task indices)], or [(layer, None)] when all drew the same."""
-    distinct = sorted(set(layers))
-    if len(distinct) == 1:
-        return [(distinct[0], None)]
-    return [(l, torch.tensor([t for t, lt in enumerate(layers) if lt == l], device=device)) for l in distinct]
-
-    def tasks(self, start: int, stop: int) -> MixPlan:
-        """The plan of tasks start..stop-1 of its batch (a rank's share of a meta-batch)."""
-        pick = (lambda t: None if t is None else t[start:stop])
-        return MixPlan(self.layer, pick(self.lam), pick(self.idx))
-
-    def to(self, device: torch.device, *, non_blocking: bool = False) -> MixPlan:
-        move = (lambda t: None if t is None else t.to(device, non_blocking=non_blocking))
-        return MixPlan(self.layer, move(self.lam), move(self.idx))
+        lam = move(self.lam)
+        return MixPlan(self.layers, lam, move(self.idx), move(self.shuffle_src), move(self.shuffle_group),
+                       self.shuffle_groups, [(layer, move(tasks)) for layer, tasks in self.groups], move(self.order),
+                       [(layer, lam if at is self.lam else move(at)) for layer, at in self.lam_at])
 
 
 def numpy_rng(generator: torch.Generator) -> np.random.Generator:
@@ -210,12 +227,11 @@ class Mixer:
         m_to = ms[t] if self.mix_to == "s" else mq[t]
         own = m_to > 0
         sub = MixPlan(layers=plan.layers[t : t + 1], lam=plan.lam[t][own][None],
-                      idx=_local(plan.idx[t][own], m_from)[None], shuffle_groups=plan.shuffle_groups,
-                      groups=[(plan.layers[t], None)])
+                      idx=_local(plan.idx[t][own], m_from)[None], shuffle_groups=plan.shuffle_groups)
         if plan.shuffle_src is not None and plan.shuffle_group is not None:
             sub.shuffle_src = _local(plan.shuffle_src[t][own], m_to)[None]
             sub.shuffle_group = plan.shuffle_group[t : t + 1]
-        return sub
+        return sub.by_layer()
 
 
 MIXERS: Registry[Mixer] = Registry("mixer")
@@ -285,11 +301,7 @@ class _Mixing(Mixer):
         m_to_np = m_to.detach().cpu().numpy()
         idx = partners(rng, m_from.detach().cpu().numpy(), m_to_np)
         lam = self._lambda(rng, m_to_np, m_to)
-        return MixPlan(layers, lam, torch.as_tensor(idx, device=m_to.device),
-                       groups=layer_groups(layers, m_to.device))
-
-    def _mixed_hidden_transform(self, h: Tensor, plan: MixPlan, tasks: Tensor | None) -> Tensor:
-        return h
+        return MixPlan(layers, lam, torch.as_tensor(idx, device=m_to.device)).by_layer()
 
     def loss(self, view: EvalView, plan: MixPlan) -> Tensor:
         assert plan.lam is not None and plan.idx is not None
@@ -299,21 +311,7 @@ class _Mixing(Mixer):
         yb = view.kind.targets(view.ys if b == "s" else view.yq)
         m = view.ms if b == "s" else view.mq
         y = mix(gather_rows(ya, plan.idx), yb, plan.lam)
-        total = None
-        for layer, tasks in plan.groups:
-            if plan.shuffle_src is None:
-                pred = view.run_mixed(a, plan.idx, b, plan.lam, layer, tasks)
-            else:
-                h = mix(gather_rows(select_tasks(view.hidden(a, layer), tasks), select_tasks(plan.idx, tasks)),
-                        select_tasks(view.hidden(b, layer), tasks), select_tasks(plan.lam, tasks))
-                assert plan.shuffle_group is not None
-                h = _shuffle_channels(h, select_tasks(plan.shuffle_src, tasks),
-                                      select_tasks(plan.shuffle_group, tasks), plan.shuffle_groups)
-                pred = view.run_from(h, layer, tasks)
-            part = view.loss(pred, select_tasks(y, tasks), select_tasks(m, tasks)).sum()
-            total = part if total is None else total + part
-        assert total is not None
-        return total / m.shape[0]
+        return view.loss(view.run_mixed(a, b, plan), y, m).mean()
 
 
 @MIXERS.register

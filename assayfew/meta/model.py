@@ -76,8 +76,8 @@ class FunctionalModel(Protocol):
 
     def affine_after(self, position: int) -> bool: ...
 
-    def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int,
-                    stats: Stats) -> Tensor: ...
+    def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int, stats: Stats,
+                    stop: int | None = None) -> Tensor: ...
 
 
 class ModelBase:
@@ -107,8 +107,10 @@ class ModelBase:
         as `Memo.linear[position + 1]` (mixers may then mix those outputs instead of the hiddens)."""
         return False
 
-    def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int, stats: Stats) -> Tensor:
-        """Model output from z, the affine output that follows hidden `position` (only where `affine_after`)."""
+    def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int, stats: Stats,
+                    stop: int | None = None) -> Tensor:
+        """Hidden at position `stop` (default: the model output) from z, the affine output that follows hidden
+        `position` (only where `affine_after`)."""
         raise NotImplementedError(f"{type(self).__name__} memoises no affine maps")
 
     def with_transforms(self) -> ModelBase:
@@ -442,8 +444,9 @@ class MLP(ModelBase):
     def affine_after(self, position: int) -> bool:
         return 0 <= position < self.n_layers
 
-    def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int, stats: Stats) -> Tensor:
+    def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int, stats: Stats,
+                    stop: int | None = None) -> Tensor:
         if position == self.n_layers - 1:  # the head's output is the model output
             return z
         h = self.normalize(params, z, position + 1, step, stats)
-        return self.trace(params, h, step, stats=stats, start=position + 1)[0][-1]
+        return self.trace(params, h, step, stats=stats, start=position + 1, stop=stop)[0][-1]

@@ -192,6 +192,39 @@ def test_the_mixing_layer_is_drawn_per_task():
     assert sum(batch.n_tasks if t is None else len(t) for _, t in plan.groups) == batch.n_tasks
 
 
+@pytest.mark.parametrize("blocks", ["last", "all"])
+@pytest.mark.parametrize("layers", [(0, 1, 2), (1, 2)])
+def test_one_pass_mixing_equals_the_grouped_path(monkeypatch, layers, blocks):
+    """Head-only learners on the MLP mix every task in one pass (λ = 0 at the layers a task did not draw);
+    the generic path runs each layer's group of tasks from its layer. Same loss and meta-gradients."""
+    from assayfew.meta import learners
+    from assayfew.meta.mixing import ViewBase
+
+    lrn = _learner("anil++", "regression", per_step_blocks=blocks)
+    batch = pad_tasks(_tasks("regression") * 3).to(dtype=torch.float64)
+    mix = build_mixer("metamix", layers=layers)
+    plan = mix.sample(batch, 3, torch.Generator().manual_seed(0))
+    assert [layer for layer, _ in plan.groups] == list(layers)  # every layer drawn by some task
+    generic_calls, grouped_path = [], ViewBase.run_mixed
+
+    def generic(view, a, b, plan):
+        generic_calls.append(1)
+        return grouped_path(view, a, b, plan)
+
+    monkeypatch.setattr(ViewBase, "run_mixed", generic)
+    one_pass, _ = lrn.meta_loss(batch, mix, generator=torch.Generator(), epoch=1, plan=plan)
+    assert not generic_calls
+    got = _grads(lrn, one_pass)
+    monkeypatch.setattr(learners._View, "run_mixed", generic)
+    grouped, _ = lrn.meta_loss(batch, mix, generator=torch.Generator(), epoch=1, plan=plan)
+    assert generic_calls
+    assert torch.allclose(one_pass, grouped, rtol=1e-12, atol=1e-14)
+    want = _grads(lrn, grouped)
+    assert sum(float(g.abs().sum()) for g in got.values()) > 0
+    for name in want:
+        assert torch.allclose(got[name], want[name], rtol=1e-10, atol=1e-13), name
+
+
 def test_channel_shuffle_replaces_one_group_from_a_row_of_the_paired_class():
     mix = build_mixer("metamix", layers=(1,), shuffle=True, shuffle_groups=2)
     batch = _batch("classification")
