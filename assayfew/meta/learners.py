@@ -198,35 +198,40 @@ class _View(ViewBase):
 
     def run_mixed(self, a: str, b: str, plan: MixPlan) -> Tensor:
         """`EvalView.run_mixed` in one pass over all tasks when the body is memoised (head-only learners) and
-        an affine map follows every drawn layer (`model.affine_after`; the MLP): every task runs from the
-        lowest drawn layer and is mixed at each drawn layer with `plan.lam_at`'s λ, which is 0 for the tasks
-        that drew another layer (0 · h_a + 1 · h = h exactly). Mixing the affine map's outputs is the same
-        as mixing its inputs, so the first mix uses the memoised affine outputs (step-independent: one mix
-        per meta-batch) and a mix at the head mixes predictions. This computes each task's output
-        from its own layer's mix, as the generic grouped path does, with fewer, larger operations."""
+        an affine map follows every position from the lowest drawn layer on (`model.affine_after`; the MLP).
+        Position by position from the lowest drawn layer, every task's hidden is mixed with `plan.lam_at`'s λ,
+        which is 0 for the tasks that drew another layer (0 · h_a + 1 · h = h exactly). Mixing an affine
+        map's outputs equals mixing its inputs, so a task not yet mixed takes the mix of the memoised affine
+        outputs (step-independent: one per meta-batch), only the tasks mixed below a position run its affine
+        map on their own hiddens, and at the head predictions are mixed. Each task's output is its own
+        layer's mix, as in the generic grouped path, with fewer operations."""
         last = self.model.n_layers - 1
         if (self.body is None or plan.shuffle_src is not None or plan.idx is None
-                or not all(self.model.affine_after(layer) for layer, _ in plan.lam_at)):
+                or not all(self.model.affine_after(p) for p in range(plan.lam_at[0][0], last + 1))):
             return super().run_mixed(a, b, plan)
-        idx, h = plan.idx, None
-        for i, (layer, lam) in enumerate(plan.lam_at):
-            stop = plan.lam_at[i + 1][0] if i + 1 < len(plan.lam_at) else self.model.n_layers
-            if layer == last:  # the head: mix predictions
-                out = self.hidden(b, -1) if h is None else self.run_from(h, layer)
-                return mix(gather_rows(self.hidden(a, -1), idx), out, lam)
-            z = None if h is not None else self._mixed_affine(a, b, idx, lam, layer)
-            if z is not None:
-                h = self.model.from_linear(self.params, z, layer, self.b, self.stats, stop=stop)
-                continue
-            h = self.hidden(b, layer) if h is None else h
-            h = self.model.trace(self.params, mix(gather_rows(self.hidden(a, layer), idx), h, lam), self.b,
-                                 stats=self.stats, start=layer, stop=stop)[0][-1]
-        assert h is not None
-        return h
+        idx, lams, h = plan.idx, dict(plan.lam_at), None  # h: every task's hidden at p (None: none mixed yet)
+        for p in range(plan.lam_at[0][0], last + 1):
+            lam = lams.get(p)
+            if p == last:  # the head's outputs are the predictions
+                out = self.hidden(b, -1) if h is None else self.run_from(h, p)
+                return out if lam is None else mix(gather_rows(self.hidden(a, -1), idx), out, lam)
+            rows = None if h is None else plan.drew_below(p)  # tasks mixed below p (None with h: all)
+            z = self._mixed_affine(a, b, idx, lam, p) if h is None or rows is not None else None
+            if z is None:  # every task from its hidden (no memoised affine outputs here, or all tasks mixed)
+                h = self.hidden(b, p) if h is None else h
+                if lam is not None:
+                    h = mix(gather_rows(self.hidden(a, p), idx), h, lam)
+                z = self.model.affine(self.params, h, p)
+            elif h is not None and rows is not None:  # the tasks mixed below p from their own hiddens
+                z = z.index_copy(0, rows, self.model.affine(self.params, h.index_select(0, rows), p))
+            h = self.model.from_linear(self.params, z, p, self.b, self.stats, stop=p + 1)
+        raise AssertionError("unreachable: the loop returns at the head")
 
-    def _mixed_affine(self, a: str, b: str, idx: Tensor, lam: Tensor, pos: int) -> Tensor | None:
-        """The mix of the memoised affine outputs after `pos` (memoised in the body across inner steps), or None
-        when the model memoised none there."""
+    def _mixed_affine(self, a: str, b: str, idx: Tensor, lam: Tensor | None, pos: int) -> Tensor | None:
+        """The mix of the memoised affine outputs after `pos` (memoised in the body across inner steps; `lam`
+        None: b's own), or None when the model memoised none there."""
+        if lam is None:
+            return self._affine_out(b, pos)
         key = (a, b, pos)
         assert self.body is not None
         hit = self.body.mixed.get(key)

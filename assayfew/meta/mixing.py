@@ -131,6 +131,13 @@ class MixPlan:
                                                    device=device).reshape(shape)) for d in distinct]
         return self
 
+    def drew_below(self, position: int) -> Tensor | None:
+        """The tasks whose drawn layer lies below `position` (None: all of them)."""
+        below = [tasks for layer, tasks in self.groups if layer < position]
+        if len(below) == len(self.groups):
+            return None
+        return below[0] if len(below) == 1 else torch.cat(below)  # type: ignore[arg-type]
+
     def shuffle(self, h: Tensor, tasks: Tensor | None) -> Tensor:
         """Channel shuffle of the mixed hidden h of the given tasks (h itself without one)."""
         if self.shuffle_src is None or self.shuffle_group is None:

@@ -76,6 +76,8 @@ class FunctionalModel(Protocol):
 
     def affine_after(self, position: int) -> bool: ...
 
+    def affine(self, params: dict[str, Tensor], h: Tensor, position: int) -> Tensor: ...
+
     def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int, stats: Stats,
                     stop: int | None = None) -> Tensor: ...
 
@@ -106,6 +108,10 @@ class ModelBase:
         """Whether the map after hidden `position` starts with an affine map whose output `trace` memoises
         as `Memo.linear[position + 1]` (mixers may then mix those outputs instead of the hiddens)."""
         return False
+
+    def affine(self, params: dict[str, Tensor], h: Tensor, position: int) -> Tensor:
+        """The affine map that follows hidden `position`, applied to h (only where `affine_after`)."""
+        raise NotImplementedError(f"{type(self).__name__} memoises no affine maps")
 
     def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int, stats: Stats,
                     stop: int | None = None) -> Tensor:
@@ -316,7 +322,7 @@ class MLP(ModelBase):
         return self.normalize(params, z, k, step, stats)
 
     def pre_activation(self, params: dict[str, Tensor], h: Tensor, k: int) -> Tensor:
-        """Linear map (and transform) of hidden block k (>= 2) applied to the block input h."""
+        """Linear map (and transform) of hidden block k applied to the block input h (dense)."""
         z = linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"])
         if self.transforms:
             z = linear(z, params[f"block{k}_transform"], None)
@@ -355,9 +361,7 @@ class MLP(ModelBase):
                     if invariant and memo is not None:
                         memo.blocks[k] = (h, stats[k])
             else:
-                h = linear(h, params["head_weight"], params["head_bias"])
-                if self.transforms:
-                    h = linear(h, params["head_transform"], None)
+                h = self.affine(params, h, k - 1)
             out.append(h)
         return out, stats
 
@@ -443,6 +447,12 @@ class MLP(ModelBase):
 
     def affine_after(self, position: int) -> bool:
         return 0 <= position < self.n_layers
+
+    def affine(self, params: dict[str, Tensor], h: Tensor, position: int) -> Tensor:
+        if position + 1 < self.n_layers:
+            return self.pre_activation(params, h, position + 1)
+        out = linear(h, params["head_weight"], params["head_bias"])
+        return linear(out, params["head_transform"], None) if self.transforms else out
 
     def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int, stats: Stats,
                     stop: int | None = None) -> Tensor:

@@ -193,7 +193,7 @@ def test_the_mixing_layer_is_drawn_per_task():
 
 
 @pytest.mark.parametrize("blocks", ["last", "all"])
-@pytest.mark.parametrize("layers", [(0, 1, 2), (1, 2)])
+@pytest.mark.parametrize("layers", [(0, 1, 2), (1, 2), (0, 2)])
 def test_one_pass_mixing_equals_the_grouped_path(monkeypatch, layers, blocks):
     """Head-only learners on the MLP mix every task in one pass (λ = 0 at the layers a task did not draw);
     the generic path runs each layer's group of tasks from its layer. Same loss and meta-gradients."""
