@@ -314,6 +314,15 @@ class MetaLearner(nn.Module):
             return self.lrs[name]
         return self.inner_lr
 
+    def step_rates(self, name: str, steps: int) -> Tensor:
+        """The per-step inner rates of `name` for steps 0..steps-1 as one (steps,) tensor, as `lr` gives them
+        one by one (the last rate repeated beyond the learned ones): one slice, not a stack of selections."""
+        assert self.lr_mode == "per_step"
+        rates = self.lrs[name]
+        if steps > rates.shape[0]:
+            rates = torch.cat([rates, rates[-1:].expand(steps - rates.shape[0])])
+        return rates[:steps]
+
     def step_weights(self, epoch: int, steps: int) -> list[float]:
         """Weights of the outer loss after each inner step (MAML++ multi-step loss annealing)."""
         if self.msl_epochs <= 0 or epoch >= self.msl_epochs or steps == 1:
@@ -378,8 +387,7 @@ class MetaLearner(nn.Module):
             rates = [self._constant(("rates", steps, dtype), lambda: torch.full((steps,), self.inner_lr, dtype=dtype,
                                                                                 device="cpu"), device)] * 2
         else:
-            rates = [torch.stack([torch.as_tensor(self.lr(name, s), dtype=dtype, device=device)
-                                  for s in range(steps)]) for name in ("head_weight", "head_bias")]
+            rates = [self.step_rates(name, steps).to(dtype) for name in ("head_weight", "head_bias")]
         rows = self._constant(("bn_rows", steps), lambda: torch.tensor([self.bn_step(s) for s in range(steps)],
                                                                         dtype=torch.long, device="cpu"), device)
         ws, bs, traces, loss0 = self.model.fused_head_inner(  # type: ignore[attr-defined]
