@@ -117,8 +117,8 @@ class Conv4(ModelBase):
             def one(x: Tensor, wt: Tensor, bt: Tensor) -> Tensor:
                 return functional_call(self._conv, {"weight": wt, "bias": bt}, (x,))
             return vmap(one)(h, w, b)
-        if batching == "loop":
-            return torch.stack([F.conv2d(h[i], w[i], b[i], padding=1) for i in range(t)])
+        if batching == "loop":  # unbind, not h[i]: one backward node, not a full-size zero tensor per task
+            return torch.stack([F.conv2d(x, wt, bt, padding=1) for x, wt, bt in zip(h.unbind(0), w.unbind(0), b.unbind(0))])
         c, hh, ww = h.shape[2:]
         x = h.transpose(0, 1).reshape(n, t * c, hh, ww)  # tasks folded into channels
         z = F.conv2d(x, w.reshape(t * w.shape[1], *w.shape[2:]), b.reshape(-1), padding=1, groups=t)
@@ -127,17 +127,39 @@ class Conv4(ModelBase):
     def block(self, params: dict[str, Tensor], h: Tensor, k: int, step: int, mask: Tensor | None,
               stats: Stats) -> Tensor:
         """Block k: convolution, batch norm (statistics `stats[k]`, computed from h's masked images when
-        missing), ReLU, 2×2 max-pool."""
-        z = self.conv(h, params[f"block{k}_weight"], params[f"block{k}_bias"])
+        missing), ReLU, 2×2 max-pool. With per-task weights and the "loop" batching the whole block runs per
+        task (its full-resolution tensors stay cache-sized; only the pooled outputs are stacked)."""
+        w, b = params[f"block{k}_weight"], params[f"block{k}_bias"]
+        if self.batching == "loop" and (w.dim() == 5 or b.dim() == 2):
+            t = h.shape[0]
+            w = w if w.dim() == 5 else w.unsqueeze(0).expand(t, *w.shape)
+            b = b if b.dim() == 2 else b.unsqueeze(0).expand(t, *b.shape)
+            zs = [F.conv2d(x, wt, bt, padding=1).unsqueeze(0) for x, wt, bt in zip(h.unbind(0), w.unbind(0), b.unbind(0))]
+            if k not in stats:
+                moments = [_moments(z, None if mask is None else mask[i : i + 1]) for i, z in enumerate(zs)]
+                stats[k] = (torch.cat([m for m, _ in moments]), torch.cat([v for _, v in moments]))
+            scale, shift = self._bn_affine(params, k, step, stats)
+            return torch.cat([self._relu_pool(z, sc, sh) for z, sc, sh in zip(zs, scale.unbind(0), shift.unbind(0))])
+        z = self.conv(h, w, b)
         if k not in stats:
             stats[k] = _moments(z, mask)
+        scale, shift = self._bn_affine(params, k, step, stats)
+        return self._relu_pool(z, scale, shift)
+
+    def _bn_affine(self, params: dict[str, Tensor], k: int, step: int, stats: Stats) -> tuple[Tensor, Tensor]:
+        """Batch norm of block k as z * scale + shift, each (T, 1, C, 1, 1) (statistics per task)."""
         mean, var = stats[k]
         scale = torch.rsqrt(var + self.bn_eps) * _bn_row(params[f"block{k}_bn_weight"], step)
-        shift = _bn_row(params[f"block{k}_bn_bias"], step) - mean * scale
+        return scale, _bn_row(params[f"block{k}_bn_bias"], step) - mean * scale
+
+    @staticmethod
+    def _relu_pool(z: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+        """ReLU(z * scale + shift) and 2×2 max-pool of z (T, N, C, H, W) (or of one task's (1, N, C, H, W)
+        with its (1, C, 1, 1) scale and shift)."""
         a = F.relu(torch.addcmul(shift, z, scale))
-        t, n = a.shape[:2]
-        p = F.max_pool2d(a.reshape(t * n, *a.shape[2:]), 2)
-        return p.view(t, n, *p.shape[1:])
+        lead = a.shape[:-3]
+        p = F.max_pool2d(a.reshape(-1, *a.shape[-3:]), 2)
+        return p.view(*lead, *p.shape[1:])
 
     def trace(self, params: dict[str, Tensor], h: Tensor, step: int, *, mask: Tensor | None = None,
               stats: Stats | None = None, start: int = 0, stop: int | None = None,

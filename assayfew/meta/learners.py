@@ -156,19 +156,23 @@ class _View(ViewBase):
         assert self._stats is not None
         return self._stats
 
-    def _query(self) -> list[Tensor]:
-        if self._q is None:
-            if self.body is not None:
-                hq = self.body.query(self.b)
-                head = self.model.trace(self.params, hq[-1], self.b, stats=self.stats,
-                                        start=self.model.n_layers - 1)[0][-1]
-                self._q = [*hq, head]
-            else:
-                self._q = self.model.trace(self.params, self.xq, self.b, stats=self.stats)[0]
+    def _query(self, position: int) -> list[Tensor]:
+        """Query hiddens up to at least `position` (without a memoised body, traced only as far as asked)."""
+        if self._q is None and self.body is not None:
+            hq = self.body.query(self.b)
+            head = self.model.trace(self.params, hq[-1], self.b, stats=self.stats,
+                                    start=self.model.n_layers - 1)[0][-1]
+            self._q = [*hq, head]
+        elif self._q is None or len(self._q) <= position:
+            done = self._q or [self.xq]
+            more = self.model.trace(self.params, done[-1], self.b, stats=self.stats, start=len(done) - 1,
+                                    stop=position)[0]
+            self._q = done + more[1:]
         return self._q
 
     def hidden(self, which: str, position: int) -> Tensor:
-        hs = self._support() if which == "s" else self._query()
+        position %= self.model.n_layers + 1
+        hs = self._support() if which == "s" else self._query(position)
         return hs[position]
 
     def _restricted(self, tasks: Tensor | None) -> tuple[dict[str, Tensor], Stats]:
@@ -197,35 +201,38 @@ class _View(ViewBase):
         return memo.linear.get(pos + 1)
 
     def run_mixed(self, a: str, b: str, plan: MixPlan) -> Tensor:
-        """`EvalView.run_mixed` in one pass over all tasks when the body is memoised (head-only learners) and
-        an affine map follows every position from the lowest drawn layer on (`model.affine_after`; the MLP).
+        """`EvalView.run_mixed` in one pass over all tasks (the generic grouped path only for channel shuffle).
         Position by position from the lowest drawn layer, every task's hidden is mixed with `plan.lam_at`'s λ,
-        which is 0 for the tasks that drew another layer (0 · h_a + 1 · h = h exactly). Mixing an affine
-        map's outputs equals mixing its inputs, so a task not yet mixed takes the mix of the memoised affine
-        outputs (step-independent: one per meta-batch), only the tasks mixed below a position run its affine
-        map on their own hiddens, and at the head predictions are mixed. Each task's output is its own
-        layer's mix, as in the generic grouped path, with fewer operations."""
-        last = self.model.n_layers - 1
-        if (self.body is None or plan.shuffle_src is not None or plan.idx is None
-                or not all(self.model.affine_after(p) for p in range(plan.lam_at[0][0], last + 1))):
+        which is 0 for the tasks that drew another layer (0 · h_a + 1 · h = h exactly), so each task runs
+        through each block once and its output is its own layer's mix, as in the grouped path. Where the
+        model memoises the affine map after a position (`model.affine_after`; the MLP under a head-only
+        learner), mixing its outputs equals mixing its inputs: a task not yet mixed takes the mix of the
+        memoised outputs (step-independent: one per meta-batch), only the tasks mixed below the position run
+        the map on their own hiddens, and at an affine head predictions are mixed."""
+        if plan.shuffle_src is not None or plan.idx is None:
             return super().run_mixed(a, b, plan)
-        idx, lams, h = plan.idx, dict(plan.lam_at), None  # h: every task's hidden at p (None: none mixed yet)
+        last, idx, lams = self.model.n_layers - 1, plan.idx, dict(plan.lam_at)
+        h = None  # every task's hidden at position p once some task is mixed below p
         for p in range(plan.lam_at[0][0], last + 1):
             lam = lams.get(p)
-            if p == last:  # the head's outputs are the predictions
+            if p == last and self.model.affine_after(p):  # the head's outputs are the predictions
                 out = self.hidden(b, -1) if h is None else self.run_from(h, p)
                 return out if lam is None else mix(gather_rows(self.hidden(a, -1), idx), out, lam)
             rows = None if h is None else plan.drew_below(p)  # tasks mixed below p (None with h: all)
-            z = self._mixed_affine(a, b, idx, lam, p) if h is None or rows is not None else None
-            if z is None:  # every task from its hidden (no memoised affine outputs here, or all tasks mixed)
+            z = None
+            if self.body is not None and self.model.affine_after(p) and (h is None or rows is not None):
+                z = self._mixed_affine(a, b, idx, lam, p)
+            if z is None:  # mix the hiddens and run the block
                 h = self.hidden(b, p) if h is None else h
                 if lam is not None:
                     h = mix(gather_rows(self.hidden(a, p), idx), h, lam)
-                z = self.model.affine(self.params, h, p)
-            elif h is not None and rows is not None:  # the tasks mixed below p from their own hiddens
+                h = self.model.trace(self.params, h, self.b, stats=self.stats, start=p, stop=p + 1)[0][-1]
+                continue
+            if h is not None and rows is not None:  # the tasks mixed below p from their own hiddens
                 z = z.index_copy(0, rows, self.model.affine(self.params, h.index_select(0, rows), p))
             h = self.model.from_linear(self.params, z, p, self.b, self.stats, stop=p + 1)
-        raise AssertionError("unreachable: the loop returns at the head")
+        assert h is not None
+        return h
 
     def _mixed_affine(self, a: str, b: str, idx: Tensor, lam: Tensor | None, pos: int) -> Tensor | None:
         """The mix of the memoised affine outputs after `pos` (memoised in the body across inner steps; `lam`

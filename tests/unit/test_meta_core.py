@@ -192,15 +192,16 @@ def test_the_mixing_layer_is_drawn_per_task():
     assert sum(batch.n_tasks if t is None else len(t) for _, t in plan.groups) == batch.n_tasks
 
 
-@pytest.mark.parametrize("blocks", ["last", "all"])
+@pytest.mark.parametrize(("name", "blocks"), [("anil++", "last"), ("anil++", "all"), ("maml", "all")])
 @pytest.mark.parametrize("layers", [(0, 1, 2), (1, 2), (0, 2)])
-def test_one_pass_mixing_equals_the_grouped_path(monkeypatch, layers, blocks):
-    """Head-only learners on the MLP mix every task in one pass (λ = 0 at the layers a task did not draw);
-    the generic path runs each layer's group of tasks from its layer. Same loss and meta-gradients."""
+def test_one_pass_mixing_equals_the_grouped_path(monkeypatch, layers, name, blocks):
+    """Learners mix every task in one pass (λ = 0 at the layers a task did not draw; memoised affine outputs
+    with a head-only learner's fixed body, hiddens otherwise); the generic path runs each layer's group of
+    tasks from its layer. Same loss and meta-gradients."""
     from assayfew.meta import learners
     from assayfew.meta.mixing import ViewBase
 
-    lrn = _learner("anil++", "regression", per_step_blocks=blocks)
+    lrn = _learner(name, "regression", per_step_blocks=blocks)
     batch = pad_tasks(_tasks("regression") * 3).to(dtype=torch.float64)
     mix = build_mixer("metamix", layers=layers)
     plan = mix.sample(batch, 3, torch.Generator().manual_seed(0))
