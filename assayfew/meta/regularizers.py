@@ -176,20 +176,22 @@ class WeightDecay(Regularizer):
 class CAVIA(Regularizer):
     """CAVIA (Zintgraf et al., 2019): a context vector φ (`context_dim`, zero at the start of each task's
     inner loop) is the only thing the inner loop adapts; the network is meta-learned in the outer loop only.
-    φ conditions the hidden at position `layer` by FiLM, h ⊙ (1 + φ W_scale) + φ W_shift (the network's
-    batch norm uses per-task support statistics, so φ concatenated to the input would be normalised away).
-    The learner's inner rates (fixed, per step or per parameter) apply to φ."""
+    φ conditions the hidden at position `layer` (default: the last hidden block) by FiLM,
+    h ⊙ (1 + φ W_scale) + φ W_shift (the network's batch norm uses per-task support statistics, so φ
+    concatenated to the input would be normalised away). The learner's inner rates (fixed, per step or per
+    parameter) apply to φ; the paper's context rate is 1.0 (`--inner-lr 1.0`)."""
 
     name = "cavia"
 
-    def __init__(self, *, context_dim: int = 100, layer: int = 1) -> None:
+    def __init__(self, *, context_dim: int = 100, layer: int | None = None) -> None:
         if context_dim < 1:
             raise ValueError("cavia: context_dim must be >= 1")
-        self.context_dim, self.layer = int(context_dim), int(layer)
+        self.context_dim, self.layer = int(context_dim), None if layer is None else int(layer)
 
     def attach(self, learner: MetaLearner, generator: torch.Generator) -> None:
         _needs_inner_loop(learner, self.name)
-        (layer,) = _hidden_positions(learner.model, (self.layer,), self.name)
+        last = learner.model.n_layers - 1
+        (layer,) = _hidden_positions(learner.model, (last if self.layer is None else self.layer,), self.name)
         width, c = _width(learner.model, layer, self.name), self.context_dim
         bound, device = 1.0 / math.sqrt(c), generator.device
         learner.params["cavia_context"] = nn.Parameter(torch.zeros(c, device=device))
