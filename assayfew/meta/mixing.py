@@ -224,6 +224,11 @@ class Mixer:
         return MixPlan()
 
     def loss(self, view: EvalView, plan: MixPlan) -> Tensor:
+        """The outer loss: the mean of `task_losses` over the tasks."""
+        return self.task_losses(view, plan).mean()
+
+    def task_losses(self, view: EvalView, plan: MixPlan) -> Tensor:
+        """The outer loss of each task (T,) (regularisers such as TAML weigh them)."""
         raise NotImplementedError
 
     def task_plan(self, plan: MixPlan, t: int, ms: Tensor, mq: Tensor) -> MixPlan:
@@ -251,8 +256,8 @@ class NoMix(Mixer):
     def __init__(self) -> None:
         pass
 
-    def loss(self, view: EvalView, plan: MixPlan) -> Tensor:
-        return view.loss(view.hidden("q", -1), view.kind.targets(view.yq), view.mq).mean()
+    def task_losses(self, view: EvalView, plan: MixPlan) -> Tensor:
+        return view.loss(view.hidden("q", -1), view.kind.targets(view.yq), view.mq)
 
 
 @MIXERS.register
@@ -262,11 +267,11 @@ class Cob(Mixer):
     def __init__(self) -> None:
         pass
 
-    def loss(self, view: EvalView, plan: MixPlan) -> Tensor:
+    def task_losses(self, view: EvalView, plan: MixPlan) -> Tensor:
         pred = torch.cat([view.hidden("s", -1), view.hidden("q", -1)], 1)
         y = torch.cat([view.kind.targets(view.ys), view.kind.targets(view.yq)], 1)
         m = torch.cat([view.ms, view.mq], 1)
-        return view.loss(pred, y, m).mean()
+        return view.loss(pred, y, m)
 
 
 class _Mixing(Mixer):
@@ -310,7 +315,7 @@ class _Mixing(Mixer):
         lam = self._lambda(rng, m_to_np, m_to)
         return MixPlan(layers, lam, torch.as_tensor(idx, device=m_to.device)).by_layer()
 
-    def loss(self, view: EvalView, plan: MixPlan) -> Tensor:
+    def task_losses(self, view: EvalView, plan: MixPlan) -> Tensor:
         assert plan.lam is not None and plan.idx is not None
         a, b = self.mix_from, self.mix_to
         assert a is not None and b is not None
@@ -318,7 +323,7 @@ class _Mixing(Mixer):
         yb = view.kind.targets(view.ys if b == "s" else view.yq)
         m = view.ms if b == "s" else view.mq
         y = mix(gather_rows(ya, plan.idx), yb, plan.lam)
-        return view.loss(view.run_mixed(a, b, plan), y, m).mean()
+        return view.loss(view.run_mixed(a, b, plan), y, m)
 
 
 @MIXERS.register
