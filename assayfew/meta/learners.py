@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from assayfew.meta.batch import TaskBatch
 from assayfew.meta.kinds import Regression, TaskKind
 from assayfew.meta.memo import Memo
-from assayfew.meta.mixing import Mixer, MixPlan, ViewBase, gather_rows, mix, select_tasks
+from assayfew.meta.mixing import Mixer, MixPlan, ViewBase, gather_rows, mix
 from assayfew.meta.model import MLP, FunctionalModel, HeadFastPath, Stats
 from assayfew.meta.registry import Registry, option_defaults
 

@@ -3,9 +3,9 @@
 A mixer draws a `MixPlan` once per meta-iteration (`sample`) and turns an `EvalView` (the adapted network
 of one inner step: hiddens of support/query at any layer position, the rest of the network run from a
 position, the output for rows mixed at each task's drawn layer, and the task kind's loss) into a scalar
-outer loss (`loss`). Mixers only use the view, so they
-work with any model and any task kind: labels are mixed as the kind's targets (floats, or one-hot vectors
-for classification, scored with cross-entropy on the soft targets).
+outer loss (`loss`). Mixers only use the view, so they work with any model and any task kind: labels are
+mixed as the kind's targets (floats, or one-hot vectors for classification, scored with cross-entropy on
+the soft targets).
 
 - ``none``: loss on the query set.
 - ``metamix`` (Yao et al., 2021, Algorithm 1): per task a position l ~ U(layers); h = λ h_support[idx] +
