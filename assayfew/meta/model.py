@@ -70,6 +70,8 @@ class FunctionalModel(Protocol):
     def head_fast_path(self, kind: TaskKind, adapt_names: Sequence[str], *, lr_mode: str,
                        per_step_bn: bool) -> HeadFastPath | None: ...
 
+    def fixed_prefix(self, adapt_names: Sequence[str]) -> int: ...
+
     def prime_memos(self, params: dict[str, Tensor], xs: Tensor, ms: Tensor, xq: Tensor, mq: Tensor,
                     memo_s: Memo, memo_q: Memo, joint_rows: Callable[[], SparseRows] | None,
                     valid_rows: Callable[[str], Tensor] | None = None) -> None: ...
@@ -95,6 +97,12 @@ class ModelBase:
                        per_step_bn: bool) -> HeadFastPath | None:
         """The fast path this model offers for a head-only inner loop with these settings, or None."""
         return None
+
+    def fixed_prefix(self, adapt_names: Sequence[str]) -> int:
+        """How many leading blocks compute the same output at every inner step when `adapt_names` are adapted
+        (none of their parameters adapted, no per-step rows): learners that adapt more than the head run
+        them once per meta-batch and resume from there. 0 (the default) = no such promise."""
+        return 0
 
     def prime_memos(self, params: dict[str, Tensor], xs: Tensor, ms: Tensor, xq: Tensor, mq: Tensor,
                     memo_s: Memo, memo_q: Memo, joint_rows: Callable[[], SparseRows] | None,
