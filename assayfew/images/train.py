@@ -9,7 +9,6 @@ seeded meta-test episodes: accuracy with a 95% confidence interval.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -17,19 +16,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from assayfew.distributed import SINGLE, DistContext
 from assayfew.evaluate import evaluate_episodes
 from assayfew.images.data import ImageSet, OneShotRun
 from assayfew.images.episodes import EpisodeSampler
-from assayfew.io import read_json
-from assayfew.loop import Reporter, TrainResult, batch_step, fit, resolve_device
+from assayfew.loop import Reporter, TrainResult, batch_step, fit, load_fitted, resolve_device
 from assayfew.meta import LEARNERS, MIXERS, Mixer, TaskBatch
 from assayfew.meta.config import CoreConfig, Part
+from assayfew.metrics import mean_ci95
 from assayfew.meta.learners import MetaLearner
 from assayfew.meta.registry import option_names
-from assayfew.meta.state import load_learner_state
 from assayfew.provenance import stamp
 from assayfew.tasks import Task
 
@@ -174,24 +171,13 @@ def train_images(cfg: ImageTrainConfig, images: ImageSet, run_dir: Path, *, resu
 
 def load_image_model(model_dir: Path) -> tuple[MetaLearner, dict]:
     """A trained image learner and its model config (safetensors + JSON; no pickles)."""
-    model_dir = Path(model_dir)
-    missing = [n for n in ("weights.safetensors", "config.json") if not (model_dir / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{model_dir} is not a model directory: missing {', '.join(missing)}")
-    config = read_json(model_dir / "config.json")
-    core = CoreConfig.of_model(config)
-    if core.model.name != "conv4" or "images" not in config:
-        raise ValueError(f"{model_dir}: not an image model (model {core.model.name!r})")
-    learner = core.build_learner()
-    load_learner_state(learner, load_file(str(model_dir / "weights.safetensors")))
-    return learner.eval(), config
+    return load_fitted(model_dir, "conv4", "images", "an image model")
 
 
 def accuracy_summary(acc: np.ndarray) -> dict:
     """Mean episode accuracy with its 95% confidence half-width (1.96 standard errors over episodes)."""
-    acc = np.asarray(acc, dtype=np.float64)
-    half = 1.96 * acc.std(ddof=1) / math.sqrt(acc.size) if acc.size > 1 else float("nan")
-    return {"accuracy": float(acc.mean()), "ci95": float(half), "episodes": int(acc.size)}
+    mean, half = mean_ci95(acc)
+    return {"accuracy": mean, "ci95": half, "episodes": int(np.size(acc))}
 
 
 class _Episodes:

@@ -39,7 +39,7 @@ class PoseNet(ModelBase):
     name = "pose"
 
     def __init__(self, *, out_dim: int = 1, in_channels: int = 1, image_size: int = 128,
-                 encoder: Sequence[int] = (16, 16, 16), filters: int = 16, n_blocks: int = 2, n_steps: int = 5,
+                 encoder: Sequence[int] = (8, 16, 16, 16), filters: int = 16, n_blocks: int = 2, n_steps: int = 5,
                  bn_eps: float = 1e-5, out_bias: float = 0.0, batching: str = "loop") -> None:
         encoder = tuple(int(c) for c in encoder)
         if min(out_dim, in_channels, image_size, filters, n_blocks, n_steps, *encoder, 1) < 1:
