@@ -131,7 +131,7 @@ def train(
         cfg = PoseTrainConfig.from_dict(values | {k: v for k, v in flags.items() if v is not None})
         pose = load_pose(data)
         test = load_pose(test_data) if test_data is not None else None
-        cfg.core(pose.size).build_model()  # the network fits these images: fail before OUT is made
+        cfg.check_data(pose)  # before OUT is made
         check_output_dir(out)
         err.print(f"meta-training on {pose.n_objects} objects × {pose.n_views} views from {pose.source}")
         with progress_bar() as progress:

@@ -85,6 +85,11 @@ class PoseTrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if v is not None}
 
+    def check_data(self, data: PoseSet) -> None:
+        """Fail early unless the network fits `data`'s images and every object has K + query views."""
+        self.core(data.size).build_model()
+        PoseSampler(data, self.k_shot, self.query)
+
     def core(self, size: int) -> CoreConfig:
         """The regression kind + PoseNet (`size`-pixel images) + learner + mixer these options describe."""
         model = {"image_size": size, "encoder": list(self.encoder), "filters": self.filters,
@@ -155,7 +160,7 @@ class PoseBenchmark:
 def train_pose(cfg: PoseTrainConfig, data: PoseSet, run_dir: Path, *, resume: bool = False,
                reporter: Reporter | None = None) -> TrainResult:
     """Meta-train on `data` minus the held-out validation objects; RUN_DIR as `assayfew.loop.fit` writes it."""
-    PoseSampler(data, cfg.k_shot, cfg.query)  # enough views per object: fail early
+    cfg.check_data(data)
     train, val = split_objects(data, cfg.val_fraction, cfg.seed)
     return fit(cfg.core(data.size), PoseBenchmark(cfg, train, val), cfg, run_dir, run_config=cfg.to_dict(),
                resume=resume, reporter=reporter)
