@@ -8,7 +8,8 @@ output (the azimuth, scaled ×10 by the benchmark as the reference code does; sq
 
 Inputs are (T, N, C, H, W) images or the same flattened to (T, N, C·H·W). Positions: 0 = the image,
 1..E = the encoder blocks, E+1..E+B = the adapted blocks, `n_layers` = the output; mixers may mix at any
-position < `n_layers`. Batch-norm statistics are those of each task's (masked) support images, per channel,
+position < `n_layers`. Adapted (per-task) convolutions run as one grouped convolution by default (10-15%
+faster than Conv-4's per-task loop at these small maps; `benchmarks/pose_step.py`). Batch-norm statistics are those of each task's (masked) support images, per channel,
 as for Conv-4; the encoder's batch norm has one row (step-independent), adapted blocks one row per step
 (used by learners with per-step batch norm). Registered as model "pose".
 """
@@ -40,7 +41,7 @@ class PoseNet(ModelBase):
 
     def __init__(self, *, out_dim: int = 1, in_channels: int = 1, image_size: int = 128,
                  encoder: Sequence[int] = (8, 16, 16, 16), filters: int = 16, n_blocks: int = 2, n_steps: int = 5,
-                 bn_eps: float = 1e-5, out_bias: float = 0.0, batching: str = "loop") -> None:
+                 bn_eps: float = 1e-5, out_bias: float = 0.0, batching: str = "grouped") -> None:
         encoder = tuple(int(c) for c in encoder)
         if min(out_dim, in_channels, image_size, filters, n_blocks, n_steps, *encoder, 1) < 1:
             raise ValueError("PoseNet: sizes must be positive")
