@@ -15,7 +15,7 @@ from assayfew.cli._progress import RichReporter, progress_bar
 from assayfew.io import check_output_dir, check_output_file, read_toml, write_json
 from assayfew.pose.data import PoseSet, convert_pickle, load_pose
 from assayfew.pose.render import RenderConfig, make_pose_data
-from assayfew.pose.train import PoseTrainConfig, evaluate_pose, load_pose_model, train_pose
+from assayfew.pose.train import PoseTrainConfig, evaluate_pose, load_pose_model, train_pose, trained_objects
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -158,6 +158,9 @@ def evaluate(
                                                  help="Adaptation steps (default: the model's eval steps).")] = None,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX)] = 0,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda")] = "auto",
+    trained: Annotated[bool, typer.Option("--trained-objects", help="DATA is the model's training data: use only "
+                                          "the objects it was meta-trained on (not its validation ones), to see "
+                                          "the memorisation gap.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Write the result as JSON here too.")] = None,
 ) -> None:
     """MSE ± 95% CI over seeded K-shot meta-test tasks (one object each); prints one JSON line."""
@@ -167,7 +170,8 @@ def evaluate(
         learner, config = load_pose_model(model)
         shot = int(config["episodes"]["k_shot"]) if shot is None else shot
         steps = int(config["episodes"]["eval_steps"]) if steps is None else steps
-        result = _evaluate(learner, load_pose(data), shot, query, episodes, steps, seed, device)
+        pose = trained_objects(load_pose(data), config) if trained else load_pose(data)
+        result = _evaluate(learner, pose, shot, query, episodes, steps, seed, device) | {"trained_objects": trained}
         if out is not None:
             write_json(out, result)
     _print_result(result)

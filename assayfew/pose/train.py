@@ -28,7 +28,8 @@ from assayfew.pose.data import PoseSet
 from assayfew.pose.episodes import LABEL_SCALE, PoseSampler
 from assayfew.provenance import stamp
 
-__all__ = ["PoseTrainConfig", "PoseBenchmark", "train_pose", "evaluate_pose", "load_pose_model", "split_objects"]
+__all__ = ["PoseTrainConfig", "PoseBenchmark", "train_pose", "evaluate_pose", "load_pose_model", "split_objects",
+           "held_out_objects", "trained_objects"]
 
 
 @dataclass
@@ -115,14 +116,29 @@ class PoseTrainConfig:
                           mixer=Part(self.mix, mixer))
 
 
-def split_objects(data: PoseSet, fraction: float, seed: int) -> tuple[PoseSet, PoseSet]:
-    """(training, held-out) objects: a seeded `fraction` held out (at least one on each side, else ValueError)."""
-    n = data.n_objects
+def held_out_objects(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded `fraction` of n objects held out for validation (at least one; ValueError
+    unless one is left to train on)."""
     n_out = max(1, round(fraction * n))
     if n - n_out < 1:
-        raise ValueError(f"{data.source}: {n} object(s) cannot be split into training and validation objects")
-    held = np.sort(np.random.default_rng([seed, 2]).permutation(n)[:n_out])
-    return data.subset(np.setdiff1d(np.arange(n), held)), data.subset(held)
+        raise ValueError(f"{n} object(s) cannot be split into training and validation objects")
+    return np.sort(np.random.default_rng([seed, 2]).permutation(n)[:n_out])
+
+
+def split_objects(data: PoseSet, fraction: float, seed: int) -> tuple[PoseSet, PoseSet]:
+    """(training, held-out) objects of `data` (`held_out_objects`)."""
+    held = held_out_objects(data.n_objects, fraction, seed)
+    return data.subset(np.setdiff1d(np.arange(data.n_objects), held)), data.subset(held)
+
+
+def trained_objects(data: PoseSet, model_config: dict[str, Any]) -> PoseSet:
+    """The objects of `data` (the model's training data) it was meta-trained on: all but its validation ones."""
+    training = model_config.get("training", {})
+    n = int(training.get("n_train_objects", -1)) + int(training.get("n_val_objects", 0))
+    if n != data.n_objects or "val_fraction" not in training:
+        raise ValueError(f"{data.source}: {data.n_objects} objects, but the model was trained on data of {n}")
+    held = held_out_objects(n, float(training["val_fraction"]), int(training["seed"]))
+    return data.subset(np.setdiff1d(np.arange(n), held))
 
 
 class PoseBenchmark:
@@ -138,7 +154,8 @@ class PoseBenchmark:
         return {"pose": {"size": self.train.size, "label_scale": LABEL_SCALE},
                 "episodes": {"k_shot": c.k_shot, "query": c.query, "eval_steps": c.eval_steps},
                 "training": {"source": self.train.source, "n_train_objects": self.train.n_objects,
-                             "n_val_objects": self.val.n_objects, "seed": c.seed}} | stamp()
+                             "n_val_objects": self.val.n_objects, "val_fraction": c.val_fraction,
+                             "seed": c.seed}} | stamp()
 
     def train_items(self, epoch: int) -> Iterator[TaskBatch]:
         c = self.cfg

@@ -71,6 +71,14 @@ def test_train_resume_evaluate(tmp_path):
                                     "--episodes", "12", "--query", "3", "--seed", "3", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["mse"] == pytest.approx(result["mse"], rel=1e-6)
+    # training-set MSE on the objects it was trained on; other data is refused for that
+    res = runner.invoke(typer_app, ["pose", "evaluate", "--model", str(run / "model"), "--data", str(train),
+                                    "--episodes", "6", "--query", "3", "--trained-objects", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["trained_objects"] is True
+    res = runner.invoke(typer_app, ["pose", "evaluate", "--model", str(run / "model"), "--data",
+                                    str(_pose_npz(tmp_path / "other.npz", objects=7)), "--trained-objects"])
+    assert "the model was trained on data of 5" in _error_line(res)
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):

@@ -123,3 +123,17 @@ def test_make_data_without_shared_data_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("ASSAYFEW_SHARED_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="shared molecules.*ASSAYFEW_SHARED_DATA"):
         make_pose_data(tmp_path / "out", RenderConfig(train_objects=1, test_objects=1, views=2, size=16))
+
+
+def test_trained_objects_are_the_complement_of_the_validation_objects(tmp_path):
+    from assayfew.pose.train import held_out_objects, split_objects, trained_objects
+
+    x, y = _arrays(objects=10, views=3)
+    save_pose_npz(tmp_path / "d.npz", x, y, [f"m{i}" for i in range(10)])
+    data = load_pose(tmp_path / "d.npz")
+    train, val = split_objects(data, 0.2, seed=4)
+    assert len(held_out_objects(10, 0.2, 4)) == 2 and not set(train.names) & set(val.names)
+    config = {"training": {"n_train_objects": 8, "n_val_objects": 2, "val_fraction": 0.2, "seed": 4}}
+    assert trained_objects(data, config).names == train.names
+    with pytest.raises(ValueError, match="trained on data of 9"):
+        trained_objects(data, {"training": {**config["training"], "n_train_objects": 7}})
