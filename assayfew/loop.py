@@ -31,7 +31,7 @@ from assayfew.meta.mixing import Mixer
 from assayfew.meta.state import learner_state, load_learner_state
 
 __all__ = ["Benchmark", "LoopOptions", "Reporter", "TrainResult", "fit", "batch_step", "cosine_lr", "resolve_device",
-           "load_fitted", "LOG_EVERY"]
+           "load_fitted", "HostBatches", "LOG_EVERY"]
 
 #: meta-iterations between progress reports (the only points where the training loop waits for the device)
 LOG_EVERY = 20
@@ -226,6 +226,26 @@ def load_fitted(model_dir: Path, model: str, info_key: str, what: str) -> tuple[
     learner = core.build_learner()
     load_learner_state(learner, load_file(str(model_dir / "weights.safetensors")))
     return learner.eval(), config
+
+
+class HostBatches:
+    """A benchmark whose meta-batches are sampled whole on the host: `train_items` yields `cfg.iters` batches of
+    `cfg.meta_batch` tasks from the epoch's sampler (`sampler(epoch)`, seeded by the benchmark); `train_step` is
+    `batch_step`."""
+
+    cfg: Any
+
+    def sampler(self, epoch: int) -> Any:
+        raise NotImplementedError
+
+    def train_items(self, epoch: int) -> Iterable[TaskBatch]:
+        sampler = self.sampler(epoch)
+        for _ in range(self.cfg.iters):
+            yield sampler.batch(self.cfg.meta_batch)
+
+    def train_step(self, learner: MetaLearner, mixer: Mixer, item: TaskBatch, *, generator: torch.Generator,
+                   epoch: int, device: torch.device, dist: DistContext = SINGLE) -> torch.Tensor:
+        return batch_step(learner, mixer, item, generator=generator, epoch=epoch, device=device, dist=dist)
 
 
 def _write_metrics(path: Path, history: list[dict], fieldnames: list[str]) -> None:

@@ -15,34 +15,23 @@ Prints one JSON line: {"ms_per_iter", "loop_ms_per_iter", "ratio", "convloop_ms_
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 
 import torch
 
 from assayfew.meta import PoseNet, build_learner, build_mixer
 from assayfew.meta.batch import TaskBatch
-from assayfew.meta.reference import reference_meta_loss
-from meta_step import _time_interleaved  # benchmarks/ is the script's directory
+from image_step import started, time_batchings, timing_parser  # benchmarks/ is the script's directory
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--block", type=int, default=3)
+    ap = timing_parser(__doc__, threads=1)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--shot", type=int, default=10)
     ap.add_argument("--query", type=int, default=10)
     ap.add_argument("--meta-batch", type=int, default=10)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
+    device = started(args)
     t, gen = args.meta_batch, torch.Generator().manual_seed(args.seed)
     img = (1, args.size, args.size)
     batch = TaskBatch(torch.rand(t, args.shot, *img, generator=gen), 10 * torch.rand(t, args.shot, generator=gen),
@@ -51,25 +40,7 @@ def main() -> None:
     model = PoseNet(image_size=args.size, out_bias=5.0)
     learner = build_learner("maml", model, None, inner_steps=5, inner_lr=0.01, seed=args.seed).to(device)
     mixer = build_mixer("metamix", alpha=0.5, beta=0.5, layers=tuple(range(model.n_layers)))
-    opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
-    mix_gen = torch.Generator().manual_seed(args.seed + 1)
-
-    def step(loss_fn) -> None:
-        loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def batched(batching: str):
-        def run() -> None:
-            model.batching = batching
-            step(lambda: learner.meta_loss(batch, mixer, generator=mix_gen)[0])
-        return run
-
-    steps = {"convloop": batched("loop"), "grouped": batched("grouped"),
-             "per_task": lambda: step(lambda: reference_meta_loss(learner, batch, mixer, generator=mix_gen))}
-    times = _time_interleaved(steps, args.iters, args.warmup, device, max(1, args.block))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = time_batchings(learner, mixer, batch, {"convloop": "loop", "grouped": "grouped"}, args, device)
     default = PoseNet().batching
     ms = med["convloop" if default == "loop" else default]
     print(json.dumps({"ms_per_iter": round(ms, 1), "loop_ms_per_iter": round(med["per_task"], 1),

@@ -10,11 +10,11 @@ from typing import Annotated, Optional
 import typer
 
 from assayfew.bounds import MAX_STEPS
-from assayfew.cli._common import err, user_errors
+from assayfew.cli._common import err, run_options, user_errors
 from assayfew.cli._progress import RichReporter, progress_bar
 from assayfew.images.data import is_runs_zip, load_images, read_omniglot_runs
 from assayfew.images.train import ImageTrainConfig, evaluate_images, evaluate_runs, load_image_model, train_images
-from assayfew.io import read_toml, write_json
+from assayfew.io import write_json
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -85,17 +85,13 @@ def train(
 ) -> None:
     """Meta-train Conv-4 with MAML/ANIL/MetaSGD and MetaMix (or another mixer) on N-way K-shot episodes."""
     with user_errors():
-        values: dict = read_toml(config) if config else {}
-        if resume and (out / "config.toml").exists() and not config:
-            values = read_toml(out / "config.toml")
         flags = {"n_way": way, "k_shot": shot, "query": query, "nme": nme, "algo": algo, "mix": mix,
                  "alpha": alpha, "beta": beta, "shuffle": shuffle, "epochs": epochs, "iters": iters, "meta_batch": meta_batch,
                  "inner_steps": inner_steps, "eval_steps": eval_steps, "inner_lr": inner_lr, "outer_lr": outer_lr,
                  "first_order": first_order, "filters": filters, "image_size": image_size,
                  "val_episodes": val_episodes, "seed": seed, "device": device,
                  "layers": [int(v) for v in layers.split(",") if v.strip()] if layers else None}
-        values |= {k: v for k, v in flags.items() if v is not None}
-        cfg = ImageTrainConfig.from_dict(values)
+        cfg = ImageTrainConfig.from_dict(run_options(config, out, resume, flags))
         images = load_images(data, split=split or ("train" if data.is_dir() else None), size=cfg.image_size)
         err.print(f"meta-training on {images.n_classes} classes, {len(images)} images from {images.source}")
         with progress_bar() as progress:

@@ -10,9 +10,9 @@ from typing import Annotated, Optional
 import typer
 
 from assayfew.bounds import MAX_STEPS, SEED_MAX
-from assayfew.cli._common import err, guarded, user_errors
+from assayfew.cli._common import err, guarded, run_options, user_errors
 from assayfew.cli._progress import RichReporter, progress_bar
-from assayfew.io import check_output_dir, check_output_file, read_toml, write_json
+from assayfew.io import check_output_dir, check_output_file, write_json
 from assayfew.pose.data import PoseSet, convert_pickle, load_pose
 from assayfew.pose.render import RenderConfig, make_pose_data
 from assayfew.pose.train import PoseTrainConfig, evaluate_pose, load_pose_model, train_pose, trained_objects
@@ -120,15 +120,12 @@ def train(
 ) -> None:
     """Meta-train PoseNet with MAML/ANIL/MetaSGD and MetaMix (or another mixer) on K-shot pose tasks."""
     with user_errors():
-        values: dict = read_toml(config) if config else {}
-        if resume and (out / "config.toml").exists() and not config:
-            values = read_toml(out / "config.toml")
         flags = {"k_shot": shot, "query": query, "algo": algo, "mix": mix, "alpha": alpha, "beta": beta,
                  "layers": _ints(layers), "epochs": epochs, "iters": iters, "meta_batch": meta_batch,
                  "inner_steps": inner_steps, "eval_steps": eval_steps, "inner_lr": inner_lr, "outer_lr": outer_lr,
                  "first_order": first_order, "encoder": _ints(encoder), "filters": filters, "blocks": blocks,
                  "val_episodes": val_episodes, "seed": seed, "device": device}
-        cfg = PoseTrainConfig.from_dict(values | {k: v for k, v in flags.items() if v is not None})
+        cfg = PoseTrainConfig.from_dict(run_options(config, out, resume, flags))
         pose = load_pose(data)
         test = load_pose(test_data) if test_data is not None else None
         cfg.check_data(pose)  # before OUT is made

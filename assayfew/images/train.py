@@ -17,17 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from assayfew.distributed import SINGLE, DistContext
 from assayfew.evaluate import evaluate_episodes
 from assayfew.images.data import ImageSet, OneShotRun
 from assayfew.images.episodes import EpisodeSampler
-from assayfew.loop import Reporter, TrainResult, batch_step, fit, load_fitted, resolve_device
-from assayfew.meta import LEARNERS, MIXERS, Mixer, TaskBatch
+from assayfew.loop import HostBatches, Reporter, TrainResult, fit, load_fitted, resolve_device
+from assayfew.meta import LEARNERS, MIXERS
 from assayfew.meta.config import CoreConfig, Part
-from assayfew.metrics import mean_ci95
 from assayfew.meta.learners import MetaLearner
 from assayfew.meta.registry import option_names
+from assayfew.metrics import mean_ci95
 from assayfew.provenance import stamp
+from assayfew.splits import held_out_indices
 from assayfew.tasks import Task
 
 __all__ = ["ImageTrainConfig", "ImageBenchmark", "train_images", "evaluate_images", "evaluate_runs", "load_image_model",
@@ -115,16 +115,15 @@ def split_classes(images: ImageSet, fraction: float, seed: int, minimum: int = 1
     """(training, held-out) image sets: a seeded `fraction` of the classes held out (at least `minimum`
     on each side, else ValueError)."""
     n = images.n_classes
-    n_out = max(minimum, round(fraction * n))
-    if n - n_out < minimum:
-        raise ValueError(f"{images.source}: {n} classes cannot be split into training and validation classes "
-                         f"with at least {minimum} each")
-    held = np.sort(np.random.default_rng([seed, 2]).permutation(n)[:n_out])
+    try:
+        held = held_out_indices(n, fraction, seed, minimum=minimum, what="classes")
+    except ValueError as exc:
+        raise ValueError(f"{images.source}: {exc}") from None
     keep = np.setdiff1d(np.arange(n), held)
     return images.subset(keep), images.subset(held)
 
 
-class ImageBenchmark:
+class ImageBenchmark(HostBatches):
     """The image benchmark as the training loop sees it (`assayfew.loop.Benchmark`)."""
 
     metrics = ("val_accuracy", "val_ci95")
@@ -139,18 +138,12 @@ class ImageBenchmark:
                 "training": {"source": self.train.source, "n_train_classes": self.train.n_classes,
                              "n_val_classes": self.val.n_classes, "nme": c.nme, "seed": c.seed}} | stamp()
 
-    def train_items(self, epoch: int) -> Iterator[TaskBatch]:
-        """The epoch's meta-batches of episodes (host tensors), seeded by (seed, epoch); NME label groups
-        fixed by the seed alone."""
+    def sampler(self, epoch: int) -> EpisodeSampler:
+        """The epoch's episode sampler (host tensors), seeded by (seed, epoch); NME label groups fixed by the
+        seed alone."""
         c = self.cfg
-        sampler = EpisodeSampler(self.train, c.n_way, c.k_shot, c.query, nme=c.nme,
-                                 seed=c.seed * 1_000_003 + epoch, group_seed=c.seed)
-        for _ in range(c.iters):
-            yield sampler.batch(c.meta_batch)
-
-    def train_step(self, learner: MetaLearner, mixer: Mixer, item: TaskBatch, *, generator: torch.Generator,
-                   epoch: int, device: torch.device, dist: DistContext = SINGLE) -> torch.Tensor:
-        return batch_step(learner, mixer, item, generator=generator, epoch=epoch, device=device, dist=dist)
+        return EpisodeSampler(self.train, c.n_way, c.k_shot, c.query, nme=c.nme, seed=c.seed * 1_000_003 + epoch,
+                              group_seed=c.seed)
 
     def validate(self, learner: MetaLearner, model_config: dict[str, Any]) -> dict[str, float]:
         c = self.cfg

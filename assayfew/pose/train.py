@@ -9,17 +9,14 @@ learner over seeded meta-test tasks: MSE with a 95% confidence interval, tasks a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from assayfew.distributed import SINGLE, DistContext
-from assayfew.loop import Reporter, TrainResult, batch_step, fit, load_fitted, resolve_device
-from assayfew.meta import LEARNERS, MIXERS, Mixer, TaskBatch
+from assayfew.loop import HostBatches, Reporter, TrainResult, fit, load_fitted, resolve_device
+from assayfew.meta import LEARNERS, MIXERS
 from assayfew.meta.config import CoreConfig, Part
 from assayfew.meta.learners import MetaLearner
 from assayfew.meta.registry import option_names
@@ -27,6 +24,7 @@ from assayfew.metrics import mean_ci95
 from assayfew.pose.data import PoseSet
 from assayfew.pose.episodes import LABEL_SCALE, PoseSampler
 from assayfew.provenance import stamp
+from assayfew.splits import held_out_indices
 
 __all__ = ["PoseTrainConfig", "PoseBenchmark", "train_pose", "evaluate_pose", "load_pose_model", "split_objects",
            "held_out_objects", "trained_objects"]
@@ -117,12 +115,8 @@ class PoseTrainConfig:
 
 
 def held_out_objects(n: int, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded `fraction` of n objects held out for validation (at least one; ValueError
-    unless one is left to train on)."""
-    n_out = max(1, round(fraction * n))
-    if n - n_out < 1:
-        raise ValueError(f"{n} object(s) cannot be split into training and validation objects")
-    return np.sort(np.random.default_rng([seed, 2]).permutation(n)[:n_out])
+    """Sorted indices of a seeded `fraction` of n objects held out for validation (at least one each side)."""
+    return held_out_indices(n, fraction, seed, what="objects")
 
 
 def split_objects(data: PoseSet, fraction: float, seed: int) -> tuple[PoseSet, PoseSet]:
@@ -141,7 +135,7 @@ def trained_objects(data: PoseSet, model_config: dict[str, Any]) -> PoseSet:
     return data.subset(np.setdiff1d(np.arange(n), held))
 
 
-class PoseBenchmark:
+class PoseBenchmark(HostBatches):
     """The pose benchmark as the training loop sees it (`assayfew.loop.Benchmark`)."""
 
     metrics = ("val_neg_mse", "val_mse_ci95")
@@ -157,15 +151,10 @@ class PoseBenchmark:
                              "n_val_objects": self.val.n_objects, "val_fraction": c.val_fraction,
                              "seed": c.seed}} | stamp()
 
-    def train_items(self, epoch: int) -> Iterator[TaskBatch]:
+    def sampler(self, epoch: int) -> PoseSampler:
+        """The epoch's task sampler over the training objects, seeded by (seed, epoch)."""
         c = self.cfg
-        sampler = PoseSampler(self.train, c.k_shot, c.query, seed=c.seed * 1_000_003 + epoch)
-        for _ in range(c.iters):
-            yield sampler.batch(c.meta_batch)
-
-    def train_step(self, learner: MetaLearner, mixer: Mixer, item: TaskBatch, *, generator: torch.Generator,
-                   epoch: int, device: torch.device, dist: DistContext = SINGLE) -> torch.Tensor:
-        return batch_step(learner, mixer, item, generator=generator, epoch=epoch, device=device, dist=dist)
+        return PoseSampler(self.train, c.k_shot, c.query, seed=c.seed * 1_000_003 + epoch)
 
     def validate(self, learner: MetaLearner, model_config: dict[str, Any]) -> dict[str, float]:
         c = self.cfg

@@ -98,7 +98,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 
 
 def test_convert_valid_and_malicious(tmp_path):
-    x = np.random.default_rng(0).integers(0, 256, (2, 5, 16 * 16)).astype(np.uint8)
+    x = np.random.default_rng(0).integers(0, 256, (2, 5, 128 * 128)).astype(np.uint8)  # MR-MAML's shape
     (tmp_path / "ok.pkl").write_bytes(pickle.dumps((x, np.random.default_rng(1).random((2, 5, 3))), protocol=2))
     res = runner.invoke(typer_app, ["pose", "convert", str(tmp_path / "ok.pkl"), "--out", str(tmp_path / "ok.npz")])
     assert res.exit_code == 0, res.output
