@@ -12,6 +12,7 @@ import typer
 from assayfew.bounds import MAX_STEPS, SEED_MAX
 from assayfew.cli._common import err, guarded, run_options, user_errors
 from assayfew.cli._progress import RichReporter, progress_bar
+from assayfew.cli.train import regularizer_values
 from assayfew.io import check_output_dir, check_output_file, write_json
 from assayfew.pose.data import PoseSet, convert_pickle, load_pose
 from assayfew.pose.render import RenderConfig, make_pose_data
@@ -108,6 +109,10 @@ def train(
     inner_lr: Annotated[Optional[float], typer.Option()] = None,
     outer_lr: Annotated[Optional[float], typer.Option()] = None,
     first_order: Annotated[Optional[bool], typer.Option("--first-order/--second-order")] = None,
+    regularizer: Annotated[Optional[str], typer.Option(
+        help="none|weight_decay|cavia|meta_dropout|mr_maml|taml (default none).")] = None,
+    reg_opt: Annotated[Optional[list[str]], typer.Option(
+        "--reg-opt", metavar="KEY=VALUE", help="A regularizer option, e.g. beta=1e-5 (repeatable).")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="Channels of the stride-2 encoder convolutions "
                                                    "(not adapted), e.g. 8,16,16,16.")] = None,
     filters: Annotated[Optional[int], typer.Option(min=1, help="Channels of the adapted conv blocks (16).")] = None,
@@ -125,7 +130,8 @@ def train(
                  "inner_steps": inner_steps, "eval_steps": eval_steps, "inner_lr": inner_lr, "outer_lr": outer_lr,
                  "first_order": first_order, "encoder": _ints(encoder), "filters": filters, "blocks": blocks,
                  "val_episodes": val_episodes, "seed": seed, "device": device}
-        cfg = PoseTrainConfig.from_dict(run_options(config, out, resume, flags))
+        values = run_options(config, out, resume, flags)
+        cfg = PoseTrainConfig.from_dict(regularizer_values(values, regularizer, reg_opt))
         pose = load_pose(data)
         test = load_pose(test_data) if test_data is not None else None
         cfg.check_data(pose)  # before OUT is made

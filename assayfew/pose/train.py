@@ -9,7 +9,7 @@ learner over seeded meta-test tasks: MSE with a 95% confidence interval, tasks a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ class PoseTrainConfig:
     encoder: tuple[int, ...] = (8, 16, 16, 16)  # channels of the stride-2 encoder convolutions (not adapted)
     filters: int = 16  # channels of the adapted conv blocks
     blocks: int = 2
+    regularizer: str = "none"  # assayfew.meta.regularizers: none|weight_decay|cavia|meta_dropout|mr_maml|taml
+    regularizer_options: dict[str, Any] = field(default_factory=dict)
     val_fraction: float = 0.1  # training objects held out for model selection
     val_episodes: int = 100
     seed: int = 0
@@ -78,11 +80,16 @@ class PoseTrainConfig:
                              "val_episodes must be >= 1")
         if not 0.0 < cfg.val_fraction < 1.0:
             raise ValueError("pose training: val_fraction must lie in (0, 1)")
-        cfg.core(size=128)  # validates the parts and their options
+        if not isinstance(cfg.regularizer_options, dict):
+            raise ValueError("regularizer_options must be a table of the regularizer's options")
+        core = cfg.core(size=128)  # validates the parts and their options
+        if core.regularizer is not None:
+            core.build_learner()  # and the regularizer's values, and that it suits the learner and model
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if v is not None}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if v is not None and (k != "regularizer_options" or v)}
 
     def check_data(self, data: PoseSet) -> None:
         """Fail early unless the network fits `data`'s images and every object has K + query views."""
@@ -111,7 +118,8 @@ class PoseTrainConfig:
                     raise ValueError(f"pose training option layers is not used by mixer {self.mix!r}")
                 del mixer[key]
         return CoreConfig(kind=Part("regression", {}), model=Part("pose", model), learner=Part(self.algo, learner),
-                          mixer=Part(self.mix, mixer))
+                          mixer=Part(self.mix, mixer),
+                          regularizer=Part(self.regularizer, dict(self.regularizer_options)))
 
 
 def held_out_objects(n: int, fraction: float, seed: int) -> np.ndarray:

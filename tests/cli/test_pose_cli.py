@@ -81,6 +81,18 @@ def test_train_resume_evaluate(tmp_path):
     assert "the model was trained on data of 5" in _error_line(res)
 
 
+def test_mr_maml_regularizer_trains_and_is_saved(tmp_path):
+    train, run = _pose_npz(tmp_path / "train.npz"), tmp_path / "run"
+    res = runner.invoke(typer_app, ["pose", "train", "--data", str(train), "--out", str(run), "--mix", "none",
+                                    "--regularizer", "mr_maml", "--reg-opt", "beta=1e-4", *TINY])
+    assert res.exit_code == 0, res.output
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["core"]["regularizer"] == {"name": "mr_maml", "options": {"beta": 1e-4}}
+    res = runner.invoke(typer_app, ["pose", "train", "--data", str(train), "--out", str(tmp_path / "r2"),
+                                    "--regularizer", "mr_maml", "--reg-opt", "beta=-1", *TINY])
+    assert "beta" in _error_line(res)
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path):
     run = tmp_path / "run"
     bad_shape = tmp_path / "shape.npz"
