@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes reports/pose.md's numbers: the procedural pose data (make-data, seed 0: 60 training + 15 test molecules
-# x 50 views, 128x128), then MAML, MAML+MetaMix and ANIL+MetaMix at 10 shots (seeds 0 and 1) and 15 shots
-# (seed 0), and MAML after one meta-iteration at both (a reference for the gap the object sets alone make).
+# x 50 views, 128x128), then MAML, MAML+MetaMix and ANIL+MetaMix at 10 and 15 shots, seeds 0 and 1, and MAML
+# after one meta-iteration at both (a reference for the gap the object sets alone make).
 # CPU-sized: default PoseNet (encoder 8,16,16,16 not adapted; two adapted 16-filter blocks), meta-batch 10,
 # 10 query views, 5 inner steps (rate 0.01) second order, outer rate 0.001, EPOCHS x ITERS meta-iterations
 # (best epoch on 6 held-out training objects, 100 tasks), one thread per run at nice 10, two runs at a time.
@@ -13,7 +13,7 @@ RUNS=${1:-runs/pose}
 EPOCHS=${EPOCHS:-5}
 ITERS=${ITERS:-50}
 SEEDS10=${SEEDS10:-"0 1"}
-SEEDS15=${SEEDS15:-"0"}
+SEEDS15=${SEEDS15:-"0 1"}
 DATA="$RUNS/data"
 mkdir -p "$RUNS"
 [ -f "$DATA/train.npz" ] || OMP_NUM_THREADS=1 assayfew pose make-data --out "$DATA" --seed 0 2> "$RUNS/make-data.log"
