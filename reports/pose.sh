@@ -55,6 +55,8 @@ for shot in (10, 15):
                           ("anil_metamix", "ANIL+MetaMix")):
         for f in sorted(runs.glob(f"k{shot}_{method}_s*.test.json")):
             name = f.name[: -len(".test.json")]
+            if not (runs / f"{name}.train.json").exists():  # unfinished
+                continue
             te, tr = json.loads(f.read_text()), json.loads((runs / f"{name}.train.json").read_text())
             state = json.loads((runs / name / "state" / "state.json").read_text())
             minutes = sum(r["seconds"] for r in state["history"]) / 60
