@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from assayfew.adaptation import AssayAdaptation
-from assayfew.chem import featurize_chunks
+from assayfew.chem import OnBits, featurize_chunks
 from assayfew.io import atomic_write
 from assayfew.predict import IN_DOMAIN_SIMILARITY, SMILES_COLUMNS, detect_column, from_p
 from assayfew.userfiles import InputError, _sdf_items, _sdf_smiles
@@ -255,8 +255,7 @@ def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[
             chunk = chunks.taken.popleft()
             status = [p or (f"invalid SMILES: {r}" if r else "ok") for p, r in zip(chunk.problems, reasons)]
             ok = np.array([s == "ok" for s in status], dtype=bool)
-            scores = _score(adaptation, np.unpackbits(packed[ok], axis=1, count=bits, bitorder="little"), units,
-                            in_domain_similarity)
+            scores = _score(adaptation, OnBits.from_packed(packed[ok], bits), units, in_domain_similarity)
             cells = iter(zip(*scores))
             blank = ("", "", "", "False")
             for fields, good, text in zip(chunk.rows, ok, status):
@@ -281,10 +280,10 @@ def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[
     return LibrarySummary(n_rows=counts["rows"], n_invalid=counts["invalid"], replaced_columns=replaced)
 
 
-def _score(adaptation: AssayAdaptation, fps: np.ndarray, units: str,
+def _score(adaptation: AssayAdaptation, fps: OnBits, units: str,
            in_domain_similarity: float) -> tuple[list[str], list[str], list[str], list[str]]:
     """Text cells (prediction, uncertainty, similarity_to_support, in_domain) for valid rows' fingerprints."""
-    prediction, uncertainty, similarity = adaptation.predict(fps)
+    prediction, uncertainty, similarity = adaptation.predict_bits(fps)
     in_domain = similarity >= in_domain_similarity
     return (_floats(from_p(prediction, units)), _floats(uncertainty), _floats(np.round(similarity, 4)),
             ["True" if d else "False" for d in in_domain.tolist()])
