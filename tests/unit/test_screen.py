@@ -229,3 +229,20 @@ def test_smi_without_header_and_cxsmiles(reference, tmp_path):
     assert list(table["smiles"].fillna("")) == ["CCO", "CC(C)O |$;;$|", "", "c1ccccc1"]
     assert list(table["name"].fillna("")) == ["first compound", "second", "no_smiles_here", ""]
     assert list(table["status"]) == ["ok", "ok", "invalid SMILES: empty SMILES", "ok"]
+
+
+def test_rows_are_written_as_csv_writer_writes_them():
+    """Chunks without special characters take one join; fields with a comma, quote or line break are quoted."""
+    import csv
+    import io
+
+    from assayfew.screen import _csv_lines, _csv_row
+
+    for rows in ([["CCO", "a"], ["c1ccccc1", ""]], [["CCO", 'say "hi"'], ["C,C", "x\ny"], ["N", "r\r"]], [["C"], [""]]):
+        statuses = ["ok", "sanitization failed: atom 1, N, 4"]
+        tails = ["6.5,0.8,0.25,False,ok", f",,,False,{_csv_row([statuses[1]])}"] + ["1.0,2.0,0.5,True,ok"] * (len(rows) - 2)
+        cells = [["6.5", "0.8", "0.25", "False", "ok"], ["", "", "", "False", statuses[1]]] + \
+            [["1.0", "2.0", "0.5", "True", "ok"]] * (len(rows) - 2)
+        want = io.StringIO()
+        csv.writer(want, lineterminator="\n").writerows([fields + c for fields, c in zip(rows, cells)])
+        assert _csv_lines(rows, tails) == want.getvalue()
