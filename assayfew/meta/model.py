@@ -76,6 +76,9 @@ class FunctionalModel(Protocol):
 
     def affine_after(self, position: int) -> bool: ...
 
+    def bits_forward(self, params: dict[str, Tensor], stats: Stats,
+                     step: int) -> Callable[[Tensor, Tensor], Tensor] | None: ...
+
     def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int,
                     stats: Stats) -> Tensor: ...
 
