@@ -89,9 +89,7 @@ class TrainConfig:
             raise ValueError("regularizer_options must be a table of the regularizer's options")
         cfg = cls(**values)
         core = cfg.core(in_dim=1)  # validates the learner/mixer/regularizer names and options
-        core.build_model()  # and the model's values (per_step_blocks)
-        if core.regularizer is not None:
-            core.build_learner()  # and the regularizer's values, and that it suits the learner
+        core.build()  # and their values (per_step_blocks, adapt, ...), and that the regularizer suits the learner
         return cfg
 
     def core(self, in_dim: int) -> CoreConfig:

@@ -10,7 +10,7 @@ Run it on a quiet machine: with the default (briefly spinning) OpenMP policy, ot
 Prints one JSON line at the end: {"ms_per_iter", "loop_ms_per_iter", "ratio", ...}.
 
     python benchmarks/meta_step.py [--threads 2] [--iters 30] [--epoch 20] [--no-per-step-bn]
-        [--per-step-blocks all|last] [--dense] [--learner anil++] [--device cpu]
+        [--per-step-blocks all|last] [--dense] [--learner anil++] [--regularizer none] [--device cpu]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from assayfew.meta import MLP, build_learner, build_mixer, pad_tasks
+from assayfew.meta import MLP, build_learner, build_mixer, build_regularizer, pad_tasks
 from assayfew.meta.reference import reference_meta_loss
 from assayfew.meta.synthetic import random_fingerprint_tasks
 
@@ -64,6 +64,7 @@ def main() -> None:
                     help="hidden blocks with per-step batch-norm parameters")
     ap.add_argument("--dense", action="store_true", help="dense first layer (no sparse product)")
     ap.add_argument("--learner", default="anil++")
+    ap.add_argument("--regularizer", default="none", help="one of assayfew.meta.REGULARIZERS (default options)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -78,7 +79,7 @@ def main() -> None:
     opts = {"per_step_bn": False} if args.no_per_step_bn and args.learner == "anil++" else {}
     learner = build_learner(args.learner, MLP(1024, (500, 500), n_steps=5, per_step_blocks=args.per_step_blocks,
                                                 sparse_input=False if args.dense else None), inner_steps=5, inner_lr=0.01,
-                            seed=args.seed, **opts).to(device)
+                            regularizer=build_regularizer(args.regularizer), seed=args.seed, **opts).to(device)
     mixer = build_mixer("metamix", alpha=0.5, beta=0.5, layers=(1, 2))
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3, fused=device.type in ("cpu", "cuda"))
     mix_gen = torch.Generator().manual_seed(args.seed + 1)
@@ -100,7 +101,7 @@ def main() -> None:
     ms, loop_ms = statistics.median(times["batched"]), statistics.median(times["loop"])
     print(json.dumps({"ms_per_iter": round(ms, 2), "loop_ms_per_iter": round(loop_ms, 2),
                       "ratio": round(loop_ms / ms, 2), "min_ms": round(min(times["batched"]), 2),
-                      "loop_min_ms": round(min(times["loop"]), 2), "learner": args.learner, "epoch": args.epoch,
+                      "loop_min_ms": round(min(times["loop"]), 2), "learner": args.learner, "regularizer": args.regularizer, "epoch": args.epoch,
                       "per_step_bn": "none" if args.no_per_step_bn else args.per_step_blocks,
                       "sparse_first_layer": not args.dense, "threads": args.threads, "block": args.block,
                       "device": str(device), "sizes": sizes}))

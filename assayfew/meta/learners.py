@@ -14,6 +14,9 @@ per batch-norm parameter set and memoised (`assayfew.meta.memo.Memo`). A model m
 such a head-only loop (`head_fast_path`: closed-form head gradients, or all steps in one fused node); it
 checks its own preconditions, and `fast_path=False` forces the generic path.
 
+A regulariser (`assayfew.meta.regularizers`, attached by `build_learner`) composes with any learner through
+hooks of `meta_loss`, `inner_loop` and `adapt`; with none, they do nothing.
+
 Batch-norm statistics come from each task's valid support rows (see `assayfew.meta.model`).
 Labels are used as given: centre them outside, or set `MLP(out_bias=...)`.
 """
@@ -414,7 +417,8 @@ class MetaLearner(nn.Module):
         "layers": the mixing position drawn for each task, "layer": that position when all tasks share it}.
         The mixer's random plan is drawn once and shared by all multi-step-loss terms. `epoch=None` uses the
         epoch recorded by `epoch_end`. `plan`: a plan drawn beforehand (e.g. on the host, see
-        `assayfew.trainstep`) instead of one from `generator`."""
+        `assayfew.trainstep`) instead of one from `generator`. A regulariser (`self.regularizer`, see
+        `assayfew.meta.regularizers`) draws after the plan and turns the mixer's loss into the outer loss."""
         epoch = self.epoch if epoch is None else epoch
         if plan is None:
             plan = mixer.sample(batch, self.model.n_layers, generator, self.kind)

@@ -123,7 +123,8 @@ class Regularizer:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.options().items())})"
 
     def attach(self, learner: MetaLearner, generator: torch.Generator) -> None:
-        """Called once by `build_learner`, before training or loading weights."""
+        """Called once by `build_learner`, before training or loading weights; new meta-parameters are made
+        on `generator`'s device (the CPU; the learner is moved after)."""
 
     def sample(self, meta: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
         return meta
@@ -175,25 +176,28 @@ class WeightDecay(Regularizer):
 class CAVIA(Regularizer):
     """CAVIA (Zintgraf et al., 2019): a context vector φ (`context_dim`, zero at the start of each task's
     inner loop) is the only thing the inner loop adapts; the network is meta-learned in the outer loop only.
-    φ conditions the hidden at position `layer` by FiLM, h ⊙ (1 + φ W_scale) + φ W_shift (the network's
-    batch norm uses per-task support statistics, so φ concatenated to the input would be normalised away).
-    The learner's inner rates (fixed, per step or per parameter) apply to φ."""
+    φ conditions the hidden at position `layer` (default: the last hidden block) by FiLM,
+    h ⊙ (1 + φ W_scale) + φ W_shift (the network's batch norm uses per-task support statistics, so φ
+    concatenated to the input would be normalised away). The learner's inner rates (fixed, per step or per
+    parameter) apply to φ; the paper's context rate is 1.0 (`--inner-lr 1.0`)."""
 
     name = "cavia"
 
-    def __init__(self, *, context_dim: int = 100, layer: int = 1) -> None:
+    def __init__(self, *, context_dim: int = 100, layer: int | None = None) -> None:
         if context_dim < 1:
             raise ValueError("cavia: context_dim must be >= 1")
-        self.context_dim, self.layer = int(context_dim), int(layer)
+        self.context_dim, self.layer = int(context_dim), None if layer is None else int(layer)
 
     def attach(self, learner: MetaLearner, generator: torch.Generator) -> None:
         _needs_inner_loop(learner, self.name)
-        (layer,) = _hidden_positions(learner.model, (self.layer,), self.name)
+        last = learner.model.n_layers - 1
+        (layer,) = _hidden_positions(learner.model, (last if self.layer is None else self.layer,), self.name)
         width, c = _width(learner.model, layer, self.name), self.context_dim
-        bound = 1.0 / math.sqrt(c)
-        learner.params["cavia_context"] = nn.Parameter(torch.zeros(c))
+        bound, device = 1.0 / math.sqrt(c), generator.device
+        learner.params["cavia_context"] = nn.Parameter(torch.zeros(c, device=device))
         for which in ("scale", "shift"):
-            learner.params[f"cavia_{which}"] = nn.Parameter((torch.rand(c, width, generator=generator) * 2 - 1) * bound)
+            draw = torch.rand(c, width, generator=generator, device=device)
+            learner.params[f"cavia_{which}"] = nn.Parameter((draw * 2 - 1) * bound)
 
         def film(params: dict[str, Tensor], h_prev: Tensor, h: Tensor) -> Tensor:
             phi = params["cavia_context"]
@@ -233,8 +237,10 @@ class MetaDropout(Regularizer):
             return hook
 
         for k, width in self._widths.items():
-            learner.params[f"metadropout_weight{k}"] = nn.Parameter(torch.zeros(_width(model, k - 1, self.name), width))
-            learner.params[f"metadropout_bias{k}"] = nn.Parameter(torch.full((width,), math.log(math.e - 1)))
+            fan_in = _width(model, k - 1, self.name)
+            learner.params[f"metadropout_weight{k}"] = nn.Parameter(torch.zeros(fan_in, width, device=generator.device))
+            learner.params[f"metadropout_bias{k}"] = nn.Parameter(  # softplus(b) = 1
+                torch.full((width,), math.log(math.e - 1), device=generator.device))
         learner.model = HookedModel(model, {k: noisy(k) for k in self._widths})
         learner.set_adapted(learner.adapt_names, memo_body=False)
 

@@ -49,6 +49,7 @@ def test_regularizer_and_fidelity_flags_are_recorded(data, tmp_path):
     (["--regularizer", "taml", "--reg-opt", "weight"], "expected KEY=VALUE"),
     (["--regularizer", "meta_dropout", "--algo", "r2d2"], "closed form"),
     (["--adapt", "head"], "adapt"),
+    (["--algo", "metasgd", "--adapt", "body"], "adapt must be 'all' or 'head'"),
 ])
 def test_bad_regularizer_options_are_one_line_errors(data, tmp_path, args, message):
     res = runner.invoke(typer_app, ["train", *data, "--out", str(tmp_path / "r"), *TINY, *args])

@@ -59,7 +59,8 @@ def test_core_config_carries_the_regularizer_through_json_toml_and_the_learner()
         assert again == core and again.regularizer == Part("cavia", {"context_dim": 4})
     lrn = core.build_learner()
     assert type(lrn.regularizer).__name__ == "CAVIA" and "cavia_context" in lrn.params
-    assert CoreConfig.of_learner(lrn).regularizer == Part("cavia", {"context_dim": 4, "layer": 1})
+    assert CoreConfig.of_learner(lrn).regularizer == Part("cavia", {"context_dim": 4})  # layer: the default
+    assert lrn.model.hooks.keys() == {2}  # the default layer: the last hidden block
     old = core.to_dict()
     del old["regularizer"]  # a config written before regularizers: none
     assert CoreConfig.from_dict(old).regularizer is None and CoreConfig.from_dict(old).build_learner().regularizer is None
@@ -123,6 +124,15 @@ def test_a_trained_model_with_regularizer_parameters_saves_and_loads(reg, tmp_pa
 def test_outer_only_regularizers_keep_the_fused_head_loop_and_match(reg):
     lrn = _learner("anil++", reg, per_step_blocks="last")
     assert lrn.fast_path is not None and lrn.fast_path.fused
+    _assert_matches_reference(lrn, _batch("regression"), build_mixer("metamix", layers=(0, 1, 2)), epoch=1)
+
+
+def test_cavia_at_its_default_layer_matches_the_reference():
+    lrn = build_learner("anil++", MLP(DIM, (10, 8), n_steps=3), regularizer=build_regularizer("cavia", context_dim=3),
+                        inner_steps=3, inner_lr=0.1, msl_epochs=4, seed=1).double()
+    with torch.no_grad():
+        lrn.params["cavia_context"].add_(0.1)
+    assert lrn.model.hooks.keys() == {2}
     _assert_matches_reference(lrn, _batch("regression"), build_mixer("metamix", layers=(0, 1, 2)), epoch=1)
 
 

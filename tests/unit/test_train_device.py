@@ -149,3 +149,13 @@ def test_training_iterations_never_wait_for_the_gpu(one_thread):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(bool(torch.isfinite(x)) for x in losses)
+
+
+@pytest.mark.parametrize("reg", ["weight_decay", "cavia", "meta_dropout", "mr_maml", "taml"])
+def test_regularizers_create_tensors_on_the_learners_device(reg, tmp_path, one_thread):
+    tr, va = _data()
+    cfg = TrainConfig(**TINY_CONFIG | {"epochs": 1, "iters": 2, "regularizer": reg})
+    with learner_device_only():
+        train(cfg, tr, va, tmp_path)
+        x, y, _ = va.assay(0)
+        assert np.all(np.isfinite(load_model(tmp_path / "model").adapt_predict(x[:20], y[:20], x[20:])))
