@@ -9,11 +9,14 @@ uncertainty function).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from assayfew.checkpoint import Adaptation, MetaModel
-from assayfew.chem import max_tanimoto
+from assayfew.chem import OnBits, max_tanimoto, max_tanimoto_from_counts
 from assayfew.uncertainty import UncertaintyCalibration
 
 
@@ -36,3 +39,37 @@ class AssayAdaptation:
         similarity = max_tanimoto(x, self.support_fingerprints)
         prediction = self.model.predict(self.full, x)
         return prediction, self.calibration.sd(similarity, self.cv_rmse), similarity
+
+    def predict_bits(self, query: OnBits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`predict(query.dense())` from the set bits alone (`MetaModel.predict_bits`; the intersections with
+        the measured compounds as one sparse product): the same numbers, faster for libraries."""
+        if query.n == 0:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
+        similarity = self._similarity_bits(query)
+        prediction = self.model.predict_bits(self.full, query)
+        return prediction, self.calibration.sd(similarity, self.cv_rmse), similarity
+
+    def _similarity_bits(self, query: OnBits) -> np.ndarray:
+        support_t, support_counts = self._support_columns
+        if support_t.shape[1] == 0:
+            return np.zeros(query.n, dtype=np.float64)
+        starts = query.starts()
+        counts = np.diff(starts).astype(np.float32)
+        cols = torch.from_numpy(query.cols)
+        best = np.zeros(query.n, dtype=np.float64)
+        step = max(1, 2_000_000 // support_t.shape[1])  # bound the (step, n_measured) intersections
+        with torch.no_grad():
+            for a in range(0, query.n, step):
+                b = min(a + step, query.n)
+                inter = F.embedding_bag(cols[starts[a]:starts[b]], support_t,
+                                        torch.from_numpy(starts[a:b] - starts[a]), mode="sum").numpy()
+                best[a:b] = max_tanimoto_from_counts(inter, counts[a:b], support_counts)
+        return best
+
+    @cached_property
+    def _support_columns(self) -> tuple[torch.Tensor, np.ndarray]:
+        """The measured fingerprints as a (bits, n_measured) float32 table (row j: which compounds have bit
+        j; exact intersection counts as sums) and their bit counts."""
+        support = np.asarray(self.support_fingerprints) != 0
+        return (torch.from_numpy(np.ascontiguousarray(support.T, dtype=np.float32)),
+                support.sum(axis=1).astype(np.float32))

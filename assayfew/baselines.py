@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from assayfew.chem import OnBits
+
 
 @dataclass(frozen=True)
 class RidgeFit:
@@ -17,8 +19,14 @@ class RidgeFit:
     y_mean: float
 
     def predict(self, query_x: np.ndarray) -> np.ndarray:
-        offset = self.y_mean - float(self.x_mean @ self.weights)
-        return np.asarray(query_x, dtype=np.float64) @ self.weights + offset
+        return np.asarray(query_x, dtype=np.float64) @ self.weights + self._offset()
+
+    def predict_bits(self, query: OnBits) -> np.ndarray:
+        """`predict(query.dense())`, as a sum of the weights of each row's set bits."""
+        return np.bincount(query.rows, weights=self.weights[query.cols], minlength=query.n) + self._offset()
+
+    def _offset(self) -> float:
+        return self.y_mean - float(self.x_mean @ self.weights)
 
 
 def ridge_fit(support_x: np.ndarray, support_y: np.ndarray, *, alpha: float = 10.0) -> RidgeFit:

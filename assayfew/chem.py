@@ -37,7 +37,9 @@ __all__ = [
     "Featurized",
     "featurize_chunks",
     "featurize_smiles",
+    "OnBits",
     "max_tanimoto",
+    "max_tanimoto_from_counts",
     "may_change_on_standardizing",
     "parse_molblock",
     "parse_smiles",
@@ -390,6 +392,38 @@ def featurize_smiles(
     return Featurized(fingerprints=fingerprints, valid=valid, reasons=reasons, canonical=canon)
 
 
+@dataclass(frozen=True)
+class OnBits:
+    """A 0/1 fingerprint matrix (n, width) as the positions of its set bits, row by row (rows ascending,
+    columns ascending within a row): what sparse products need, without the dense matrix."""
+
+    rows: np.ndarray  # (nnz,) int64
+    cols: np.ndarray  # (nnz,) int64
+    n: int
+    width: int
+
+    @staticmethod
+    def from_dense(x: np.ndarray) -> OnBits:
+        x = np.ascontiguousarray(x)
+        flat = np.flatnonzero(x.view(bool) if x.dtype == np.uint8 else x)  # a bool view: ~3x faster
+        rows, cols = np.divmod(flat, x.shape[1])
+        return OnBits(rows, cols, len(x), x.shape[1])
+
+    @staticmethod
+    def from_packed(packed: np.ndarray, width: int) -> OnBits:
+        """From packed little-endian bits (as `featurize_chunks` yields them)."""
+        return OnBits.from_dense(np.unpackbits(packed, axis=1, count=width, bitorder="little"))
+
+    def starts(self) -> np.ndarray:
+        """(n + 1,) int64: row i's columns are cols[starts[i]:starts[i + 1]]."""
+        return np.searchsorted(self.rows, np.arange(self.n + 1))
+
+    def dense(self) -> np.ndarray:
+        x = np.zeros((self.n, self.width), dtype=np.uint8)
+        x[self.rows, self.cols] = 1
+        return x
+
+
 def max_tanimoto(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Max Tanimoto similarity of each query bit row to any reference row (0 when reference is empty)."""
     query = np.asarray(query)
@@ -407,11 +441,16 @@ def max_tanimoto(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
     best = np.zeros(len(q), dtype=np.float64)
     step = max(1, 2_000_000 // max(1, len(r)))  # bound the (step, n_ref) intermediate
     for start in range(0, len(q), step):
-        inter = q[start : start + step] @ r.T
-        union = q_count[start : start + step, None] + r_count[None, :] - inter
-        sim = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        best[start : start + step] = sim.max(axis=1)
+        best[start : start + step] = max_tanimoto_from_counts(q[start : start + step] @ r.T,
+                                                              q_count[start : start + step], r_count)
     return best
+
+
+def max_tanimoto_from_counts(inter: np.ndarray, q_count: np.ndarray, r_count: np.ndarray) -> np.ndarray:
+    """Row maxima of the Tanimoto similarities given the (n, m) intersection counts and each side's bit
+    counts (float32, as `max_tanimoto` computes them; 0 where both are empty)."""
+    union = q_count[:, None] + r_count[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0).max(axis=1)
 
 
 def featurize_chunks(

@@ -31,7 +31,7 @@ from assayfew.meta.mixing import Mixer
 from assayfew.meta.state import learner_state, load_learner_state
 
 __all__ = ["Benchmark", "LoopOptions", "Reporter", "TrainResult", "fit", "batch_step", "cosine_lr", "resolve_device",
-           "LOG_EVERY"]
+           "load_fitted", "HostBatches", "LOG_EVERY"]
 
 #: meta-iterations between progress reports (the only points where the training loop waits for the device)
 LOG_EVERY = 20
@@ -210,6 +210,42 @@ def batch_step(learner: MetaLearner, mixer: Mixer, batch: TaskBatch, *, generato
     loss.backward()
     dist.all_reduce_grads(learner.parameters())
     return loss.detach()
+
+
+def load_fitted(model_dir: Path, model: str, info_key: str, what: str) -> tuple[MetaLearner, dict]:
+    """A learner `fit` saved in MODEL_DIR (safetensors + config.json; no pickles) and its model config; ValueError
+    unless its core model is `model` and its config has the benchmark's `info_key` (`what` names it)."""
+    model_dir = Path(model_dir)
+    missing = [n for n in ("weights.safetensors", "config.json") if not (model_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{model_dir} is not a model directory: missing {', '.join(missing)}")
+    config = read_json(model_dir / "config.json")
+    core = CoreConfig.of_model(config)
+    if core.model.name != model or info_key not in config:
+        raise ValueError(f"{model_dir}: not {what} (model {core.model.name!r})")
+    learner = core.build_learner()
+    load_learner_state(learner, load_file(str(model_dir / "weights.safetensors")))
+    return learner.eval(), config
+
+
+class HostBatches:
+    """A benchmark whose meta-batches are sampled whole on the host: `train_items` yields `cfg.iters` batches of
+    `cfg.meta_batch` tasks from the epoch's sampler (`sampler(epoch)`, seeded by the benchmark); `train_step` is
+    `batch_step`."""
+
+    cfg: Any
+
+    def sampler(self, epoch: int) -> Any:
+        raise NotImplementedError
+
+    def train_items(self, epoch: int) -> Iterable[TaskBatch]:
+        sampler = self.sampler(epoch)
+        for _ in range(self.cfg.iters):
+            yield sampler.batch(self.cfg.meta_batch)
+
+    def train_step(self, learner: MetaLearner, mixer: Mixer, item: TaskBatch, *, generator: torch.Generator,
+                   epoch: int, device: torch.device, dist: DistContext = SINGLE) -> torch.Tensor:
+        return batch_step(learner, mixer, item, generator=generator, epoch=epoch, device=device, dist=dist)
 
 
 def _write_metrics(path: Path, history: list[dict], fieldnames: list[str]) -> None:

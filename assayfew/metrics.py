@@ -21,6 +21,13 @@ def mse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean((np.asarray(y_true, float) - np.asarray(y_pred, float)) ** 2))
 
 
+def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Mean over episodes and its 95% confidence half-width (1.96 standard errors; NaN for one value)."""
+    v = np.asarray(values, dtype=np.float64)
+    half = 1.96 * v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else float("nan")
+    return float(v.mean()), float(half)
+
+
 def summarize(r2: Sequence[float], *, threshold: float = 0.3, n_boot: int = 2000, seed: int = 0) -> dict:
     """Mean, median, count above threshold, and bootstrap 95% CIs over assays."""
     values = np.nan_to_num(np.asarray(r2, dtype=np.float64), nan=0.0)

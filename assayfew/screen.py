@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
+import itertools
+import re
 import sys
 import zlib
 from collections import deque
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 
 from assayfew.adaptation import AssayAdaptation
-from assayfew.chem import featurize_chunks
+from assayfew.chem import OnBits, featurize_chunks
 from assayfew.io import atomic_write
 from assayfew.predict import IN_DOMAIN_SIMILARITY, SMILES_COLUMNS, detect_column, from_p
 from assayfew.userfiles import InputError, _sdf_items, _sdf_smiles
@@ -255,13 +258,10 @@ def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[
             chunk = chunks.taken.popleft()
             status = [p or (f"invalid SMILES: {r}" if r else "ok") for p, r in zip(chunk.problems, reasons)]
             ok = np.array([s == "ok" for s in status], dtype=bool)
-            scores = _score(adaptation, np.unpackbits(packed[ok], axis=1, count=bits, bitorder="little"), units,
-                            in_domain_similarity)
-            cells = iter(zip(*scores))
-            blank = ("", "", "", "False")
-            for fields, good, text in zip(chunk.rows, ok, status):
-                own = fields if not replaced else [fields[i] for i in keep]
-                writer.writerow([*own, *(next(cells) if good else blank), text])
+            scored = iter(_score(adaptation, OnBits.from_packed(packed[ok], bits), units, in_domain_similarity))
+            tails = [next(scored) if good else f",,,False,{_csv_row([text])}" for good, text in zip(ok, status)]
+            handle.write(_csv_lines(chunk.rows if not replaced else [[f[i] for i in keep] for f in chunk.rows],
+                                    tails))
             counts["rows"] += len(chunk.rows)
             counts["invalid"] += int((~ok).sum())
             if progress is not None:
@@ -281,18 +281,39 @@ def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[
     return LibrarySummary(n_rows=counts["rows"], n_invalid=counts["invalid"], replaced_columns=replaced)
 
 
-def _score(adaptation: AssayAdaptation, fps: np.ndarray, units: str,
-           in_domain_similarity: float) -> tuple[list[str], list[str], list[str], list[str]]:
-    """Text cells (prediction, uncertainty, similarity_to_support, in_domain) for valid rows' fingerprints."""
-    prediction, uncertainty, similarity = adaptation.predict(fps)
-    in_domain = similarity >= in_domain_similarity
-    return (_floats(from_p(prediction, units)), _floats(uncertainty), _floats(np.round(similarity, 4)),
-            ["True" if d else "False" for d in in_domain.tolist()])
+def _score(adaptation: AssayAdaptation, fps: OnBits, units: str, in_domain_similarity: float) -> list[str]:
+    """The score cells (prediction, uncertainty, similarity_to_support, in_domain, status "ok") of valid rows
+    as CSV text, one string per row."""
+    prediction, uncertainty, similarity = adaptation.predict_bits(fps)
+    in_domain = ["True" if d else "False" for d in (similarity >= in_domain_similarity).tolist()]
+    return [f"{p},{u},{s},{d},ok" for p, u, s, d in zip(_floats(from_p(prediction, units)), _floats(uncertainty),
+                                                        _floats(np.round(similarity, 4)), in_domain)]
 
 
 def _floats(values: np.ndarray) -> list[str]:
     """As pandas writes float64 to CSV: shortest round-trip text, empty for NaN."""
     return [repr(v) if v == v else "" for v in np.asarray(values, dtype=np.float64).tolist()]
+
+
+#: Characters after which csv.writer may quote a field (the delimiter, the quote, line breaks).
+_MAY_NEED_QUOTES = re.compile(r'[,"\r\n]')
+
+
+def _csv_row(fields: list[str]) -> str:
+    """Fields as csv.writer writes them, without the line end (a lone empty field as part of a longer row)."""
+    if fields == [""]:
+        return ""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(fields)
+    return buffer.getvalue()[:-1]
+
+
+def _csv_lines(rows: list[list[str]], tails: list[str]) -> str:
+    """CSV text of rows, each its own fields then `tails[i]` (cells already written as CSV): the text
+    csv.writer writes; one check of the whole chunk, and one join, when no field may need quotes."""
+    if _MAY_NEED_QUOTES.search("".join(itertools.chain.from_iterable(rows))) is None:
+        return "".join([f"{','.join(fields)},{tail}\n" for fields, tail in zip(rows, tails)])
+    return "".join([f"{_csv_row(fields)},{tail}\n" for fields, tail in zip(rows, tails)])
 
 
 def _write_file(tmp: Path, write: Callable[[IO[str]], None]) -> None:

@@ -323,3 +323,12 @@ def make_shared_heldout_split(data_dir: str | Path, seed: int = 0) -> Split:
         "excluded": dict(SHARED_HELDOUT_EXCLUDED),
     }
     return split
+
+
+def held_out_indices(n: int, fraction: float, seed: int, *, minimum: int = 1, what: str = "items") -> np.ndarray:
+    """Sorted indices of a seeded `fraction` of n items held out for validation (at least `minimum`); ValueError
+    unless at least `minimum` are left on the other side too."""
+    n_out = max(minimum, round(fraction * n))
+    if n - n_out < minimum:
+        raise ValueError(f"{n} {what} cannot be split into training and validation {what} with at least {minimum} each")
+    return np.sort(np.random.default_rng([seed, 2]).permutation(n)[:n_out])

@@ -25,32 +25,11 @@ from assayfew.meta.reference import reference_meta_loss
 from meta_step import _time_interleaved  # benchmarks/ is the script's directory
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--block", type=int, default=3)
-    ap.add_argument("--size", type=int, default=28)
-    ap.add_argument("--query", type=int, default=15, help="query images per class")
-    ap.add_argument("--channels", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    t, way, shot, query = 4, 5, 1, args.query
-    gen = torch.Generator().manual_seed(args.seed)
-    img = (args.channels, args.size, args.size)
-    ys = torch.arange(way).repeat_interleave(shot).repeat(t, 1).float()
-    yq = torch.arange(way).repeat_interleave(query).repeat(t, 1).float()
-    batch = TaskBatch(torch.rand(t, way * shot, *img, generator=gen), ys, torch.ones(ys.shape),
-                      torch.rand(t, way * query, *img, generator=gen), yq, torch.ones(yq.shape)).to(device)
-    model = Conv4(out_dim=way, in_channels=args.channels, image_size=args.size)
-    learner = build_learner("maml", model, Classification(n_classes=way), inner_steps=5, inner_lr=0.4,
-                            seed=args.seed).to(device)
-    mixer = build_mixer("metamix", alpha=2.0, beta=2.0, layers=tuple(range(model.n_layers)))
+def time_batchings(learner, mixer, batch: TaskBatch, batchings: dict[str, str], args: argparse.Namespace,
+                   device: torch.device) -> dict[str, float]:
+    """Median ms of one meta-iteration (meta-loss, backward, Adam step) with each of the model's task
+    batchings (name -> `batching`) and of the per-task reference loop ("per_task"), alternated in blocks."""
+    model = learner.model
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     mix_gen = torch.Generator().manual_seed(args.seed + 1)
 
@@ -66,10 +45,51 @@ def main() -> None:
             step(lambda: learner.meta_loss(batch, mixer, generator=mix_gen)[0])
         return run
 
-    steps = {"grouped": batched("grouped"), "vmap": batched("vmap"), "convloop": batched("loop"),
-             "per_task": lambda: step(lambda: reference_meta_loss(learner, batch, mixer, generator=mix_gen))}
+    steps = {name: batched(b) for name, b in batchings.items()}
+    steps["per_task"] = lambda: step(lambda: reference_meta_loss(learner, batch, mixer, generator=mix_gen))
     times = _time_interleaved(steps, args.iters, args.warmup, device, max(1, args.block))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def timing_parser(doc: str, threads: int) -> argparse.ArgumentParser:
+    """The timing options every step benchmark takes (threads, iterations, warm-up, block, device, seed)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=threads)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--block", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def started(args: argparse.Namespace) -> torch.device:
+    """Threads and seed set; the device to time on."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return torch.device(args.device)
+
+
+def main() -> None:
+    ap = timing_parser(__doc__, threads=2)
+    ap.add_argument("--size", type=int, default=28)
+    ap.add_argument("--query", type=int, default=15, help="query images per class")
+    ap.add_argument("--channels", type=int, default=1)
+    args = ap.parse_args()
+    device = started(args)
+    t, way, shot, query = 4, 5, 1, args.query
+    gen = torch.Generator().manual_seed(args.seed)
+    img = (args.channels, args.size, args.size)
+    ys = torch.arange(way).repeat_interleave(shot).repeat(t, 1).float()
+    yq = torch.arange(way).repeat_interleave(query).repeat(t, 1).float()
+    batch = TaskBatch(torch.rand(t, way * shot, *img, generator=gen), ys, torch.ones(ys.shape),
+                      torch.rand(t, way * query, *img, generator=gen), yq, torch.ones(yq.shape)).to(device)
+    model = Conv4(out_dim=way, in_channels=args.channels, image_size=args.size)
+    learner = build_learner("maml", model, Classification(n_classes=way), inner_steps=5, inner_lr=0.4,
+                            seed=args.seed).to(device)
+    mixer = build_mixer("metamix", alpha=2.0, beta=2.0, layers=tuple(range(model.n_layers)))
+    med = time_batchings(learner, mixer, batch, {"grouped": "grouped", "vmap": "vmap", "convloop": "loop"}, args,
+                         device)
     default = Conv4().batching
     ms = med["convloop" if default == "loop" else default]
     print(json.dumps({"ms_per_iter": round(ms, 1), "loop_ms_per_iter": round(med["per_task"], 1),

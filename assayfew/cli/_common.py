@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from assayfew.io import read_toml
 from assayfew.paths import cache_dir
 
 err = Console(stderr=True)
@@ -45,6 +46,15 @@ def user_errors() -> Iterator[None]:
         yield
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise fail(str(exc.args[0] if exc.args else exc)) from None
+
+
+def run_options(config: Path | None, out: Path, resume: bool, flags: dict[str, Any]) -> dict[str, Any]:
+    """A training command's run options: the --config TOML (or, resuming without one, OUT/config.toml) with the
+    flags that were given on top."""
+    values: dict[str, Any] = read_toml(config) if config else {}
+    if resume and (out / "config.toml").exists() and not config:
+        values = read_toml(out / "config.toml")
+    return values | {k: v for k, v in flags.items() if v is not None}
 
 
 def _known_message(exc: BaseException) -> str | None:

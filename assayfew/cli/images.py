@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from assayfew.bounds import MAX_STEPS
-from assayfew.cli._common import err, user_errors
+from assayfew.cli._common import err, run_options, user_errors
+from assayfew.cli._progress import RichReporter, progress_bar
 from assayfew.images.data import is_runs_zip, load_images, read_omniglot_runs
 from assayfew.images.train import ImageTrainConfig, evaluate_images, evaluate_runs, load_image_model, train_images
-from assayfew.io import read_toml, write_json
-from assayfew.loop import Reporter
+from assayfew.io import write_json
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -23,26 +22,9 @@ _DATA_HELP = "Omniglot zip, MiniImagenet directory (with --split) or an .npz ima
 _TEST_HELP = "Meta-test images: as --data of train, or Omniglot's all_runs.zip (20 one-shot runs)."
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err)
-
-
-class _RichReporter(Reporter):
-    def __init__(self, progress: Progress, what: str) -> None:
-        self.progress, self.what, self.task = progress, what, None
-
-    def start(self, total_iters: int, done_iters: int) -> None:
-        self.task = self.progress.add_task(self.what, total=total_iters, completed=done_iters, info="")
-
-    def iteration(self, epoch: int, loss: float, n: int = 1) -> None:
-        info = f"epoch {epoch}  loss {loss:.3f}" if self.what == "meta-training" else ""
-        self.progress.update(self.task, advance=n, info=info)
-
-    def epoch(self, row: dict) -> None:
-        self.progress.console.print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  validation accuracy "
-                                    f"{100 * row['val_accuracy']:.2f}% ± {100 * row['val_ci95']:.2f}%  "
-                                    f"({row['seconds']:.0f} s)")
+def _epoch_line(row: dict) -> str:
+    return (f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  validation accuracy {100 * row['val_accuracy']:.2f}% "
+            f"± {100 * row['val_ci95']:.2f}%  ({row['seconds']:.0f} s)")
 
 
 def _evaluate(learner, data: Path, split: Optional[str], shot: int, query: int, episodes: int,
@@ -50,9 +32,9 @@ def _evaluate(learner, data: Path, split: Optional[str], shot: int, query: int, 
     images = load_images(data, split=split, size=learner.model.image_size)
     if images.channels != learner.model.in_channels:
         raise ValueError(f"{data}: {images.channels}-channel images, the model takes {learner.model.in_channels}")
-    with _progress() as progress:
+    with progress_bar() as progress:
         return evaluate_images(learner, images, k_shot=shot, query=query, episodes=episodes, steps=steps, nme=nme,
-                               seed=seed, device=device, progress=_RichReporter(progress, "meta-testing"))
+                               seed=seed, device=device, progress=RichReporter(progress, "meta-testing"))
 
 
 def _print_result(result: dict) -> None:
@@ -103,21 +85,17 @@ def train(
 ) -> None:
     """Meta-train Conv-4 with MAML/ANIL/MetaSGD and MetaMix (or another mixer) on N-way K-shot episodes."""
     with user_errors():
-        values: dict = read_toml(config) if config else {}
-        if resume and (out / "config.toml").exists() and not config:
-            values = read_toml(out / "config.toml")
         flags = {"n_way": way, "k_shot": shot, "query": query, "nme": nme, "algo": algo, "mix": mix,
                  "alpha": alpha, "beta": beta, "shuffle": shuffle, "epochs": epochs, "iters": iters, "meta_batch": meta_batch,
                  "inner_steps": inner_steps, "eval_steps": eval_steps, "inner_lr": inner_lr, "outer_lr": outer_lr,
                  "first_order": first_order, "filters": filters, "image_size": image_size,
                  "val_episodes": val_episodes, "seed": seed, "device": device,
                  "layers": [int(v) for v in layers.split(",") if v.strip()] if layers else None}
-        values |= {k: v for k, v in flags.items() if v is not None}
-        cfg = ImageTrainConfig.from_dict(values)
+        cfg = ImageTrainConfig.from_dict(run_options(config, out, resume, flags))
         images = load_images(data, split=split or ("train" if data.is_dir() else None), size=cfg.image_size)
         err.print(f"meta-training on {images.n_classes} classes, {len(images)} images from {images.source}")
-        with _progress() as progress:
-            fitted = train_images(cfg, images, out, resume=resume, reporter=_RichReporter(progress, "meta-training"))
+        with progress_bar() as progress:
+            fitted = train_images(cfg, images, out, resume=resume, reporter=RichReporter(progress, "meta-training", _epoch_line))
         err.print(f"best epoch {fitted.best_epoch}: validation accuracy {100 * fitted.best_val:.2f}%; "
                   f"model in {out / 'model'}")
         if test_data is not None:
@@ -150,10 +128,10 @@ def evaluate(
         if steps is None:
             steps = int(config["episodes"]["eval_steps"])
         if is_runs_zip(data):  # Omniglot's all_runs.zip: Lake et al.'s 20 one-shot runs
-            with _progress() as progress:
+            with progress_bar() as progress:
                 result = evaluate_runs(learner, read_omniglot_runs(data, size=learner.model.image_size),
                                        steps=steps, device=device,
-                                       progress=_RichReporter(progress, "one-shot runs"))
+                                       progress=RichReporter(progress, "one-shot runs"))
         else:
             result = _evaluate(learner, data, split or ("test" if data.is_dir() else None), shot, query, episodes,
                                steps, seed, device, nme)

@@ -9,7 +9,6 @@ seeded meta-test episodes: accuracy with a 95% confidence interval.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -17,20 +16,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from assayfew.distributed import SINGLE, DistContext
 from assayfew.evaluate import evaluate_episodes
 from assayfew.images.data import ImageSet, OneShotRun
 from assayfew.images.episodes import EpisodeSampler
-from assayfew.io import read_json
-from assayfew.loop import Reporter, TrainResult, batch_step, fit, resolve_device
-from assayfew.meta import LEARNERS, MIXERS, Mixer, TaskBatch
+from assayfew.loop import HostBatches, Reporter, TrainResult, fit, load_fitted, resolve_device
+from assayfew.meta import LEARNERS, MIXERS
 from assayfew.meta.config import CoreConfig, Part
 from assayfew.meta.learners import MetaLearner
 from assayfew.meta.registry import option_names
-from assayfew.meta.state import load_learner_state
+from assayfew.metrics import mean_ci95
 from assayfew.provenance import stamp
+from assayfew.splits import held_out_indices
 from assayfew.tasks import Task
 
 __all__ = ["ImageTrainConfig", "ImageBenchmark", "train_images", "evaluate_images", "evaluate_runs", "load_image_model",
@@ -118,16 +115,15 @@ def split_classes(images: ImageSet, fraction: float, seed: int, minimum: int = 1
     """(training, held-out) image sets: a seeded `fraction` of the classes held out (at least `minimum`
     on each side, else ValueError)."""
     n = images.n_classes
-    n_out = max(minimum, round(fraction * n))
-    if n - n_out < minimum:
-        raise ValueError(f"{images.source}: {n} classes cannot be split into training and validation classes "
-                         f"with at least {minimum} each")
-    held = np.sort(np.random.default_rng([seed, 2]).permutation(n)[:n_out])
+    try:
+        held = held_out_indices(n, fraction, seed, minimum=minimum, what="classes")
+    except ValueError as exc:
+        raise ValueError(f"{images.source}: {exc}") from None
     keep = np.setdiff1d(np.arange(n), held)
     return images.subset(keep), images.subset(held)
 
 
-class ImageBenchmark:
+class ImageBenchmark(HostBatches):
     """The image benchmark as the training loop sees it (`assayfew.loop.Benchmark`)."""
 
     metrics = ("val_accuracy", "val_ci95")
@@ -142,18 +138,12 @@ class ImageBenchmark:
                 "training": {"source": self.train.source, "n_train_classes": self.train.n_classes,
                              "n_val_classes": self.val.n_classes, "nme": c.nme, "seed": c.seed}} | stamp()
 
-    def train_items(self, epoch: int) -> Iterator[TaskBatch]:
-        """The epoch's meta-batches of episodes (host tensors), seeded by (seed, epoch); NME label groups
-        fixed by the seed alone."""
+    def sampler(self, epoch: int) -> EpisodeSampler:
+        """The epoch's episode sampler (host tensors), seeded by (seed, epoch); NME label groups fixed by the
+        seed alone."""
         c = self.cfg
-        sampler = EpisodeSampler(self.train, c.n_way, c.k_shot, c.query, nme=c.nme,
-                                 seed=c.seed * 1_000_003 + epoch, group_seed=c.seed)
-        for _ in range(c.iters):
-            yield sampler.batch(c.meta_batch)
-
-    def train_step(self, learner: MetaLearner, mixer: Mixer, item: TaskBatch, *, generator: torch.Generator,
-                   epoch: int, device: torch.device, dist: DistContext = SINGLE) -> torch.Tensor:
-        return batch_step(learner, mixer, item, generator=generator, epoch=epoch, device=device, dist=dist)
+        return EpisodeSampler(self.train, c.n_way, c.k_shot, c.query, nme=c.nme, seed=c.seed * 1_000_003 + epoch,
+                              group_seed=c.seed)
 
     def validate(self, learner: MetaLearner, model_config: dict[str, Any]) -> dict[str, float]:
         c = self.cfg
@@ -174,24 +164,13 @@ def train_images(cfg: ImageTrainConfig, images: ImageSet, run_dir: Path, *, resu
 
 def load_image_model(model_dir: Path) -> tuple[MetaLearner, dict]:
     """A trained image learner and its model config (safetensors + JSON; no pickles)."""
-    model_dir = Path(model_dir)
-    missing = [n for n in ("weights.safetensors", "config.json") if not (model_dir / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{model_dir} is not a model directory: missing {', '.join(missing)}")
-    config = read_json(model_dir / "config.json")
-    core = CoreConfig.of_model(config)
-    if core.model.name != "conv4" or "images" not in config:
-        raise ValueError(f"{model_dir}: not an image model (model {core.model.name!r})")
-    learner = core.build_learner()
-    load_learner_state(learner, load_file(str(model_dir / "weights.safetensors")))
-    return learner.eval(), config
+    return load_fitted(model_dir, "conv4", "images", "an image model")
 
 
 def accuracy_summary(acc: np.ndarray) -> dict:
     """Mean episode accuracy with its 95% confidence half-width (1.96 standard errors over episodes)."""
-    acc = np.asarray(acc, dtype=np.float64)
-    half = 1.96 * acc.std(ddof=1) / math.sqrt(acc.size) if acc.size > 1 else float("nan")
-    return {"accuracy": float(acc.mean()), "ci95": float(half), "episodes": int(acc.size)}
+    mean, half = mean_ci95(acc)
+    return {"accuracy": mean, "ci95": half, "episodes": int(np.size(acc))}
 
 
 class _Episodes:

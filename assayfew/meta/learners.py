@@ -62,9 +62,10 @@ def _step(param: Tensor, grad: Tensor, lr: Tensor | float) -> Tensor:
 
 
 def ridge_head(f: Tensor, target: Tensor, mask: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
-    """Per-task ridge regression with an unpenalised intercept: features f (T, N, H), targets (T, N) or
+    """Per-task ridge regression with an unpenalised intercept: features f (T, N, H, ...), targets (T, N) or
     (T, N, C), mask (T, N) -> weight (T, H, C), bias (T, C). Dual form when N <= H (padding rows get zero
-    coefficients). Differentiable."""
+    coefficients). Differentiable. Image features (T, N, C, H, W) are flattened, as a linear head does."""
+    f = f.flatten(2)
     y = target.unsqueeze(-1) if target.dim() == 2 else target
     m = mask.unsqueeze(-1)
     cnt = m.sum(1, keepdim=True).clamp_min(1.0)
@@ -82,11 +83,13 @@ def ridge_head(f: Tensor, target: Tensor, mask: Tensor, alpha: float) -> tuple[T
 
 
 class _Body:
-    """Body (all blocks but the head) outputs under fixed body parameters, memoised per BN step."""
+    """Outputs of the blocks before position `stop` under fixed parameters, memoised per BN step: the body
+    (all blocks but the head) for head-only learners, the model's `fixed_prefix` for the others."""
 
     def __init__(self, model: FunctionalModel, params: dict[str, Tensor], xs: Tensor, ms: Tensor,
-                 batch: TaskBatch | None = None) -> None:
+                 batch: TaskBatch | None = None, stop: int | None = None) -> None:
         self.model, self.params, self.xs, self.ms = model, params, xs, ms
+        self.stop = model.n_layers - 1 if stop is None else stop
         self.xq = None if batch is None else batch.xq
         self.mq = None if batch is None else batch.mq
         self.memo_s, self.memo_q = Memo(), Memo()
@@ -116,8 +119,7 @@ class _Body:
     def support(self, b: int) -> tuple[list[Tensor], Stats]:
         self.prime()
         if b not in self._s:
-            self._s[b] = self.model.trace(self.params, self.xs, b, mask=self.ms, stop=self.model.n_layers - 1,
-                                          memo=self.memo_s)
+            self._s[b] = self.model.trace(self.params, self.xs, b, mask=self.ms, stop=self.stop, memo=self.memo_s)
         return self._s[b]
 
     def query(self, b: int) -> list[Tensor]:
@@ -125,8 +127,7 @@ class _Body:
         if b not in self._q:
             assert self.xq is not None
             stats = self.support(b)[1]
-            self._q[b] = self.model.trace(self.params, self.xq, b, stats=stats, stop=self.model.n_layers - 1,
-                                          memo=self.memo_q)[0]
+            self._q[b] = self.model.trace(self.params, self.xq, b, stats=stats, stop=self.stop, memo=self.memo_q)[0]
         return self._q[b]
 
 
@@ -148,10 +149,10 @@ class _View(ViewBase):
     def _support(self) -> list[Tensor]:
         if self._s is None:
             if self.body is not None:
-                hs, self._stats = self.body.support(self.b)
-                head = self.model.trace(self.params, hs[-1], self.b, stats=self._stats,
-                                        start=self.model.n_layers - 1)[0][-1]
-                self._s = [*hs, head]
+                hs, stats = self.body.support(self.b)
+                rest, self._stats = self.model.trace(self.params, hs[-1], self.b, mask=self.ms, stats=stats,
+                                                     start=self.body.stop)
+                self._s = [*hs, *rest[1:]]
             else:
                 self._s, self._stats = self.model.trace(self.params, self.xs, self.b, mask=self.ms)
         return self._s
@@ -166,9 +167,8 @@ class _View(ViewBase):
         """Query hiddens up to at least `position` (without a memoised body, traced only as far as asked)."""
         if self._q is None and self.body is not None:
             hq = self.body.query(self.b)
-            head = self.model.trace(self.params, hq[-1], self.b, stats=self.stats,
-                                    start=self.model.n_layers - 1)[0][-1]
-            self._q = [*hq, head]
+            rest = self.model.trace(self.params, hq[-1], self.b, stats=self.stats, start=self.body.stop)[0]
+            self._q = [*hq, *rest[1:]]
         elif self._q is None or len(self._q) <= position:
             done = self._q or [self.xq]
             more = self.model.trace(self.params, done[-1], self.b, stats=self.stats, start=len(done) - 1,
@@ -201,6 +201,8 @@ class _View(ViewBase):
     def _affine_out(self, which: str, pos: int) -> Tensor | None:
         """The memoised output of the affine map that follows hidden position `pos` (below the head), or None."""
         assert self.body is not None
+        if pos + 1 > self.body.stop:  # memoised only on the fixed prefix
+            return None
         memo = self.body.memo_s if which == "s" else self.body.memo_q
         if pos + 1 not in memo.linear:  # not memoised yet (e.g. query rows before their first trace)
             self.hidden(which, pos)
@@ -308,6 +310,7 @@ class MetaLearner(nn.Module):
         if missing:
             raise ValueError(f"adapted parameters {missing} not in the model")
         self.adapt_names = tuple(adapt)
+        self.memo_body = bool(memo_body)
         self.head_only = memo_body and set(self.adapt_names) <= set(self.model.head_names)
         self.fast_path: HeadFastPath | None = None
         if self.allow_fast_path and self.head_only:
@@ -359,8 +362,8 @@ class MetaLearner(nn.Module):
                       body: _Body | None) -> tuple[Tensor, Stats]:
         if body is not None:
             hs, stats = body.support(b)
-            pred = self.model.trace(params, hs[-1], b, stats=stats, start=self.model.n_layers - 1)[0][-1]
-            return pred, stats
+            out, stats = self.model.trace(params, hs[-1], b, mask=ms, stats=stats, start=body.stop)
+            return out[-1], stats
         hs, stats = self.model.trace(params, xs, b, mask=ms)
         return hs[-1], stats
 
@@ -424,6 +427,16 @@ class MetaLearner(nn.Module):
                 on_step(s, params, self.bn_step(s))
         return params, loss0.mean()
 
+    def _body(self, meta: dict[str, Tensor], xs: Tensor, ms: Tensor, batch: TaskBatch | None = None) -> _Body | None:
+        """The memoised fixed part of the network for one adaptation: the body for head-only learners, else
+        the model's `fixed_prefix` of blocks none of whose parameters this learner adapts (None if empty)."""
+        if self.head_only:
+            return _Body(self.model, meta, xs, ms, batch)
+        if not self.memo_body:  # a regulariser changes the network inside the inner loop
+            return None
+        stop = self.model.fixed_prefix(self.adapt_names)
+        return _Body(self.model, meta, xs, ms, batch, stop=stop) if stop > 0 else None
+
     def _constant(self, key: tuple, make: Callable[[], Tensor], device: torch.device) -> Tensor:
         """A small constant tensor built on the host (`make`) once and kept on `device` (a host-to-device copy every
         meta-iteration would make the host wait for the GPU)."""
@@ -454,7 +467,7 @@ class MetaLearner(nn.Module):
             meta = reg.sample(meta, generator)
             extras = reg.inner_extras(batch.xs, self.inner_steps, generator)
         per_task = reg is not None and reg.per_task
-        body = _Body(self.model, meta, batch.xs, batch.ms, batch) if self.head_only else None
+        body = self._body(meta, batch.xs, batch.ms, batch)
         terms: list[Tensor] = []
 
         def on_step(s: int, params: dict[str, Tensor], b: int) -> None:
@@ -492,7 +505,7 @@ class MetaLearner(nn.Module):
             return self._ridge_adapt(meta, xs, ys, ms, self.bn_step(max(steps - 1, 0)), float(ridge_alpha),
                                      batched)
         with torch.enable_grad():
-            body = _Body(self.model, meta, xs, ms) if self.head_only else None
+            body = self._body(meta, xs, ms)
             with torch.no_grad():
                 if body is not None:
                     for s in range(steps):

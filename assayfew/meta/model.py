@@ -70,6 +70,8 @@ class FunctionalModel(Protocol):
     def head_fast_path(self, kind: TaskKind, adapt_names: Sequence[str], *, lr_mode: str,
                        per_step_bn: bool) -> HeadFastPath | None: ...
 
+    def fixed_prefix(self, adapt_names: Sequence[str]) -> int: ...
+
     def prime_memos(self, params: dict[str, Tensor], xs: Tensor, ms: Tensor, xq: Tensor, mq: Tensor,
                     memo_s: Memo, memo_q: Memo, joint_rows: Callable[[], SparseRows] | None,
                     valid_rows: Callable[[str], Tensor] | None = None) -> None: ...
@@ -77,6 +79,9 @@ class FunctionalModel(Protocol):
     def affine_after(self, position: int) -> bool: ...
 
     def affine(self, params: dict[str, Tensor], h: Tensor, position: int) -> Tensor: ...
+
+    def bits_forward(self, params: dict[str, Tensor], stats: Stats,
+                     step: int) -> Callable[[Tensor, Tensor], Tensor] | None: ...
 
     def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int, stats: Stats,
                     stop: int | None = None) -> Tensor: ...
@@ -98,6 +103,12 @@ class ModelBase:
         """The fast path this model offers for a head-only inner loop with these settings, or None."""
         return None
 
+    def fixed_prefix(self, adapt_names: Sequence[str]) -> int:
+        """How many leading blocks compute the same output at every inner step when `adapt_names` are adapted
+        (none of their parameters adapted, no per-step rows): learners that adapt more than the head run
+        them once per meta-batch and resume from there. 0 (the default) = no such promise."""
+        return 0
+
     def prime_memos(self, params: dict[str, Tensor], xs: Tensor, ms: Tensor, xq: Tensor, mq: Tensor,
                     memo_s: Memo, memo_q: Memo, joint_rows: Callable[[], SparseRows] | None,
                     valid_rows: Callable[[str], Tensor] | None = None) -> None:
@@ -118,6 +129,14 @@ class ModelBase:
         """Hidden at position `stop` (default: the model output) from z, the affine output that follows hidden
         `position` (only where `affine_after`)."""
         raise NotImplementedError(f"{type(self).__name__} memoises no affine maps")
+
+    def bits_forward(self, params: dict[str, Tensor], stats: Stats,
+                     step: int) -> Callable[[Tensor, Tensor], Tensor] | None:
+        """Inference for one adapted network (2-D `adapt`) on 0/1 inputs given as their set bits: a function of
+        (column indices, row offsets), as `F.embedding_bag` takes them, returning the (N, out_dim) output that
+        `trace` gives the dense rows; None when this model (or these parameters) offers none. A test must show
+        it equals `trace` (`tests/unit/test_screen.py`)."""
+        return None
 
     def with_transforms(self) -> ModelBase:
         """The same model with T-Net transformation layers (models without them raise)."""
@@ -368,6 +387,26 @@ class MLP(ModelBase):
                 h = self.affine(params, h, k - 1)
             out.append(h)
         return out, stats
+
+    def bits_forward(self, params: dict[str, Tensor], stats: Stats,
+                     step: int) -> Callable[[Tensor, Tensor], Tensor] | None:
+        """`trace`'s operations from block 1's sparse product on (no dense input, no memo; for scoring
+        libraries). Shared block-1 weights only (ANIL-type adaptation), no transforms."""
+        if self.transforms or params["block1_weight"].dim() != 2:
+            return None
+        w1, b1 = params["block1_weight"], params["block1_bias"]
+        b1 = b1.unsqueeze(-2) if b1.dim() == 2 else b1
+
+        def run(cols: Tensor, offsets: Tensor) -> Tensor:
+            h = F.embedding_bag(cols, w1, offsets, mode="sum").unsqueeze(0) + b1  # (1, N, H) as in trace
+            h = self.normalize(params, h, 1, step, stats)
+            for k in range(2, len(self.hidden) + 1):
+                h = self.normalize(params, linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"]), k, step,
+                                   stats)
+            out = linear(h, params["head_weight"], params["head_bias"])
+            return out.reshape(-1, out.shape[-1])
+
+        return run
 
     # ---- fast paths (see the class docstring) -------------------------------------------------------
     def head_fast_path(self, kind: TaskKind, adapt_names: Sequence[str], *, lr_mode: str,

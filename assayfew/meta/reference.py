@@ -77,7 +77,7 @@ def reference_meta_loss(learner: MetaLearner, batch: TaskBatch, mixer: Mixer, *,
             b = learner.bn_step(s)
             if learner.closed_form:
                 with torch.set_grad_enabled(torch.is_grad_enabled() and create):
-                    f = model.trace(meta, xs[None], b, stop=model.n_layers - 1)[0][-1][0]
+                    f = model.trace(meta, xs[None], b, stop=model.n_layers - 1)[0][-1][0].flatten(1)
                     y2 = target[0] if target.dim() == 3 else target[0].unsqueeze(-1)
                     w, bias = _ridge(f, y2, learner.ridge_alpha)  # type: ignore[attr-defined]
                 fast = {"head_weight": w, "head_bias": bias}

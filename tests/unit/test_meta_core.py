@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from assayfew.meta import LEARNERS, MIXERS, MLP, build_kind, build_learner, build_mixer, pad_tasks
+from assayfew.meta import (LEARNERS, MIXERS, MLP, PoseNet, build_kind, build_learner, build_mixer, build_regularizer,
+                           pad_tasks)
 from assayfew.meta.config import CoreConfig, Part
 from assayfew.meta.mixing import _shuffle_channels
 from assayfew.meta.reference import reference_meta_loss
@@ -90,6 +91,58 @@ def test_every_learner_mixer_and_kind_matches_the_per_task_reference(learner, mi
     lrn = _learner_case(learner, kind)
     mix = build_mixer(mixer, **_own(MIXERS, mixer, layers=(0, 1, 2)))
     _assert_matches_reference(lrn, _batch(kind), mix, epoch=1)  # msl: every step's loss counts
+
+
+def _pose_learner(case: str, regularizer=None, **options):
+    """A tiny pose net (16-pixel images, two stride-2 encoder blocks, one adapted block) off its init."""
+    model = PoseNet(image_size=16, encoder=(3, 2), filters=3, n_blocks=1, n_steps=3, out_bias=1.0)
+    name, extra = ("metasgd", {"adapt": "head"}) if case == "metasgd-head" else (case, {})
+    opts = _own(LEARNERS, name, inner_steps=3, inner_lr=0.1, msl_epochs=4) | extra | options
+    lrn = build_learner(name, model, None, seed=1, regularizer=regularizer, **opts).double()
+    with torch.no_grad():
+        for p in lrn.params.values():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(7), dtype=p.dtype))
+    return lrn
+
+
+def _pose_batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    tasks = [(torch.rand(ns, 256, generator=g, dtype=torch.float64), 10 * torch.rand(ns, generator=g, dtype=torch.float64),
+              torch.rand(nq, 256, generator=g, dtype=torch.float64), 10 * torch.rand(nq, generator=g, dtype=torch.float64))
+             for ns, nq in SIZES]
+    return pad_tasks(tasks).to(dtype=torch.float64)
+
+
+@pytest.mark.parametrize("mixer", MIXER_CASES)
+@pytest.mark.parametrize("learner", [c for c in LEARNER_CASES if c != "tnet"])  # the pose net has no transforms
+def test_every_learner_and_mixer_on_the_pose_model_matches_the_per_task_reference(learner, mixer):
+    """Padded tasks (masked support statistics), the encoder run once (`fixed_prefix`) for learners that
+    adapt more than the head, mixing at every position incl. inside the encoder."""
+    lrn = _pose_learner(learner)
+    mix = build_mixer(mixer, **_own(MIXERS, mixer, layers=(0, 1, 2, 3)))
+    _assert_matches_reference(lrn, _pose_batch(), mix, epoch=1)
+
+
+@pytest.mark.parametrize("reg", ["mr_maml", "taml", "weight_decay"])
+@pytest.mark.parametrize("learner", ["maml", "anil"])
+def test_pose_model_with_a_regularizer_matches_the_per_task_reference(learner, reg):
+    """The fixed encoder prefix is computed from the meta-iteration's (MR-MAML: sampled) weights."""
+    lrn = _pose_learner(learner, regularizer=build_regularizer(reg))
+    assert lrn.regularizer is not None
+    _assert_matches_reference(lrn, _pose_batch(), build_mixer("metamix", layers=(0, 2, 3)), epoch=1)
+
+
+def test_pose_encoder_is_never_adapted_and_runs_once_per_meta_batch(monkeypatch):
+    lrn = _pose_learner("maml")
+    assert not any(n.startswith("enc") for n in lrn.adapt_names) and "block1_weight" in lrn.adapt_names
+    assert lrn.model.fixed_prefix(lrn.adapt_names) == 2 and lrn.model.fixed_prefix(["enc2_bias"]) == 1
+    assert _pose_learner("metasgd").adapt_names == lrn.adapt_names  # adapt="all" = the model's adaptable set
+    calls = []
+    block = PoseNet.block
+    monkeypatch.setattr(PoseNet, "block", lambda self, params, h, k, *a: calls.append(k) or block(self, params, h, k, *a))
+    lrn.meta_loss(_pose_batch(), build_mixer("none"), generator=torch.Generator().manual_seed(0))
+    assert calls.count(1) == 2  # support and query once each; the adapted block runs every step
+    assert calls.count(3) == lrn.inner_steps + 2  # a support pass per step, the adapted support and query
 
 
 @pytest.mark.parametrize("learner", ["maml", "anil", "anil++", "r2d2"])

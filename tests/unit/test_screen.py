@@ -8,8 +8,10 @@ import pytest
 import torch
 from rdkit import Chem
 
+from assayfew import checkpoint
 from assayfew.baselines import ridge_predict
-from assayfew.chem import featurize_chunks, featurize_smiles
+from assayfew.checkpoint import MetaModel
+from assayfew.chem import OnBits, featurize_chunks, featurize_smiles
 from assayfew.predict import InputError, adapt_and_predict
 from assayfew.screen import SCORE_COLUMNS, open_library, score_library
 
@@ -93,6 +95,38 @@ def test_adapt_then_predict_equals_the_one_shot_path(model, one_thread, ridge_we
         np.testing.assert_allclose(got, one_shot, rtol=0, atol=1e-6)
         np.testing.assert_allclose(model.adapt_predict(support_x, support_y, xq), got, rtol=0, atol=1e-6)
     assert not np.allclose(together[0], together[1])  # the two adaptations really differ
+
+
+@pytest.mark.parametrize("ridge_weight", [0.0, 0.4])
+def test_predict_from_set_bits_equals_predict(model, one_thread, monkeypatch, ridge_weight):
+    """The library path (set bits, each member's bits_forward in row blocks, ridge summed over set bits) gives
+    `predict`'s numbers, across block boundaries and for a row without set bits; it does not fall back."""
+    model = model.with_prediction(fp_ridge_weight=ridge_weight)
+    rng = np.random.default_rng(1)
+    bits = model.spec.bits
+    xs, ys = (rng.random((12, bits)) < 0.1).astype(np.float32), rng.normal(6, 1, 12)
+    xq = (rng.random((40, bits)) < 0.1).astype(np.uint8)
+    xq[5] = 0
+    query = OnBits.from_packed(np.packbits(xq, axis=1, bitorder="little"), bits)
+    np.testing.assert_array_equal(query.dense(), xq)
+    np.testing.assert_array_equal(np.diff(query.starts()), xq.sum(axis=1))
+    adaptation = model.adapt(xs, ys)
+    want = model.predict(adaptation, xq)
+    monkeypatch.setattr(checkpoint, "BITS_BLOCK", 7)
+    monkeypatch.setattr(MetaModel, "predict", lambda *a: pytest.fail("predict_bits fell back to predict"))
+    np.testing.assert_allclose(model.predict_bits(adaptation, query), want, rtol=0, atol=1e-6)
+
+
+def test_adaptation_predict_from_set_bits_equals_predict(reference, assay, one_thread):
+    """Prediction, uncertainty and similarity to the measured compounds (bit-exact) from the set bits."""
+    spec = reference.adaptation.model.spec
+    x = featurize_smiles(list(assay["smiles"]) * 3, spec, canonical=False).fingerprints
+    want = reference.adaptation.predict(x)
+    got = reference.adaptation.predict_bits(OnBits.from_dense(x))
+    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(got[2], want[2])
+    assert (want[2] == 1).sum() >= 12 and 0 < want[2].min() < 1  # measured compounds, and others
 
 
 def test_featurize_chunks_equals_featurize_smiles():
@@ -195,3 +229,20 @@ def test_smi_without_header_and_cxsmiles(reference, tmp_path):
     assert list(table["smiles"].fillna("")) == ["CCO", "CC(C)O |$;;$|", "", "c1ccccc1"]
     assert list(table["name"].fillna("")) == ["first compound", "second", "no_smiles_here", ""]
     assert list(table["status"]) == ["ok", "ok", "invalid SMILES: empty SMILES", "ok"]
+
+
+def test_rows_are_written_as_csv_writer_writes_them():
+    """Chunks without special characters take one join; fields with a comma, quote or line break are quoted."""
+    import csv
+    import io
+
+    from assayfew.screen import _csv_lines, _csv_row
+
+    for rows in ([["CCO", "a"], ["c1ccccc1", ""]], [["CCO", 'say "hi"'], ["C,C", "x\ny"], ["N", "r\r"]], [["C"], [""]]):
+        statuses = ["ok", "sanitization failed: atom 1, N, 4"]
+        tails = ["6.5,0.8,0.25,False,ok", f",,,False,{_csv_row([statuses[1]])}"] + ["1.0,2.0,0.5,True,ok"] * (len(rows) - 2)
+        cells = [["6.5", "0.8", "0.25", "False", "ok"], ["", "", "", "False", statuses[1]]] + \
+            [["1.0", "2.0", "0.5", "True", "ok"]] * (len(rows) - 2)
+        want = io.StringIO()
+        csv.writer(want, lineterminator="\n").writerows([fields + c for fields, c in zip(rows, cells)])
+        assert _csv_lines(rows, tails) == want.getvalue()
