@@ -58,7 +58,7 @@ class Cell:
     kind: str  # "meta" or "baseline"
     method: str  # the label tables use (seed not included)
     seed: int
-    config: dict[str, Any]  # meta: the full TrainConfig dict; baseline: {"name", "options"}
+    config: dict[str, Any]  # meta: TrainConfig options that differ from its defaults; baseline: {"name", "options"}
     axes: dict[str, Any] = field(default_factory=dict)  # meta: the axis values that define the cell
     studies: tuple[str, ...] = ()
 
@@ -72,7 +72,7 @@ class Cell:
 
 @dataclass
 class Grid:
-    """A parsed, validated grid: the cells in run order (baselines, then meta-learning cells seed by seed)."""
+    """A parsed, validated grid: the cells in run order (baselines, then each study's cells seed by seed)."""
 
     seeds: list[int]
     ks: list[int]
@@ -178,6 +178,7 @@ def parse_grid(data: dict[str, Any], path: Path | None = None) -> Grid:
         assigned += [(name, values) for values in cells]
     axes = list(dict.fromkeys(k for _, values in assigned for k in values))
     by_config: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    first_study: dict[str, str] = {}
     for name, values in assigned:
         try:
             config = TrainConfig.from_dict(base | values).to_dict()
@@ -186,11 +187,18 @@ def parse_grid(data: dict[str, Any], path: Path | None = None) -> Grid:
         key = json.dumps(config, sort_keys=True)
         if key not in by_config:
             by_config[key] = (config, [])
+            first_study[key] = name
         if name not in by_config[key][1]:
             by_config[key][1].append(name)
-    metas = [Cell(kind="meta", method=_label(config, axes, base), seed=seed, config=config | {"seed": seed},
+    defaults = TrainConfig().to_dict()
+    study_order = list(dict.fromkeys(name for name, _ in assigned))
+    # a cell is defined by its options that differ from TrainConfig's defaults, so that a new option (with
+    # its default) leaves finished cells finished; run order: study by study, each seed by seed
+    metas = [Cell(kind="meta", method=_label(config, axes, base), seed=seed,
+                  config={k: v for k, v in config.items() if v != defaults[k]} | {"seed": seed},
                   axes={k: config[k] for k in axes}, studies=tuple(names))
-             for seed in seeds for config, names in by_config.values()]
+             for study in study_order for seed in seeds
+             for key, (config, names) in by_config.items() if first_study[key] == study]
     methods = [c.method for c in metas if c.seed == seeds[0]]
     dupes = sorted({m for m in methods if methods.count(m) > 1})
     if dupes:
@@ -213,7 +221,7 @@ def parse_grid(data: dict[str, Any], path: Path | None = None) -> Grid:
                 raise _grid_error(path, f"baseline {name!r}: {exc}") from None
         cells += [Cell(kind="baseline", method=name, seed=seed, config={"name": name, "options": opts},
                        studies=("baselines",)) for seed in seeds]
-    cells += metas  # baselines first (cheap); meta-learning cells seed by seed (a partial grid is paired)
+    cells += metas  # baselines first (cheap), then the studies in order (a partial grid is paired per study)
     reference = data.get("reference")
     if reference is not None and reference not in {c.method for c in cells}:
         raise _grid_error(path, f"reference {reference!r} is not a method of this grid "

@@ -1,7 +1,7 @@
 """Run a grid's cells into an output directory, resumably, and gather one results CSV.
 
     DIR/grid.toml          the grid as given          DIR/bench.json   data, split, seeds, ks (checked on re-run)
-    DIR/cells/<id>/        cell.json (definition), run/ (meta-training run dir), result.csv (when finished)
+    DIR/cells/<id>/        cell.json (definition), run/ (meta-training run dir, model/ kept), result.csv (last)
     DIR/results.csv        one row per cell × K × assay (finished cells only; rebuilt after every cell)
 
 A cell is finished when its result.csv exists (written atomically, last); a re-run skips finished cells and
@@ -114,6 +114,7 @@ def run_grid(grid: Grid, data: SplitData, out: Path, *, source: dict[str, Any],
         t0 = time.perf_counter()
         scored = _run_cell(cell, data, cell_dir, grid.ks, episodes, reporter)
         wall = time.perf_counter() - t0
+        shutil.rmtree(cell_dir / "run" / "state", ignore_errors=True)  # resume state: unused once finished
         write_json(cell_dir / "cell.json", _definition(cell) | {"wall_s": wall})
         write_csv(cell_dir / "result.csv", scored)  # last: its presence marks the cell finished
         ran.append(cell.id)

@@ -152,7 +152,7 @@ def test_the_same_config_in_two_studies_is_one_cell():
 
 
 def test_the_committed_grid_parses():
-    grid_file = Path(__file__).resolve().parents[2] / "reports" / "bench" / "GRID.toml"
+    grid_file = Path(__file__).resolve().parents[2] / "reports" / "heldout_bench" / "GRID.toml"
     if not grid_file.exists():
         pytest.skip("no committed grid yet")
     assert load_grid(grid_file).cells
