@@ -207,3 +207,18 @@ def test_pqsar_reference_is_kept_and_scored_on_the_query(tmp_path):
     np.testing.assert_allclose(scored[0].query_y, measured, atol=1e-3)
     assert result.per_assay["r2"].iloc[0] == pytest.approx(r2_pearson(np.array(measured), np.array(predicted)),
                                                            abs=1e-4)
+
+
+def test_paired_comparison_uses_the_seeds_both_methods_ran():
+    from assayfew.bench.report import paired_table
+
+    rows = []
+    for seed, (a, b) in enumerate([(0.5, 0.4), (0.9, 0.1)]):  # method b ran seed 0 only
+        for i in range(6):
+            rows.append({"method": "a", "seed": seed, "k": 16, "assay_id": f"X{i}", "r2": a + 0.01 * i})
+            if seed == 0:
+                rows.append({"method": "b", "seed": seed, "k": 16, "assay_id": f"X{i}", "r2": b})
+    table = paired_table(pd.DataFrame(rows), 16, reference="a")
+    assert table["seeds"].tolist() == [1] and table["better / worse"].tolist() == ["0 / 6"]
+    assert table["Δ mean"].iloc[0] == pytest.approx(0.4 - np.mean([0.5 + 0.01 * i for i in range(6)]))
+    assert table["Wilcoxon p"].iloc[0] == pytest.approx(0.03125)  # all six differences negative, exact test
