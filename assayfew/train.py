@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class TrainConfig:
     """Everything that defines a meta-training run (paper defaults)."""
 
     algo: str = "anil++"
+    adapt: str | None = None  # metasgd / tnet: "all" or "head" (None: the learner's default)
     mix: str = "metamix"
     alpha: float = 0.5
     beta: float = 0.5
@@ -63,6 +64,8 @@ class TrainConfig:
     val_max_assays: int = 200
     msl_epochs: int = 10
     first_order_epochs: int = 0
+    regularizer: str = "none"  # assayfew.meta.regularizers: none|weight_decay|cavia|meta_dropout|mr_maml|taml
+    regularizer_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
     standardize: bool = True  # data preparation: largest fragment + neutralise before featurizing
@@ -82,8 +85,13 @@ class TrainConfig:
         for key in ("layers", "hidden"):
             if key in values:
                 values[key] = tuple(int(v) for v in values[key])
+        if not isinstance(values.get("regularizer_options", {}), dict):
+            raise ValueError("regularizer_options must be a table of the regularizer's options")
         cfg = cls(**values)
-        cfg.core(in_dim=1)  # validates the learner/mixer options
+        core = cfg.core(in_dim=1)  # validates the learner/mixer/regularizer names and options
+        core.build_model()  # and the model's values (per_step_blocks)
+        if core.regularizer is not None:
+            core.build_learner()  # and the regularizer's values, and that it suits the learner
         return cfg
 
     def core(self, in_dim: int) -> CoreConfig:
@@ -96,6 +104,8 @@ class TrainConfig:
             own = option_names(registries[what].get(names[what]))
             for key in keys:
                 value = getattr(self, key)
+                if value is None and getattr(defaults, key) is None:  # not set: the part's own default
+                    continue
                 if key in own:
                     parts[what][key] = list(value) if isinstance(value, tuple) else value
                 elif value != getattr(defaults, key):
@@ -103,14 +113,15 @@ class TrainConfig:
         model = {"in_dim": int(in_dim), "hidden": list(self.hidden), "n_steps": self.inner_steps,
                  "negative_slope": 0.01, "per_step_blocks": self.per_step_blocks}
         return CoreConfig(model=Part("mlp", model), learner=Part(self.algo, parts["learner"]),
-                          mixer=Part(self.mix, parts["mixer"]))
+                          mixer=Part(self.mix, parts["mixer"]),
+                          regularizer=Part(self.regularizer, dict(self.regularizer_options)))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 #: TrainConfig fields that are options of the learner / the mixer (passed only to parts that have them).
-_PART_OPTIONS = {"learner": ("inner_steps", "inner_lr", "msl_epochs", "first_order_epochs"),
+_PART_OPTIONS = {"learner": ("inner_steps", "inner_lr", "msl_epochs", "first_order_epochs", "adapt"),
                  "mixer": ("alpha", "beta", "layers", "fixed_lambda")}
 
 

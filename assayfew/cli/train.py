@@ -51,6 +51,33 @@ def _csv_ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
 
+def parse_options(pairs: list[str], flag: str) -> dict:
+    """KEY=VALUE pairs; VALUE is read as a TOML value (1e-4, true, [1, 2], "text") or else as text."""
+    import tomllib
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = text.strip()
+    return out
+
+
+def regularizer_values(values: dict, name: str | None, pairs: list[str] | None) -> dict:
+    """`values` (a config file's) with --regularizer / --reg-opt applied: options given on the command line
+    override the file's; naming another regularizer drops the file's options."""
+    out = dict(values)
+    if name is not None and name != out.get("regularizer", "none"):
+        out["regularizer"], out["regularizer_options"] = name, {}
+    if pairs:
+        out["regularizer_options"] = dict(out.get("regularizer_options", {})) | parse_options(pairs, "--reg-opt")
+    return out
+
+
 def check_run_target(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Before any work: --out must be writable, and must not hold a run unless --resume or --overwrite says so."""
     if resume and overwrite:
@@ -73,6 +100,12 @@ def main(
     split: Annotated[Optional[Path], typer.Option(help="Split file {train,val,test} for --corpus.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file of training options (flags override).")] = None,
     algo: Annotated[Optional[str], typer.Option(help="maml|anil|anil++|metasgd|tnet|r2d2")] = None,
+    adapt: Annotated[Optional[str], typer.Option(help="What metasgd/tnet adapt in the inner loop: all|head "
+                                                     "(default: metasgd all, tnet head).")] = None,
+    regularizer: Annotated[Optional[str], typer.Option(
+        help="none|weight_decay|cavia|meta_dropout|mr_maml|taml (default none).")] = None,
+    reg_opt: Annotated[Optional[list[str]], typer.Option(
+        "--reg-opt", metavar="KEY=VALUE", help="A regularizer option, e.g. decay=1e-4 (repeatable).")] = None,
     mix: Annotated[Optional[str], typer.Option(help="none|metamix|mixup_ss|mixup_qq|cob")] = None,
     alpha: Annotated[Optional[float], typer.Option()] = None,
     beta: Annotated[Optional[float], typer.Option()] = None,
@@ -83,6 +116,12 @@ def main(
     meta_batch: Annotated[Optional[int], typer.Option()] = None,
     inner_steps: Annotated[Optional[int], typer.Option()] = None,
     inner_lr: Annotated[Optional[float], typer.Option()] = None,
+    per_step_blocks: Annotated[Optional[str], typer.Option(
+        help="Hidden blocks with per-step batch norm (MAML++): last (fast default) | all.")] = None,
+    first_order_epochs: Annotated[Optional[int], typer.Option(
+        min=0, help="First-order inner loop during the first N epochs (derivative-order annealing).")] = None,
+    msl_epochs: Annotated[Optional[int], typer.Option(
+        min=0, help="anil++: multi-step loss over the first N epochs (0: final step only).")] = None,
     outer_lr: Annotated[Optional[float], typer.Option()] = None,
     hidden: Annotated[Optional[str], typer.Option(help="Hidden widths, e.g. 500,500")] = None,
     label_scaling: Annotated[Optional[str], typer.Option(help="none|center|standardize")] = None,
@@ -102,14 +141,16 @@ def main(
         if resume and out is None:
             raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
         values: dict = read_toml(config) if config else {}
-        flags = {"algo": algo, "mix": mix, "alpha": alpha, "beta": beta, "fixed_lambda": fixed_lambda,
+        flags = {"algo": algo, "adapt": adapt, "mix": mix, "alpha": alpha, "beta": beta, "fixed_lambda": fixed_lambda,
                  "epochs": epochs, "iters": iters, "meta_batch": meta_batch, "inner_steps": inner_steps,
-                 "inner_lr": inner_lr, "outer_lr": outer_lr, "label_scaling": label_scaling, "seed": seed,
+                 "inner_lr": inner_lr, "per_step_blocks": per_step_blocks, "first_order_epochs": first_order_epochs,
+                 "msl_epochs": msl_epochs, "outer_lr": outer_lr, "label_scaling": label_scaling, "seed": seed,
                  "device": device, "standardize": standardize, "layers": _csv_ints(layers) if layers else None,
                  "hidden": _csv_ints(hidden) if hidden else None}
         if resume and out is not None and (out / "config.toml").exists() and not config:
             values = read_toml(out / "config.toml")
         values |= {k: v for k, v in flags.items() if v is not None}
+        values = regularizer_values(values, regularizer, reg_opt)
         cfg = TrainConfig.from_dict(values)
         dist = init_from_env(resolve_device(cfg.device))
         if out is not None:  # a named run directory is checked before any work

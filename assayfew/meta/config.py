@@ -1,4 +1,4 @@
-"""The one config schema of the core: task kind + model + learner + mixer, each by registered name with its
+"""The one config schema of the core: task kind + model + learner + mixer [+ regulariser], each by registered name with its
 own options. Validated when read (unknown keys, unknown names and options a part does not have are errors),
 round-trips through JSON and TOML, and builds the learner and the mixer everywhere (training, checkpoints,
 tests). `from_legacy` reads the model configs written before this schema (`architecture`/`algorithm`/`mixing`).
@@ -6,9 +6,11 @@ tests). `from_legacy` reads the model configs written before this schema (`archi
     {"kind":    {"name": "regression", "options": {}},
      "model":   {"name": "mlp", "options": {"in_dim": 1024, "hidden": [500, 500], ...}},
      "learner": {"name": "anil++", "options": {"inner_steps": 5, "inner_lr": 0.01, ...}},
-     "mixer":   {"name": "metamix", "options": {"alpha": 0.5, "beta": 0.5, "layers": [1, 2]}}}
+     "mixer":   {"name": "metamix", "options": {"alpha": 0.5, "beta": 0.5, "layers": [1, 2]}},
+     "regularizer": {"name": "weight_decay", "options": {"decay": 0.0001}}}
 
-The mixer is optional (a model kept for prediction needs none). A model option `out_dim` left out is
+The mixer is optional (a model kept for prediction needs none); so is the regulariser (left out = "none";
+configs written before it existed load unchanged). A model option `out_dim` left out is
 taken from the task kind; a given one must agree with it.
 """
 
@@ -24,6 +26,7 @@ from assayfew.meta.learners import LEARNERS, MetaLearner, build_learner
 from assayfew.meta.mixing import MIXERS, Mixer
 from assayfew.meta.model import MODELS, FunctionalModel
 from assayfew.meta.registry import Registry, option_defaults, option_names
+from assayfew.meta.regularizers import REGULARIZERS, Regularizer
 
 __all__ = ["Part", "CoreConfig"]
 
@@ -64,20 +67,25 @@ class Part:
         return cls(data["name"], dict(options))
 
 
-_REGISTRIES: dict[str, Registry] = {"kind": KINDS, "model": MODELS, "learner": LEARNERS, "mixer": MIXERS}
+_REGISTRIES: dict[str, Registry] = {"kind": KINDS, "model": MODELS, "learner": LEARNERS, "mixer": MIXERS,
+                                    "regularizer": REGULARIZERS}
 
 
 @dataclass(frozen=True)
 class CoreConfig:
-    """What defines a meta-learner: task kind, model, learner and (for training) mixer."""
+    """What defines a meta-learner: task kind, model, learner, (for training) mixer and regulariser
+    (None = "none", which is left out)."""
 
     model: Part
     learner: Part
     kind: Part = Part("regression")
     mixer: Part | None = None
+    regularizer: Part | None = None
 
     def __post_init__(self) -> None:
         self.validate()
+        if self.regularizer is not None and self.regularizer.name == "none":
+            object.__setattr__(self, "regularizer", None)
         for what, part in self.parts().items():  # None where None is the default = left out (as TOML must)
             defaults = option_defaults(_REGISTRIES[what].get(part.name))
             kept = {k: v for k, v in part.options.items() if not (v is None and k in defaults and defaults[k] is None)}
@@ -85,7 +93,9 @@ class CoreConfig:
 
     def parts(self) -> dict[str, Part]:
         out = {"kind": self.kind, "model": self.model, "learner": self.learner}
-        return out | ({"mixer": self.mixer} if self.mixer is not None else {})
+        if self.mixer is not None:
+            out["mixer"] = self.mixer
+        return out | ({"regularizer": self.regularizer} if self.regularizer is not None else {})
 
     def validate(self) -> None:
         """ValueError for an unknown name or an option its part does not have."""
@@ -108,8 +118,14 @@ class CoreConfig:
             options.setdefault("out_dim", self.build_kind().out_dim)
         return MODELS.build(self.model.name, **options)  # type: ignore[return-value]
 
+    def build_regularizer(self) -> Regularizer | None:
+        if self.regularizer is None:
+            return None
+        return REGULARIZERS.build(self.regularizer.name, **self.regularizer.options)
+
     def build_learner(self) -> MetaLearner:
-        return build_learner(self.learner.name, self.build_model(), self.build_kind(), **self.learner.options)
+        return build_learner(self.learner.name, self.build_model(), self.build_kind(),
+                             regularizer=self.build_regularizer(), **self.learner.options)
 
     def build_mixer(self) -> Mixer:
         if self.mixer is None:
@@ -120,7 +136,8 @@ class CoreConfig:
         return self.build_learner(), self.build_mixer()
 
     def with_mixer(self, mixer: Part | None) -> CoreConfig:
-        return CoreConfig(model=self.model, learner=self.learner, kind=self.kind, mixer=mixer)
+        return CoreConfig(model=self.model, learner=self.learner, kind=self.kind, mixer=mixer,
+                          regularizer=self.regularizer)
 
     def resolved(self) -> CoreConfig:
         """The same config with every option spelled out (defaults filled in)."""
@@ -138,7 +155,7 @@ class CoreConfig:
     def from_dict(cls, data: Any) -> CoreConfig:
         if not isinstance(data, dict):
             raise ValueError("config: expected a table")
-        unknown = sorted(set(data) - {"format", "kind", "model", "learner", "mixer"})
+        unknown = sorted(set(data) - {"format", "kind", "model", "learner", "mixer", "regularizer"})
         if unknown:
             raise ValueError(f"config: unknown key(s) {', '.join(unknown)}")
         if data.get("format", FORMAT) != FORMAT:
@@ -148,7 +165,8 @@ class CoreConfig:
             raise ValueError(f"config: missing entry {', '.join(missing)}")
         return cls(model=Part.from_dict("model", data["model"]), learner=Part.from_dict("learner", data["learner"]),
                    kind=Part.from_dict("kind", data.get("kind", {"name": "regression"})),
-                   mixer=Part.from_dict("mixer", data["mixer"]) if "mixer" in data else None)
+                   mixer=Part.from_dict("mixer", data["mixer"]) if "mixer" in data else None,
+                   regularizer=Part.from_dict("regularizer", data["regularizer"]) if "regularizer" in data else None)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -226,8 +244,9 @@ class CoreConfig:
 
     @classmethod
     def of_learner(cls, learner: MetaLearner, mixer: Mixer | None = None) -> CoreConfig:
-        """The config that rebuilds `learner` (made by `build_learner`) [and `mixer`]."""
-        model = learner.built_from
+        """The config that rebuilds `learner` (made by `build_learner`, with its regulariser) [and `mixer`]."""
+        model, reg = learner.built_from, learner.regularizer
         return cls(model=Part(model.name, model.config()), learner=Part(learner.name, dict(learner.build_options)),
                    kind=Part(learner.kind.name, learner.kind.options()),
-                   mixer=None if mixer is None else Part(mixer.name, mixer.options()))
+                   mixer=None if mixer is None else Part(mixer.name, mixer.options()),
+                   regularizer=None if reg is None else Part(reg.name, reg.options()))

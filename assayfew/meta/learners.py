@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,9 @@ from assayfew.meta.memo import Memo
 from assayfew.meta.mixing import Mixer, MixPlan, ViewBase, gather_rows, mix, select_tasks
 from assayfew.meta.model import MLP, FunctionalModel, HeadFastPath, Stats
 from assayfew.meta.registry import Registry, option_defaults
+
+if TYPE_CHECKING:
+    from assayfew.meta.regularizers import Regularizer
 
 __all__ = ["AdaptedParams", "MetaLearner", "MAML", "ANIL", "ANILPlusPlus", "MetaSGD", "TNet", "RidgeHead",
            "LEARNERS", "build_learner", "ridge_head"]
@@ -255,30 +258,38 @@ class MetaLearner(nn.Module):
             raise ValueError(f"model has {model.out_dim} outputs but a {self.kind.name} task kind needs "
                              f"{self.kind.out_dim}")
         init = model.init_params(torch.Generator().manual_seed(seed))
-        missing = [n for n in adapt if n not in init]
-        if missing:
-            raise ValueError(f"adapted parameters {missing} not in the model")
         self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in init.items()})
-        self.adapt_names = tuple(adapt)
-        self.head_only = set(self.adapt_names) <= set(model.head_names)
         self.inner_steps = int(inner_steps)
         self.inner_lr = float(inner_lr)
         self.per_step_bn = bool(per_step_bn)
         self.msl_epochs = int(msl_epochs)
         self.first_order_epochs = int(first_order_epochs)
-        self.fast_path: HeadFastPath | None = None
-        if fast_path and self.head_only:
-            self.fast_path = model.head_fast_path(self.kind, self.adapt_names, lr_mode=self.lr_mode,
-                                                  per_step_bn=self.per_step_bn)
+        self.allow_fast_path = bool(fast_path)
         self.epoch = 0
         self.build_options: dict = {}  # set by build_learner (for the config)
         self.built_from: FunctionalModel = model
+        self.regularizer: Regularizer | None = None  # set by build_learner (None: no regulariser, no extra work)
+        self.set_adapted(adapt)
+
+    def set_adapted(self, adapt: Sequence[str], *, memo_body: bool = True) -> None:
+        """Adapt the parameters `adapt` in the inner loop (fresh inner rates for them). `memo_body=False`:
+        never memoise the body (a regulariser changes it inside the inner loop), so no head fast path."""
+        missing = [n for n in adapt if n not in self.params]
+        if missing:
+            raise ValueError(f"adapted parameters {missing} not in the model")
+        self.adapt_names = tuple(adapt)
+        self.head_only = memo_body and set(self.adapt_names) <= set(self.model.head_names)
+        self.fast_path: HeadFastPath | None = None
+        if self.allow_fast_path and self.head_only:
+            self.fast_path = self.model.head_fast_path(self.kind, self.adapt_names, lr_mode=self.lr_mode,
+                                                       per_step_bn=self.per_step_bn)
         lrs: dict[str, nn.Parameter] = {}
         for n in self.adapt_names:
+            p = self.params[n]
             if self.lr_mode == "per_step":
-                lrs[n] = nn.Parameter(torch.full((self.inner_steps,), self.inner_lr, device=init[n].device))
+                lrs[n] = nn.Parameter(torch.full((self.inner_steps,), self.inner_lr, device=p.device, dtype=p.dtype))
             elif self.lr_mode == "per_param":
-                lrs[n] = nn.Parameter(torch.full_like(init[n], self.inner_lr))
+                lrs[n] = nn.Parameter(torch.full_like(p.detach(), self.inner_lr))
         self.lrs = nn.ParameterDict(lrs)
 
     # ---- small pieces -------------------------------------------------------------------------
@@ -317,9 +328,11 @@ class MetaLearner(nn.Module):
     def inner_loop(self, meta: dict[str, Tensor], xs: Tensor, ys: Tensor, ms: Tensor, steps: int, *,
                    create_graph: bool, body: _Body | None, leaf_each_step: bool = False,
                    on_step: Callable[[int, dict[str, Tensor], int], None] | None = None,
+                   extras: Sequence[dict[str, Tensor]] | None = None,
                    ) -> tuple[dict[str, Tensor], Tensor]:
         """Batched inner loop; returns the adapted parameters (adapted ones with a leading T) and the
-        mean support loss before adaptation. `on_step(s, params, bn_step)` sees the parameters after each step."""
+        mean support loss before adaptation. `on_step(s, params, bn_step)` sees the parameters after each step.
+        `extras[s]`: entries added to the parameters of step s's support pass only (a regulariser's noise)."""
         t = xs.shape[0]
         fast_path = self.fast_path
         if body is not None and fast_path is not None and fast_path.fused and steps > 0:
@@ -336,7 +349,8 @@ class MetaLearner(nn.Module):
                                                     fast["head_bias"], target, ms, create_graph)
                 grads = [named[n] for n in fast]
             else:
-                pred, _ = self._support_pred({**meta, **fast}, xs, ms, b, body)
+                inner = {**meta, **fast} if extras is None else {**meta, **fast, **extras[s]}
+                pred, _ = self._support_pred(inner, xs, ms, b, body)
                 loss = self.kind.loss(pred, target, ms)
                 grads = torch.autograd.grad(loss.sum(), list(fast.values()), create_graph=create_graph)
             if s == 0:
@@ -396,16 +410,24 @@ class MetaLearner(nn.Module):
         weights = self.step_weights(epoch, self.inner_steps)
         create_graph = second_order and epoch >= self.first_order_epochs
         meta = dict(self.params.items())
+        reg, extras = self.regularizer, None
+        if reg is not None:  # its random draws follow the plan's: stochastic meta-weights, then inner noise
+            meta = reg.sample(meta, generator)
+            extras = reg.inner_extras(batch.xs, self.inner_steps, generator)
+        per_task = reg is not None and reg.per_task
         body = _Body(self.model, meta, batch.xs, batch.ms, batch) if self.head_only else None
         terms: list[Tensor] = []
 
         def on_step(s: int, params: dict[str, Tensor], b: int) -> None:
             if weights[s] > 0:
-                terms.append(weights[s] * mixer.loss(_View(self, params, b, batch, body), plan))
+                view = _View(self, params, b, batch, body)
+                terms.append(weights[s] * (mixer.task_losses(view, plan) if per_task else mixer.loss(view, plan)))
 
         _, loss0 = self.inner_loop(meta, batch.xs, batch.ys, batch.ms, self.inner_steps,
-                                   create_graph=create_graph, body=body, on_step=on_step)
-        total = torch.stack(terms).sum() if len(terms) > 1 else terms[0]
+                                   create_graph=create_graph, body=body, on_step=on_step, extras=extras)
+        total = torch.stack(terms).sum(0) if len(terms) > 1 else terms[0]
+        if reg is not None:
+            total = reg.outer(total, dict(self.params.items()))
         return total, {"support_loss": loss0, "outer_loss": total.detach(), "layers": plan.layers,
                        "layer": plan.layer}
 
@@ -436,8 +458,9 @@ class MetaLearner(nn.Module):
                 if body is not None:
                     for s in range(steps):
                         body.support(self.bn_step(s))
+            extras = None if self.regularizer is None else self.regularizer.inner_extras(xs, steps, None)
             params, _ = self.inner_loop(meta, xs, ys, ms, steps, create_graph=False, body=body,
-                                        leaf_each_step=True)
+                                        leaf_each_step=True, extras=extras)
         params = {k: v.detach() for k, v in params.items()}
         b = self.bn_step(max(steps - 1, 0))
         with torch.no_grad():
@@ -582,6 +605,7 @@ class RidgeHead(MetaLearner):
     def inner_loop(self, meta: dict[str, Tensor], xs: Tensor, ys: Tensor, ms: Tensor, steps: int, *,
                    create_graph: bool, body: _Body | None, leaf_each_step: bool = False,
                    on_step: Callable[[int, dict[str, Tensor], int], None] | None = None,
+                   extras: Sequence[dict[str, Tensor]] | None = None,
                    ) -> tuple[dict[str, Tensor], Tensor]:
         if steps == 0:
             return dict(meta), xs.new_zeros(())
@@ -607,14 +631,19 @@ class RidgeHead(MetaLearner):
                              ridge_alpha=self.ridge_alpha if ridge_alpha is None and steps != 0 else ridge_alpha)
 
 
-def build_learner(name: str, model: FunctionalModel | None = None, kind: TaskKind | None = None,
-                  **options) -> MetaLearner:
+def build_learner(name: str, model: FunctionalModel | None = None, kind: TaskKind | None = None, *,
+                  regularizer: Regularizer | None = None, **options) -> MetaLearner:
     """Learner by name (one of LEARNERS) on `model` (default: the fingerprint MLP) for task `kind` (default:
     regression). `options` are the learner's own (e.g. inner_steps, inner_lr, msl_epochs, adapt, seed); an
-    option the learner does not have is an error."""
+    option the learner does not have is an error. `regularizer` (`assayfew.meta.regularizers`) is attached
+    to the learner (its meta-parameters seeded from the learner's seed); "none" attaches nothing."""
     model = MLP() if model is None else model
     learner = LEARNERS.build(name, model, kind, **options)
     learner.build_options = {k: (list(v) if isinstance(v, tuple) else v)
                              for k, v in (option_defaults(type(learner)) | options).items()}
     learner.built_from = model
+    if regularizer is not None and regularizer.name != "none":
+        seed = int(learner.build_options.get("seed", 0))
+        regularizer.attach(learner, torch.Generator().manual_seed(seed * 1_000_003 + 1))
+        learner.regularizer = regularizer
     return learner

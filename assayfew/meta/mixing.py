@@ -21,7 +21,7 @@ for classification, scored with cross-entropy on the soft targets).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -200,6 +200,11 @@ class Mixer:
         return MixPlan()
 
     def loss(self, view: EvalView, plan: MixPlan) -> Tensor:
+        """The outer loss: the mean of `task_losses` over the tasks."""
+        return self.task_losses(view, plan).mean()
+
+    def task_losses(self, view: EvalView, plan: MixPlan) -> Tensor:
+        """The outer loss of each task (T,) (regularisers such as TAML weigh them)."""
         raise NotImplementedError
 
     def task_plan(self, plan: MixPlan, t: int, ms: Tensor, mq: Tensor) -> MixPlan:
@@ -228,8 +233,8 @@ class NoMix(Mixer):
     def __init__(self) -> None:
         pass
 
-    def loss(self, view: EvalView, plan: MixPlan) -> Tensor:
-        return view.loss(view.hidden("q", -1), view.kind.targets(view.yq), view.mq).mean()
+    def task_losses(self, view: EvalView, plan: MixPlan) -> Tensor:
+        return view.loss(view.hidden("q", -1), view.kind.targets(view.yq), view.mq)
 
 
 @MIXERS.register
@@ -239,11 +244,11 @@ class Cob(Mixer):
     def __init__(self) -> None:
         pass
 
-    def loss(self, view: EvalView, plan: MixPlan) -> Tensor:
+    def task_losses(self, view: EvalView, plan: MixPlan) -> Tensor:
         pred = torch.cat([view.hidden("s", -1), view.hidden("q", -1)], 1)
         y = torch.cat([view.kind.targets(view.ys), view.kind.targets(view.yq)], 1)
         m = torch.cat([view.ms, view.mq], 1)
-        return view.loss(pred, y, m).mean()
+        return view.loss(pred, y, m)
 
 
 class _Mixing(Mixer):
@@ -291,7 +296,8 @@ class _Mixing(Mixer):
     def _mixed_hidden_transform(self, h: Tensor, plan: MixPlan, tasks: Tensor | None) -> Tensor:
         return h
 
-    def loss(self, view: EvalView, plan: MixPlan) -> Tensor:
+    def _group_losses(self, view: EvalView, plan: MixPlan) -> Iterator[tuple[Tensor | None, Tensor]]:
+        """Per group of tasks sharing a drawn layer: (its tasks, their losses)."""
         assert plan.lam is not None and plan.idx is not None
         a, b = self.mix_from, self.mix_to
         assert a is not None and b is not None
@@ -299,7 +305,6 @@ class _Mixing(Mixer):
         yb = view.kind.targets(view.ys if b == "s" else view.yq)
         m = view.ms if b == "s" else view.mq
         y = mix(gather_rows(ya, plan.idx), yb, plan.lam)
-        total = None
         for layer, tasks in plan.groups:
             if plan.shuffle_src is None:
                 pred = view.run_mixed(a, plan.idx, b, plan.lam, layer, tasks)
@@ -310,10 +315,24 @@ class _Mixing(Mixer):
                 h = _shuffle_channels(h, select_tasks(plan.shuffle_src, tasks),
                                       select_tasks(plan.shuffle_group, tasks), plan.shuffle_groups)
                 pred = view.run_from(h, layer, tasks)
-            part = view.loss(pred, select_tasks(y, tasks), select_tasks(m, tasks)).sum()
-            total = part if total is None else total + part
+            yield tasks, view.loss(pred, select_tasks(y, tasks), select_tasks(m, tasks))
+
+    def loss(self, view: EvalView, plan: MixPlan) -> Tensor:
+        total = None
+        for _, part in self._group_losses(view, plan):
+            total = part.sum() if total is None else total + part.sum()
         assert total is not None
-        return total / m.shape[0]
+        return total / view.ms.shape[0]
+
+    def task_losses(self, view: EvalView, plan: MixPlan) -> Tensor:
+        out: Tensor | None = None
+        for tasks, part in self._group_losses(view, plan):
+            if tasks is None:
+                return part
+            out = part.new_zeros(view.ms.shape[0]) if out is None else out
+            out = out.index_copy(0, tasks, part)
+        assert out is not None
+        return out
 
 
 @MIXERS.register

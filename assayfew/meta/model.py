@@ -246,6 +246,10 @@ class MLP(ModelBase):
             params["head_transform"] = torch.eye(self.out_dim, device=device)
         return params
 
+    def width(self, position: int) -> int:
+        """Units of the hidden at `position` (0 = the input)."""
+        return (self.in_dim, *self.hidden, self.out_dim)[position]
+
     def bn_rows(self, k: int) -> int:
         """Rows of per-step batch-norm parameters of block k (1 = shared by all steps)."""
         return self.n_bn_sets if self.per_step_blocks == "all" or k == len(self.hidden) else 1

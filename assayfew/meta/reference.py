@@ -3,7 +3,8 @@
 Each task is sliced to its valid rows and run alone: plain forward passes with shared (unbatched)
 parameters, one `torch.autograd.grad` per task and step (or a plain per-task ridge solve for the closed-form
 head), no memo, no fast path. The loss is the task kind's; the outer loss is the mixer's own `loss` on a
-one-task view with the task's part of the plan.
+one-task view with the task's part of the plan. A regulariser's draws (stochastic meta-weights, inner-loop
+noise) are made as `meta_loss` makes them, and each task takes its rows of the noise.
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ def reference_meta_loss(learner: MetaLearner, batch: TaskBatch, mixer: Mixer, *,
     weights = learner.step_weights(epoch, learner.inner_steps)
     create = second_order and epoch >= learner.first_order_epochs
     meta = dict(learner.params.items())
-    total = batch.xs.new_zeros(())
+    reg, extras = learner.regularizer, None
+    if reg is not None:
+        meta = reg.sample(meta, generator)
+        extras = reg.inner_extras(batch.xs, learner.inner_steps, generator)
+    losses = []
     for t in range(batch.n_tasks):
         s_ok, q_ok = batch.ms[t] > 0, batch.mq[t] > 0
         xs, ys, xq, yq = batch.xs[t][s_ok], batch.ys[t][s_ok], batch.xq[t][q_ok], batch.yq[t][q_ok]
@@ -67,6 +72,7 @@ def reference_meta_loss(learner: MetaLearner, batch: TaskBatch, mixer: Mixer, *,
         target = kind.targets(ys[None])
         ones = torch.ones(1, xs.shape[0], dtype=xs.dtype, device=xs.device)
         fast = {n: meta[n] for n in learner.adapt_names}
+        task_loss = batch.xs.new_zeros(())
         for s in range(learner.inner_steps):
             b = learner.bn_step(s)
             if learner.closed_form:
@@ -76,11 +82,16 @@ def reference_meta_loss(learner: MetaLearner, batch: TaskBatch, mixer: Mixer, *,
                     w, bias = _ridge(f, y2, learner.ridge_alpha)  # type: ignore[attr-defined]
                 fast = {"head_weight": w, "head_bias": bias}
             else:
-                out, _ = model.trace({**meta, **fast}, xs[None], b)
+                noise = {} if extras is None else {k: v[t][s_ok][None] for k, v in extras[s].items()}
+                out, _ = model.trace({**meta, **fast, **noise}, xs[None], b)
                 loss = kind.loss(out[-1], target, ones)[0]
                 grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create)
                 fast = {n: fast[n] - learner.lr(n, s) * g for n, g in zip(list(fast), grads)}
             if weights[s] > 0:
                 view = _TaskView(model, kind, {**meta, **fast}, b, xs, ys, xq, yq)
-                total = total + weights[s] * mixer.loss(view, task_plan)
-    return total / batch.n_tasks
+                task_loss = task_loss + weights[s] * mixer.loss(view, task_plan)
+        losses.append(task_loss)
+    per_task = torch.stack(losses)
+    if reg is None:
+        return per_task.mean()
+    return reg.outer(per_task if reg.per_task else per_task.mean(), dict(learner.params.items()))

@@ -1,0 +1,56 @@
+"""`assayfew train`: regulariser and fidelity options reach the run's config and the model's."""
+
+import json
+import tomllib
+
+import pytest
+from typer.testing import CliRunner
+
+from assayfew.cli import typer_app
+from tests.cli.test_train_eval_predict_cli import corpus  # noqa: F401  (the same tiny corpus)
+
+runner = CliRunner()
+TINY = ["--epochs", "2", "--iters", "3", "--meta-batch", "4", "--hidden", "16,16", "--device", "cpu"]
+
+
+@pytest.fixture
+def data(corpus):
+    return ["--corpus", str(corpus / "cache"), "--split", str(corpus / "split.json")]
+
+
+def test_regularizer_and_fidelity_flags_are_recorded(data, tmp_path):
+    conf = tmp_path / "opts.toml"
+    conf.write_text('regularizer = "weight_decay"\n[regularizer_options]\ndecay = 0.5\n')
+    run = tmp_path / "run"
+    res = runner.invoke(typer_app, ["train", *data, "--out", str(run), *TINY, "--config", str(conf),
+                                    "--reg-opt", "decay=2e-3", "--first-order-epochs", "1", "--msl-epochs", "1",
+                                    "--per-step-blocks", "all"])
+    assert res.exit_code == 0, res.output
+    cfg = tomllib.loads((run / "config.toml").read_text())
+    assert cfg["regularizer"] == "weight_decay" and cfg["regularizer_options"] == {"decay": 2e-3}
+    assert (cfg["first_order_epochs"], cfg["msl_epochs"], cfg["per_step_blocks"]) == (1, 1, "all")
+    core = json.loads((run / "model" / "config.json").read_text())["core"]
+    assert core["regularizer"] == {"name": "weight_decay", "options": {"decay": 2e-3}}
+    assert core["learner"]["options"]["first_order_epochs"] == 1 and core["model"]["options"]["per_step_blocks"] == "all"
+
+    run2 = tmp_path / "run2"  # another regularizer drops the file's options; metasgd head-only
+    res = runner.invoke(typer_app, ["train", *data, "--out", str(run2), *TINY, "--config", str(conf),
+                                    "--regularizer", "cavia", "--reg-opt", "context_dim=3", "--algo", "metasgd",
+                                    "--adapt", "head"])
+    assert res.exit_code == 0, res.output
+    core = json.loads((run2 / "model" / "config.json").read_text())["core"]
+    assert core["regularizer"] == {"name": "cavia", "options": {"context_dim": 3}}
+    assert core["learner"]["name"] == "metasgd" and core["learner"]["options"]["adapt"] == "head"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--regularizer", "dropconnect"], "unknown regularizer"),
+    (["--regularizer", "cavia", "--reg-opt", "width=3"], "no option(s) width"),
+    (["--regularizer", "taml", "--reg-opt", "weight"], "expected KEY=VALUE"),
+    (["--regularizer", "meta_dropout", "--algo", "r2d2"], "closed form"),
+    (["--adapt", "head"], "adapt"),
+])
+def test_bad_regularizer_options_are_one_line_errors(data, tmp_path, args, message):
+    res = runner.invoke(typer_app, ["train", *data, "--out", str(tmp_path / "r"), *TINY, *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists()
