@@ -222,3 +222,13 @@ def test_paired_comparison_uses_the_seeds_both_methods_ran():
     assert table["seeds"].tolist() == [1] and table["better / worse"].tolist() == ["0 / 6"]
     assert table["Δ mean"].iloc[0] == pytest.approx(0.4 - np.mean([0.5 + 0.01 * i for i in range(6)]))
     assert table["Wilcoxon p"].iloc[0] == pytest.approx(0.03125)  # all six differences negative, exact test
+
+
+def test_a_regularizer_is_an_axis_like_any_option():
+    grid = parse_grid(GRID | {"study": [{"name": "reg", "regularizer": ["none", "taml"]}]})
+    metas = [c for c in grid.cells if c.kind == "meta" and c.seed == 0]
+    assert [c.method for c in metas] == ["anil++-metamix", "anil++-metamix+taml"]
+    # defaults are not part of a cell's definition: the plain cell is the one a grid without the axis makes
+    assert "regularizer" not in metas[0].config and metas[1].config["regularizer"] == "taml"
+    plain = parse_grid(GRID | {"study": [{"name": "mixing", "mix": ["metamix"]}]})
+    assert metas[0].id == next(c for c in plain.cells if c.kind == "meta" and c.seed == 0).id
