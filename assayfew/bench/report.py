@@ -96,12 +96,13 @@ def _ci(bounds: list[float]) -> str:
 def _markdown(table: pd.DataFrame) -> str:
     if table.empty:
         return "_no results yet_\n"
-    def cell(v: object) -> str:
+    def cell(v: object, column: str) -> str:
         if isinstance(v, (float, np.floating)):
-            return f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:.3f}"
+            return f"{v:.2g}" if column.endswith(" p") and v < 1e-3 else f"{v:.3f}"
         return str(v)
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(v, c) for v, c in zip(row, table.columns)) + " |"
+              for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
