@@ -5,14 +5,18 @@
     DIR/results.csv        one row per cell × K × assay (finished cells only; rebuilt after every cell)
 
 A cell is finished when its result.csv exists (written atomically, last); a re-run skips finished cells and
-restarts any other from scratch (a killed cell leaves no partial result).
+restarts any other from scratch (a killed cell leaves no partial result). Several workers (the same command
+started more than once) may share a directory: each cell is claimed with a file lock (DIR/locks/) while it runs.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +63,7 @@ class GridRun:
 
     ran: list[str]
     skipped: list[str]
+    busy: list[str]  # cells another worker was running
     results: Path
 
 
@@ -97,30 +102,62 @@ def run_grid(grid: Grid, data: SplitData, out: Path, *, source: dict[str, Any],
                                     "cells": [c.id for c in grid.cells]} | stamp())
     episodes = {(seed, k): evaluation_episodes(data.test, support_k=k, seed=seed)
                 for seed in grid.seeds for k in grid.ks}
-    ran, skipped = [], []
+    ran, skipped, busy = [], [], []
     for index, cell in enumerate(grid.cells):
         cell_dir = out / "cells" / cell.id
         if finished(cell_dir, cell):
             skipped.append(cell.id)
             reporter.cell_done(cell, read_json(cell_dir / "cell.json")["wall_s"], skipped=True)
             continue
-        if cell_dir.exists():
-            shutil.rmtree(cell_dir)  # a cell killed part-way restarts from scratch
-        cell_dir.mkdir(parents=True)
-        write_json(cell_dir / "cell.json", _definition(cell))
-        cfg = TrainConfig.from_dict(cell.config) if cell.kind == "meta" else None
-        work = (cfg.epochs * cfg.iters if cfg else 0) + len(grid.ks)
-        reporter.cell_start(cell, index, len(grid.cells), work)
-        t0 = time.perf_counter()
-        scored = _run_cell(cell, data, cell_dir, grid.ks, episodes, reporter)
-        wall = time.perf_counter() - t0
-        shutil.rmtree(cell_dir / "run" / "state", ignore_errors=True)  # resume state: unused once finished
-        write_json(cell_dir / "cell.json", _definition(cell) | {"wall_s": wall})
-        write_csv(cell_dir / "result.csv", scored)  # last: its presence marks the cell finished
+        with claim(out, cell) as mine:
+            if not mine:  # another worker on this directory is running it
+                busy.append(cell.id)
+                continue
+            if finished(cell_dir, cell):  # finished by another worker since the check above
+                skipped.append(cell.id)
+                continue
+            wall = _run_claimed(cell, index, grid, data, cell_dir, episodes, reporter)
         ran.append(cell.id)
         gather(grid, out)
         reporter.cell_done(cell, wall, skipped=False)
-    return GridRun(ran=ran, skipped=skipped, results=gather(grid, out))
+    return GridRun(ran=ran, skipped=skipped, busy=busy, results=gather(grid, out))
+
+
+@contextmanager
+def claim(out: Path, cell: Cell) -> Iterator[bool]:
+    """Hold an exclusive lock on the cell (DIR/locks/<id>.lock) while it runs: several workers may run one
+    grid directory at once, each taking the cells no other holds. True when this process got it; the lock
+    goes with the process, so a killed worker never blocks a cell."""
+    (Path(out) / "locks").mkdir(parents=True, exist_ok=True)
+    with open(Path(out) / "locks" / f"{cell.id}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_claimed(cell: Cell, index: int, grid: Grid, data: SplitData, cell_dir: Path,
+                 episodes: dict[tuple[int, int], list], reporter: BenchReporter) -> float:
+    """Run a claimed cell from scratch into `cell_dir`; returns its wall time."""
+    if cell_dir.exists():
+        shutil.rmtree(cell_dir)  # a cell killed part-way restarts from scratch
+    cell_dir.mkdir(parents=True)
+    write_json(cell_dir / "cell.json", _definition(cell))
+    cfg = TrainConfig.from_dict(cell.config) if cell.kind == "meta" else None
+    work = (cfg.epochs * cfg.iters if cfg else 0) + len(grid.ks)
+    reporter.cell_start(cell, index, len(grid.cells), work)
+    t0 = time.perf_counter()
+    scored = _run_cell(cell, data, cell_dir, grid.ks, episodes, reporter)
+    wall = time.perf_counter() - t0
+    shutil.rmtree(cell_dir / "run" / "state", ignore_errors=True)  # resume state: unused once finished
+    write_json(cell_dir / "cell.json", _definition(cell) | {"wall_s": wall})
+    write_csv(cell_dir / "result.csv", scored)  # last: its presence marks the cell finished
+    return wall
 
 
 def _definition(cell: Cell) -> dict[str, Any]:

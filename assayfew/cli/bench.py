@@ -56,7 +56,10 @@ def drug(
     format: FormatOption = None,
     split: Annotated[Optional[Path], typer.Option(help="Split file {train,val,test} for --corpus.")] = None,
 ) -> None:
-    """Run every cell of GRID.toml (skipping finished ones), write DIR/results.csv and DIR/report.md."""
+    """Run every cell of GRID.toml (skipping finished ones), write DIR/results.csv and DIR/report.md.
+
+    Start the same command again (another shell or machine sharing DIR) to run cells in parallel: each cell
+    is locked while a worker runs it."""
     with user_errors():
         spec = load_grid(grid)  # the whole grid is validated before any data is read
         check_output_dir(out)
@@ -77,8 +80,9 @@ def drug(
                       TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err) as progress:
             done = run_grid(spec, data, out, source=source, reporter=_CellReporter(progress))
         report = write_report(out, spec.reference)
-    err.print(f"ran {len(done.ran)} cell(s), skipped {len(done.skipped)} finished; results in {done.results}, "
-              f"report in {report}")
+    busy = f", left {len(done.busy)} to other workers" if done.busy else ""
+    err.print(f"ran {len(done.ran)} cell(s), skipped {len(done.skipped)} finished{busy}; results in "
+              f"{done.results}, report in {report}")
 
 
 def report(

@@ -232,3 +232,16 @@ def test_a_regularizer_is_an_axis_like_any_option():
     assert "regularizer" not in metas[0].config and metas[1].config["regularizer"] == "taml"
     plain = parse_grid(GRID | {"study": [{"name": "mixing", "mix": ["metamix"]}]})
     assert metas[0].id == next(c for c in plain.cells if c.kind == "meta" and c.seed == 0).id
+
+
+def test_a_cell_another_worker_holds_is_left_to_it(data, tmp_path):
+    from assayfew.bench.run import claim
+
+    grid = parse_grid(GRID | {"baselines": ["ridge", "knn"], "study": []})
+    held = grid.cells[1]
+    with claim(tmp_path, held) as mine:  # as a second worker would, from another process
+        assert mine
+        first = _run(GRID | {"baselines": ["ridge", "knn"], "study": []}, data, tmp_path)
+    assert first.busy == [held.id] and held.id not in first.ran and len(first.ran) == len(grid.cells) - 1
+    then = _run(GRID | {"baselines": ["ridge", "knn"], "study": []}, data, tmp_path)
+    assert then.ran == [held.id] and then.busy == []
