@@ -119,8 +119,9 @@ def study_axis(rows: pd.DataFrame, axes: list[str]) -> str | None:
     if not varying:
         return None
     numeric = {a: pd.to_numeric(rows[a], errors="coerce") for a in varying}
-    if any(numeric[a].notna().sum() < 2 for a in varying):
-        return None
+    text = {a: rows[a].astype(str) for a in varying}
+    if any(numeric[a].notna().sum() < 2 or (numeric[a].isna() & (text[a] != "")).any() for a in varying):
+        return None  # not a numeric axis (e.g. layer sets "1,2"); empty = not set (the Beta draw of λ)
     combos = rows[varying].astype(str).drop_duplicates()
     return varying[0] if len(combos) == rows[varying[0]].astype(str).nunique() else None
 

@@ -245,3 +245,12 @@ def test_a_cell_another_worker_holds_is_left_to_it(data, tmp_path):
     assert first.busy == [held.id] and held.id not in first.ran and len(first.ran) == len(grid.cells) - 1
     then = _run(GRID | {"baselines": ["ridge", "knn"], "study": []}, data, tmp_path)
     assert then.ran == [held.id] and then.busy == []
+
+
+def test_only_numeric_axes_are_plotted():
+    from assayfew.bench.report import study_axis
+
+    rows = pd.DataFrame({"layers": ["1,2", "1", "2"], "alpha": [0.5, 0.5, 0.5]})
+    assert study_axis(rows, ["layers", "alpha"]) is None
+    lam = pd.DataFrame({"fixed_lambda": ["", "0.2", "0.8"], "alpha": [0.5, 0.5, 0.5]})
+    assert study_axis(lam, ["fixed_lambda", "alpha"]) == "fixed_lambda"
