@@ -38,8 +38,9 @@ def evaluation_episodes(taskset: TaskSet, *, support_k: int | None = None, seed:
             support, query = order[:k], order[k:]
         if len(support) < 2 or len(query) < min_query:
             continue
+        reference = None if taskset.reference is None else taskset.assay_reference(i)[query]
         episodes.append(Task(assay_id=assay_id, support_x=x[support], support_y=y[support],
-                             query_x=x[query], query_y=y[query]))
+                             query_x=x[query], query_y=y[query], query_reference=reference))
     return episodes
 
 
@@ -59,18 +60,37 @@ def evaluate_episodes(episodes: Sequence[Task], predictor: Predictor, *, scores:
     """Score a predictor (support_x, support_y, query_x) → query predictions on every episode, with each of
     `scores` (name → score(query_y, prediction); default squared Pearson r and MSE); the summary (mean,
     median, bootstrap CIs) is over the first score."""
+    return evaluate_tasks(episodes, lambda t: predictor(t.support_x, t.support_y, t.query_x), scores=scores,
+                          n_boot=n_boot, seed=seed)
+
+
+def evaluate_tasks(episodes: Sequence[Task], predict: Callable[[Task], np.ndarray], *,
+                   scores: dict[str, Score] | None = None, n_boot: int = 2000, seed: int = 0) -> EvaluationResult:
+    """`evaluate_episodes` for a predictor that sees the whole episode (e.g. `reference_prediction`)."""
     scores = REGRESSION_SCORES if scores is None else scores
     if not scores:
         raise ValueError("evaluate_episodes: no scores given")
     rows = []
     for task in episodes:
-        pred = predictor(task.support_x, task.support_y, task.query_x)
+        pred = predict(task)
         rows.append({"assay_id": task.assay_id, "n_support": len(task.support_y), "n_query": len(task.query_y)}
                     | {name: score(task.query_y, pred) for name, score in scores.items()})
     per_assay = pd.DataFrame(rows, columns=["assay_id", "n_support", "n_query", *scores])
     first = next(iter(scores))
     return EvaluationResult(per_assay=per_assay, summary=summarize(per_assay[first].to_numpy(), n_boot=n_boot,
                                                                    seed=seed))
+
+
+def with_reference(episodes: Sequence[Task]) -> list[Task]:
+    """The episodes whose every query compound has a reference prediction (e.g. pQSAR's, from the SI)."""
+    return [t for t in episodes if t.query_reference is not None and bool(np.isfinite(t.query_reference).all())]
+
+
+def reference_prediction(task: Task) -> np.ndarray:
+    """The reference model's predictions of the episode's query (for `evaluate_tasks` on `with_reference`)."""
+    if task.query_reference is None:
+        raise ValueError(f"assay {task.assay_id}: no reference predictions")
+    return np.asarray(task.query_reference, dtype=np.float64)
 
 
 def coverage(requested: Sequence[str], test_set: TaskSet, episodes: Sequence[Task]) -> dict:

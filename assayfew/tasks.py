@@ -49,6 +49,7 @@ class Task:
     support_y: np.ndarray
     query_x: np.ndarray
     query_y: np.ndarray
+    query_reference: np.ndarray | None = None  # a reference model's predictions of the query (e.g. pQSAR's)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class TaskSet:
     spec: FingerprintSpec
     sources: list[str] | None = None  # corpus each assay came from (e.g. for balanced sampling)
     standardized: bool | None = None  # structures standardised before featurizing; None: not recorded
+    reference: np.ndarray | None = None  # (n_measurements,) float32: a reference model's prediction, NaN if none
 
     def __post_init__(self) -> None:
         self.assay_ids = [str(a) for a in self.assay_ids]
@@ -75,6 +77,8 @@ class TaskSet:
             raise ValueError("inconsistent TaskSet: sources and assay_ids differ in length")
         for name, dtype in _ARRAY_DTYPES.items():
             setattr(self, name, np.ascontiguousarray(getattr(self, name), dtype=dtype))
+        if self.reference is not None:
+            self.reference = np.ascontiguousarray(self.reference, dtype=np.float32)
         self._check()
         self._positions = {a: i for i, a in enumerate(self.assay_ids)}
         if len(self._positions) != len(self.assay_ids):
@@ -92,8 +96,8 @@ class TaskSet:
             problems.append(f"offsets has shape {self.offsets.shape}, expected ({n_assays + 1},)")
         elif self.offsets[0] != 0 or self.offsets[-1] != n_meas or np.any(np.diff(self.offsets) < 0):
             problems.append("offsets are not a non-decreasing 0..n_measurements sequence")
-        for name in ("fp_rows", "split", "censored"):
-            if getattr(self, name).shape != (n_meas,):
+        for name in ("fp_rows", "split", "censored", "reference"):
+            if getattr(self, name) is not None and getattr(self, name).shape != (n_meas,):
                 problems.append(f"{name} length differs from values ({n_meas})")
         if n_meas and (self.fp_rows.min() < 0 or self.fp_rows.max() >= len(self.fingerprints)):
             problems.append("fp_rows point outside the fingerprint table")
@@ -124,6 +128,13 @@ class TaskSet:
         lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
         x = self.fingerprints[self.fp_rows[lo:hi]].astype(np.float32)
         return x, self.values[lo:hi].copy(), self.split[lo:hi].copy()
+
+    def assay_reference(self, i: int) -> np.ndarray:
+        """The reference predictions of assay ``i``'s measurements (all NaN when the corpus has none)."""
+        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+        if self.reference is None:
+            return np.full(hi - lo, np.nan, dtype=np.float32)
+        return self.reference[lo:hi].copy()
 
     def episode_task(self, i: int, support: np.ndarray, query: np.ndarray) -> Task:
         """The Task of assay ``i`` with these support/query measurement indices (into ``values``)."""
@@ -165,6 +176,7 @@ class TaskSet:
             spec=self.spec,
             sources=[self.sources[i] for i in order],
             standardized=self.standardized,
+            reference=None if self.reference is None else self.reference[take],
         )
 
     # ---------------------------------------------------------- construction
@@ -202,6 +214,7 @@ class TaskSet:
             censored=censored[order],
             spec=prepared.spec,
             standardized=prepared.standardized,
+            reference=table["reference"].to_numpy(dtype=np.float32)[order] if "reference" in table.columns else None,
         )
 
     @classmethod
@@ -237,6 +250,8 @@ class TaskSet:
             sources=[src for s in sets for src in s.sources],
             standardized=recorded.pop() if len(recorded) == 1 and all(s.standardized is not None for s in sets)
             else None,
+            reference=None if all(s.reference is None for s in sets) else np.concatenate(
+                [np.full(s.n_measurements, np.nan, np.float32) if s.reference is None else s.reference for s in sets]),
         )
 
     # ------------------------------------------------------------------- disk
@@ -245,6 +260,8 @@ class TaskSet:
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
         arrays = {name: getattr(self, name) for name in _ARRAY_DTYPES if name != "fingerprints"}
+        if self.reference is not None:
+            arrays["reference"] = self.reference
         arrays["fingerprints_packed"] = np.packbits(self.fingerprints.astype(bool), axis=1)
 
         def write_arrays(tmp: Path) -> None:
@@ -287,10 +304,12 @@ class TaskSet:
             with np.load(arrays_path, allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in _ARRAY_DTYPES if name != "fingerprints"}
                 packed = npz["fingerprints_packed"]
+                reference = npz["reference"] if "reference" in npz.files else None
             spec = FingerprintSpec(**index["spec"])
             arrays["fingerprints"] = np.unpackbits(packed, axis=1, count=spec.bits)
             return cls(assay_ids=index["assay_ids"], families=index["families"], spec=spec,
-                       sources=index.get("sources"), standardized=index.get("standardized"), **arrays)
+                       sources=index.get("sources"), standardized=index.get("standardized"), reference=reference,
+                       **arrays)
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise TaskCacheError(f"{cache_dir}: corrupt task cache ({exc})") from exc
 

@@ -32,7 +32,7 @@ for _name, _module in _COMMANDS.items():
     typer_app.command(_name)(guarded(_mod.main))
 
 # Command groups: assayfew/cli/<module>.py exposes a Typer `app`.
-_GROUPS = {"images": "images", "pose": "pose"}
+_GROUPS = {"images": "images", "pose": "pose", "bench": "bench"}
 
 for _name, _module in _GROUPS.items():
     typer_app.add_typer(importlib.import_module(f"assayfew.cli.{_module}").app, name=_name)

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,6 +26,13 @@ from assayfew.io import read_toml
 from assayfew.paths import cache_dir
 
 err = Console(stderr=True)
+
+# The options that name an experiment's data (`assayfew.experiment.experiment_data`), shared by its commands.
+GroupOption = Annotated[Optional[int], typer.Option(min=1, max=4, help="pQSAR drug group 1-4.")]
+DataDirOption = Annotated[Optional[Path], typer.Option(help="Folder with the pQSAR SI files (default: "
+                                                            "$ASSAYFEW_PQSAR_DIR, else ./pqsar).")]
+CorpusOption = Annotated[Optional[list[Path]], typer.Option(help="Corpus or task cache (repeatable).")]
+FormatOption = Annotated[Optional[str], typer.Option("--format", help="pqsar|long|dir|fsmol (auto).")]
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Typer's own exits and usage errors (its click may be vendored): click prints these itself.

@@ -10,7 +10,7 @@ import typer
 
 from assayfew.bounds import MAX_STEPS, SEED_MAX
 from assayfew.checkpoint import load_model
-from assayfew.cli._common import err, user_errors
+from assayfew.cli._common import CorpusOption, DataDirOption, FormatOption, GroupOption, err, user_errors
 from assayfew.device import DEVICE_HELP, resolve_device
 from assayfew.evaluate import coverage, evaluate_episodes, evaluation_episodes
 from assayfew.experiment import experiment_data, split_taskset
@@ -20,11 +20,10 @@ from assayfew.paths import default_model_dir
 
 def main(
     model: Annotated[Optional[Path], typer.Option(help="Model directory (default: the shipped model).")] = None,
-    group: Annotated[Optional[int], typer.Option(min=1, max=4, help="pQSAR drug group 1-4.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the pQSAR SI files (default: "
-                                                          "$ASSAYFEW_PQSAR_DIR, else ./pqsar).")] = None,
-    corpus: Annotated[Optional[list[Path]], typer.Option(help="Corpus or task cache (repeatable).")] = None,
-    format: Annotated[Optional[str], typer.Option("--format", help="pqsar|long|dir|fsmol (auto).")] = None,
+    group: GroupOption = None,
+    data_dir: DataDirOption = None,
+    corpus: CorpusOption = None,
+    format: FormatOption = None,
     split: Annotated[Optional[Path], typer.Option(help="Split file; its 'test' side is evaluated.")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS,
                                                  help="Adaptation steps (default: the model's).")] = None,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from assayfew.cli._common import err, fail, user_errors
+from assayfew.cli._common import CorpusOption, DataDirOption, FormatOption, GroupOption, err, fail, user_errors
 from assayfew.device import DEVICE_HELP, resolve_device
 from assayfew.distributed import DistContext, init_from_env
 from assayfew.experiment import experiment_data, split_taskset
@@ -93,11 +93,10 @@ def main(
     out: Annotated[Optional[Path], typer.Option(help="Run directory (config.toml, metrics.csv, model/); "
                                                      "default: a new runs/group<N>-<timestamp> "
                                                      "(runs/train-<timestamp>).")] = None,
-    group: Annotated[Optional[int], typer.Option(min=1, max=4, help="pQSAR drug group 1-4.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the pQSAR SI files (default: "
-                                                          "$ASSAYFEW_PQSAR_DIR, else ./pqsar).")] = None,
-    corpus: Annotated[Optional[list[Path]], typer.Option(help="Corpus or task cache (repeatable).")] = None,
-    format: Annotated[Optional[str], typer.Option("--format", help="pqsar|long|dir|fsmol (auto).")] = None,
+    group: GroupOption = None,
+    data_dir: DataDirOption = None,
+    corpus: CorpusOption = None,
+    format: FormatOption = None,
     split: Annotated[Optional[Path], typer.Option(help="Split file {train,val,test} for --corpus.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file of training options (flags override).")] = None,
     algo: Annotated[Optional[str], typer.Option(help="maml|anil|anil++|metasgd|tnet|r2d2")] = None,

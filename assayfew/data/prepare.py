@@ -38,7 +38,8 @@ def prepare_corpus(
 ) -> PreparedCorpus:
     """Featurize unique SMILES once, reject invalid ones, aggregate replicates by mean (noted per row).
 
-    Replicates with different splits keep TRN; a compound is censored when any of its rows is.
+    Replicates with different splits keep TRN; a compound is censored when any of its rows is. A reader's
+    `pqsar_pred` column (pQSAR's own prediction) is kept, averaged like the values, as column `reference`.
     The returned report is `report` extended with this step's rejections and notes.
     """
     inverse, unique = pd.factorize(table["smiles"].astype(str).to_numpy(dtype=object))
@@ -85,10 +86,11 @@ def prepare_corpus(
         censored=("censored", "any"),
         family=("family", "first"),
         _order=("_order", "min"),
+        **({"reference": ("pqsar_pred", "mean")} if "pqsar_pred" in kept.columns else {}),
     ).reset_index()
     agg = agg.sort_values("_order", kind="stable").reset_index(drop=True)
     agg["split"] = np.array(["TRN", "TST", ""], dtype=object)[agg["_split_rank"].to_numpy()]
-    out = agg[PREPARED_COLUMNS].copy()
+    out = agg[PREPARED_COLUMNS + (["reference"] if "reference" in agg.columns else [])].copy()
     out["n_replicates"] = out["n_replicates"].astype(np.int64)
     out["censored"] = out["censored"].astype(bool)
     return PreparedCorpus(table=out, fingerprints=fingerprints, spec=spec, report=report, standardized=standardize)
