@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from assayfew.bounds import MAX_STEPS
-from assayfew.cli._common import err, run_options, user_errors
+from assayfew.cli._common import err, guarded, run_options, user_errors
 from assayfew.cli._progress import RichReporter, progress_bar
 from assayfew.images.data import is_runs_zip, load_images, read_omniglot_runs
 from assayfew.images.train import ImageTrainConfig, evaluate_images, evaluate_runs, load_image_model, train_images
@@ -45,6 +45,7 @@ def _print_result(result: dict) -> None:
 
 
 @app.command("train")
+@guarded
 def train(
     data: Annotated[Path, typer.Option("--data", help=f"Meta-training images: {_DATA_HELP}")],
     out: Annotated[Path, typer.Option(help="Run directory (config.toml, metrics.csv, model/).")],
@@ -108,6 +109,7 @@ def train(
 
 
 @app.command("evaluate")
+@guarded
 def evaluate(
     model: Annotated[Path, typer.Option(help="Model directory (a run's model/).")],
     data: Annotated[Path, typer.Option("--data", help=_TEST_HELP)],

@@ -88,3 +88,18 @@ def test_bad_input_is_one_clear_line(case, zips, tmp_path):
 def test_evaluate_rejects_a_non_image_model(tmp_path, zips):
     res = runner.invoke(typer_app, ["images", "evaluate", "--model", str(tmp_path), "--data", str(zips[1])])
     assert res.exit_code == 2 and "notamodeldirectory" in "".join(res.output.split())
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_unexpected_errors_are_one_line_with_a_log(command, zips, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr("assayfew.cli.images.load_images", broken)
+    monkeypatch.setattr("assayfew.cli.images.load_image_model", broken)
+    args = (["train", "--data", str(zips[0]), "--out", str(tmp_path / "run"), *TINY] if command == "train"
+            else ["evaluate", "--model", str(tmp_path), "--data", str(zips[1])])
+    res = runner.invoke(typer_app, ["images", *args])
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 1 and "internal error: RuntimeError: simulated bug; details in" in flat
+    assert "Traceback" not in res.output
