@@ -51,11 +51,16 @@ def shared_part(config: dict[str, Any]) -> dict[str, Any]:
     return {"core": core} | {k: config.get(k) for k in ("fingerprint", "label_scaling")}
 
 
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write named tensors as a safetensors file, atomically (CPU copies; never a pickle)."""
+    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(Path(path), lambda p: save_file(plain, str(p)))
+
+
 def save_model(model_dir: Path, learner: torch.nn.Module, config: dict[str, Any]) -> None:
     """Write weights and config atomically (weights first, so a config never points at missing weights)."""
     model_dir = Path(model_dir)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in learner_state(learner).items()}
-    atomic_write(model_dir / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
+    save_tensors(model_dir / WEIGHTS_FILE, learner_state(learner))
     write_json(model_dir / CONFIG_FILE, config)
 
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from assayfew.checkpoint import MODEL_FORMAT, save_model
+from assayfew.checkpoint import MODEL_FORMAT, save_model, save_tensors
 from assayfew.device import resolve_device, to_device
 from assayfew.distributed import SINGLE, DistContext
 from assayfew.io import atomic_write, read_json, write_json, write_toml
@@ -31,7 +31,7 @@ from assayfew.meta.mixing import Mixer
 from assayfew.meta.state import learner_state, load_learner_state
 
 __all__ = ["Benchmark", "LoopOptions", "Reporter", "TrainResult", "fit", "batch_step", "cosine_lr", "resolve_device",
-           "load_fitted", "HostBatches", "LOG_EVERY"]
+           "load_fitted", "HostBatches", "LOG_EVERY", "cosine", "write_metrics"]
 
 #: meta-iterations between progress reports (the only points where the training loop waits for the device)
 LOG_EVERY = 20
@@ -73,8 +73,13 @@ class LoopOptions(Protocol):
     device: str
 
 
+def cosine(lr: float, min_lr: float, step: int, total: int) -> float:
+    """The rate at `step` of `total` annealed from `lr` to `min_lr` along a half cosine."""
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(total, 1)))
+
+
 def cosine_lr(cfg: LoopOptions, step: int, total: int) -> float:
-    return cfg.min_outer_lr + 0.5 * (cfg.outer_lr - cfg.min_outer_lr) * (1 + math.cos(math.pi * step / max(total, 1)))
+    return cosine(cfg.outer_lr, cfg.min_outer_lr, step, total)
 
 
 # -- optimizer state as safetensors + JSON (no pickles) ---------------------------------------------------------
@@ -113,16 +118,20 @@ class Reporter:
 
 
 def fit(core: CoreConfig, bench: Benchmark, opts: LoopOptions, run_dir: Path, *, run_config: dict[str, Any],
-        resume: bool = False, reporter: Reporter | None = None, dist: DistContext = SINGLE) -> TrainResult:
+        resume: bool = False, reporter: Reporter | None = None, dist: DistContext = SINGLE,
+        init: Callable[[MetaLearner], None] | None = None) -> TrainResult:
     """Meta-train the learner + mixer `core` describes on `bench`; keep the epoch with the best first
     validation metric in RUN_DIR/model; write RUN_DIR/config.toml (`run_config`), metrics.csv and state/
-    (for `resume`, which needs the same `run_config`)."""
+    (for `resume`, which needs the same `run_config`). `init`: sets the freshly built learner's starting
+    meta-parameters in place (e.g. a pre-trained body), before any step or resumed state."""
     reporter = reporter or Reporter()
     run_dir = Path(run_dir)
     model_dir, state_dir = run_dir / "model", run_dir / "state"
     device = resolve_device(opts.device)
     torch.manual_seed(opts.seed)
     learner, mixer = core.build()
+    if init is not None:
+        init(learner)
     learner = learner.to(device)
     mconf = {"format": MODEL_FORMAT, "core": core.to_dict()} | bench.model_info()
     opt = torch.optim.Adam(learner.parameters(), lr=opts.outer_lr, fused=True)
@@ -182,11 +191,10 @@ def fit(core: CoreConfig, bench: Benchmark, opts: LoopOptions, run_dir: Path, *,
                 best_val, best_epoch = score, epoch
                 mconf["training"] = mconf.get("training", {}) | {"epoch": epoch, bench.metrics[0]: best_val}
                 save_model(model_dir, learner, mconf)
-            _write_metrics(run_dir / "metrics.csv", history, fields_)
+            write_metrics(run_dir / "metrics.csv", history, fields_)
             tensors, opt_meta = _optimizer_tensors(opt)
-            state_tensors = {k: v.detach().cpu().contiguous() for k, v in learner_state(learner).items()}
-            atomic_write(state_dir / "learner.safetensors", lambda p: save_file(state_tensors, str(p)))
-            atomic_write(state_dir / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
+            save_tensors(state_dir / "learner.safetensors", learner_state(learner))
+            save_tensors(state_dir / "optimizer.safetensors", tensors)
             write_json(state_dir / "state.json", {"epoch": epoch, "best_val": best_val, "best_epoch": best_epoch,
                                                   "history": history, "optimizer": opt_meta, "config": run_config})
         dist.barrier()  # the epoch's state is on disk before any rank goes on (or stops)
@@ -248,7 +256,8 @@ class HostBatches:
         return batch_step(learner, mixer, item, generator=generator, epoch=epoch, device=device, dist=dist)
 
 
-def _write_metrics(path: Path, history: list[dict], fieldnames: list[str]) -> None:
+def write_metrics(path: Path, history: list[dict], fieldnames: list[str]) -> None:
+    """The per-epoch rows as a CSV file (rewritten atomically after every epoch)."""
     def write(p: Path) -> None:
         with open(p, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=fieldnames)

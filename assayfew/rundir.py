@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-#: What `train` writes into a run directory (config.toml and split.json are rewritten by every run).
-RUN_ARTEFACTS = ("model", "state", "metrics.csv", "config.toml", "val_assays.json", "split.json")
+#: What `train` (and `pretrain`) write into a run directory (config.toml and split.json are rewritten by every run).
+RUN_ARTEFACTS = ("model", "state", "metrics.csv", "config.toml", "val_assays.json", "split.json",
+                 "heads.safetensors")
 
 
 def run_artefacts(run_dir: Path) -> list[str]:

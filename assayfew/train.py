@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from assayfew.bounds import check_train_options
-from assayfew.checkpoint import MODEL_FORMAT, MetaModel
+from assayfew.checkpoint import CONFIG_FILE, MODEL_FORMAT, MetaModel, load_model
+from assayfew.model_schema import ModelError
 from assayfew.chem import FingerprintSpec
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
 from assayfew.io import write_json
@@ -24,6 +25,7 @@ from assayfew.meta.config import CoreConfig, Part
 from assayfew.meta.learners import MetaLearner
 from assayfew.meta.mixing import Mixer
 from assayfew.meta.registry import option_names
+from assayfew.scaling import SCALING_MODES
 from assayfew.provenance import array_digest, stamp
 from assayfew.tasks import EpisodeSampler, TaskSet
 from assayfew.trainstep import Episode, episode_batch, meta_step
@@ -33,7 +35,19 @@ __all__ = ["TrainConfig", "DrugBenchmark", "TrainResult", "Reporter", "train", "
 
 
 @dataclass
-class TrainConfig:
+class EpisodeOptions:
+    """How training episodes are drawn and their labels scaled (shared by meta-training and pre-training)."""
+
+    label_scaling: str = "center"
+    min_std: float = 0.5
+    support_min: int = 16
+    support_max: int = 64
+    query_min: int = 16
+    query_max: int = 64
+
+
+@dataclass
+class TrainConfig(EpisodeOptions):
     """Everything that defines a meta-training run (paper defaults)."""
 
     algo: str = "anil++"
@@ -53,12 +67,6 @@ class TrainConfig:
     grad_clip: float = 10.0
     hidden: tuple[int, ...] = (500, 500)
     per_step_blocks: str = "last"
-    label_scaling: str = "center"
-    min_std: float = 0.5
-    support_min: int = 16
-    support_max: int = 64
-    query_min: int = 16
-    query_max: int = 64
     source_balance: float = 0.0  # assay sampling weight ∝ (assays in its corpus)^-source_balance; 1 = corpora equal
     val_support_k: int | None = None
     val_max_assays: int = 200
@@ -69,9 +77,17 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     standardize: bool = True  # data preparation: largest fragment + neutralise before featurizing
+    init_body: str | None = None  # start from this model's body (an `assayfew pretrain` run or a model directory)
+    init_head: str = "mean"  # with init_body: "mean" = its head too (a pretrain run's mean per-assay head); "fresh"
 
     def __post_init__(self) -> None:
         check_train_options(self.to_dict())
+        if self.label_scaling not in SCALING_MODES:
+            raise ValueError(f"unknown label scaling {self.label_scaling!r}; choose from {', '.join(SCALING_MODES)}")
+        if self.init_head not in INIT_HEADS:
+            raise ValueError(f"init_head must be one of {', '.join(INIT_HEADS)}, not {self.init_head!r}")
+        if self.init_head != "mean" and self.init_body is None:
+            raise ValueError("init_head is used only with init_body")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -116,6 +132,55 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+#: `TrainConfig.init_head`: take the init_body model's head too, or initialise the head as without init_body.
+INIT_HEADS = ("mean", "fresh")
+
+
+def body_model_dir(path: str | Path) -> Path:
+    """The model directory `init_body` names: a pretrain (or training) run directory's `model/`, or the directory."""
+    path = Path(path)
+    return path / "model" if (path / "model" / CONFIG_FILE).is_file() else path
+
+
+def body_initializer(cfg: TrainConfig, spec: FingerprintSpec | None) -> Callable[[MetaLearner], None] | None:
+    """What `loop.fit` calls on the fresh learner to start from `cfg.init_body`'s parameters (the body: every
+    model parameter but the head; the head too unless `init_head` is "fresh"; never inner rates), or None.
+    Checked now: a missing or invalid model, fingerprints other than `spec` (None: not checked) or other
+    widths are a ValueError."""
+    if cfg.init_body is None:
+        return None
+    where = body_model_dir(cfg.init_body)
+    try:
+        source = load_model(where)
+    except ModelError as exc:
+        raise ValueError(f"init_body: {exc}") from None
+    if len(source.learners) != 1:
+        raise ValueError(f"init_body {where}: an ensemble; give one model (a pretrain run or a member)")
+    if spec is not None and source.spec != spec:
+        raise ValueError(f"init_body {where}: fingerprints {source.spec} differ from the training data's {spec}")
+    model = source.learners[0].model
+    if tuple(getattr(model, "hidden", ())) != tuple(cfg.hidden):
+        raise ValueError(f"init_body {where}: hidden widths {tuple(getattr(model, 'hidden', ()))} differ from "
+                         f"this run's {tuple(cfg.hidden)}")
+    params = {k: v.detach().clone() for k, v in source.learners[0].params.items()}
+    skip = set(model.head_names) if cfg.init_head == "fresh" else set()
+
+    def init(learner: MetaLearner) -> None:
+        own = dict(learner.params.items())
+        names = [n for n in learner.model.init_params() if n not in skip]  # the model's parameters, not a regulariser's
+        for name in names:
+            if name not in params or tuple(params[name].shape) != tuple(own[name].shape):
+                found = "none" if name not in params else tuple(params[name].shape)
+                raise ValueError(f"init_body {where}: parameter {name} has shape {found}, this run needs "
+                                 f"{tuple(own[name].shape)}")
+        with torch.no_grad():
+            for name in names:
+                own[name].copy_(params[name])
+
+    init(cfg.core((spec or source.spec).bits).build_learner())  # every shape checked now, before any training
+    return init
 
 
 #: TrainConfig fields that are options of the learner / the mixer (passed only to parts that have them).
@@ -186,10 +251,11 @@ def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path,
     `dist`: this process's rank in a torchrun job (`assayfew.distributed.init_from_env`); every rank calls
     train() with the same arguments, rank 0 validates and writes RUN_DIR (resume reads it on every rank)."""
     dist.share(cfg.meta_batch)  # every rank needs a task: fail before any work
+    init = body_initializer(cfg, train_set.spec)
     bench = DrugBenchmark(cfg, train_set, val_set, split_info)
     run_dir = Path(run_dir)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "val_assays.json", {"val": val_set.assay_ids, "n_train": len(train_set)})
     return fit(cfg.core(train_set.spec.bits), bench, cfg, run_dir, run_config=cfg.to_dict(), resume=resume,
-               reporter=reporter, dist=dist)
+               reporter=reporter, dist=dist, init=init)

@@ -15,6 +15,7 @@ _COMMANDS = {
     "featurize": "featurize",
     "tasks": "tasks",
     "train": "train",
+    "pretrain": "pretrain",
     "evaluate": "evaluate",
     "predict": "predict",
     "ensemble": "ensemble",

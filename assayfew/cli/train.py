@@ -15,7 +15,7 @@ from assayfew.distributed import DistContext, init_from_env
 from assayfew.experiment import experiment_data, split_taskset
 from assayfew.io import check_output_dir, read_toml
 from assayfew.rundir import clear_run, run_artefacts
-from assayfew.train import Reporter, TrainConfig, train
+from assayfew.train import Reporter, TrainConfig, body_initializer, train
 
 
 class RichReporter(Reporter):
@@ -152,6 +152,7 @@ def main(
         values |= {k: v for k, v in flags.items() if v is not None}
         values = regularizer_values(values, regularizer, reg_opt)
         cfg = TrainConfig.from_dict(values)
+        body_initializer(cfg, None)  # a bad init_body fails before the run directory is made (data: in train)
         dist = init_from_env(resolve_device(cfg.device))
         if out is not None:  # a named run directory is checked before any work
             check_run_target(out, resume=resume, overwrite=overwrite)
