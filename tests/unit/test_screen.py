@@ -1,6 +1,10 @@
 """Screening libraries: the adapt/predict split, streamed scoring equal to `adapt_and_predict`, formats."""
 
 import gzip
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -300,3 +304,44 @@ def test_rows_are_written_as_csv_writer_writes_them():
         want = io.StringIO()
         csv.writer(want, lineterminator="\n").writerows([fields + c for fields, c in zip(rows, cells)])
         assert _csv_lines(rows, tails) == want.getvalue()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_featurising_workers_exit_when_the_command_is_killed(tmp_path):
+    """A killed process (SIGKILL: no clean-up runs) leaves no featurising workers behind."""
+    script = tmp_path / "feed.py"
+    script.write_text(
+        "import itertools, sys\n"
+        "from assayfew.chem import featurize_chunks\n"
+        "chunks = (['CCO', 'c1ccccc1O', 'CC(=O)Nc1ccc(O)cc1'] * 300 for _ in itertools.count())\n"
+        "for i, _ in enumerate(featurize_chunks(chunks, n_jobs=2)):\n"
+        "    if i == 2:\n"
+        "        print('running', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        workers = _children(proc.pid)
+        assert len(workers) >= 2
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not [w for w in workers if _alive(w)]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
