@@ -249,6 +249,28 @@ def _pool_context() -> mp.context.BaseContext:
     return mp.get_context("fork" if "fork" in methods else "spawn")
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: this process gets SIGTERM when its parent dies (Linux `PR_SET_PDEATHSIG`), so a
+    killed `assayfew` command leaves no featurising workers behind; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _pool(jobs: int, context: mp.context.BaseContext) -> ProcessPoolExecutor:
+    """A featurising worker pool whose workers exit when this process dies."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
+
+
 def _available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0)) or 1
@@ -269,7 +291,7 @@ def _featurize_unique(
         return work(smiles)
     size = max(_CHUNK_MIN, min(_CHUNK_MAX, -(-n // (jobs * 16))))
     chunks = [smiles[a : a + size] for a in range(0, n, size)]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
+    with _pool(jobs, _pool_context()) as pool:
         results = list(pool.map(work, chunks))
     packed = np.concatenate([r[0] for r in results], axis=0)
     reasons = [x for r in results for x in r[1]]
@@ -482,7 +504,7 @@ def featurize_chunks(
             yield packed, reasons
         return
     pending: deque[list[Future]] = deque()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+    with _pool(jobs, mp.get_context("spawn")) as pool:
         try:
             while True:
                 while len(pending) <= max(1, ahead):

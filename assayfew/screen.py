@@ -13,8 +13,10 @@ import csv
 import gzip
 import io
 import itertools
+import queue
 import re
 import sys
+import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 
 from assayfew.adaptation import AssayAdaptation
-from assayfew.chem import OnBits, featurize_chunks
+from assayfew.chem import FingerprintSpec, OnBits, featurize_chunks
 from assayfew.io import atomic_write
 from assayfew.predict import IN_DOMAIN_SIMILARITY, SMILES_COLUMNS, detect_column, from_p
 from assayfew.userfiles import InputError, _sdf_items, _sdf_smiles
@@ -87,16 +89,26 @@ class Library:
             return self.size
 
     def _lines(self) -> Iterator[tuple[int, str]]:
-        """(line number, line) with clear errors for unreadable content (lines decoded one by one, so an
-        encoding error names its line)."""
+        """(line number, line) with clear errors for unreadable content (see `_line_blocks`)."""
+        for first, block in self._line_blocks():
+            yield from enumerate(block, start=first)
+
+    def _line_blocks(self, hint: int = 1 << 20) -> Iterator[tuple[int, list[str]]]:
+        """(number of the block's first line, its lines) for blocks of about `hint` bytes, decoded as UTF-8 a
+        block at a time; an encoding error names its line."""
         line_no = 0
         with self._open() as stream:
             try:
-                for line_no, data in enumerate(stream, start=1):
-                    line = data.decode("utf-8")
-                    yield line_no, (line[1:] if line_no == 1 and line.startswith("\ufeff") else line)
-            except UnicodeDecodeError:
-                raise InputError(f"{self.path}, line {line_no}: not a UTF-8 text file") from None
+                while block := stream.readlines(hint):
+                    try:
+                        lines = [data.decode("utf-8") for data in block]
+                    except UnicodeDecodeError:
+                        bad = next(i for i, data in enumerate(block) if not _decodes(data))
+                        raise InputError(f"{self.path}, line {line_no + bad + 1}: not a UTF-8 text file") from None
+                    if line_no == 0 and lines[0].startswith("\ufeff"):
+                        lines[0] = lines[0][1:]
+                    yield line_no + 1, lines
+                    line_no += len(lines)
             except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
                 raise InputError(f"{self.path}: not a readable gzip file ({exc})") from None
             except OSError as exc:
@@ -164,32 +176,30 @@ class Library:
         """The library's rows in chunks of `size`, in file order; blank lines are not rows."""
         rows = self._sdf_rows() if self.format == "sdf" else self._smi_rows() if self.format == "smi" \
             else self._csv_rows()
-        chunk = LibraryChunk([], [], [])
-        for fields, problem in rows:
-            chunk.rows.append(fields)
-            chunk.smiles.append(fields[self.smiles_index])
-            chunk.problems.append(problem)
-            if len(chunk.rows) >= size:
-                yield chunk
-                chunk = LibraryChunk([], [], [])
-        if chunk.rows:
-            yield chunk
+        while batch := list(itertools.islice(rows, size)):
+            fields = [f for f, _ in batch]
+            yield LibraryChunk(fields, [f[self.smiles_index] for f in fields], [p for _, p in batch])
 
     def _smi_rows(self) -> Iterator[tuple[list[str], str]]:
         n = len(self.columns)
-        lines = self._lines()
         skipped_header = not self._smi_header
-        for _, line in lines:
-            if not line.strip():
-                continue
-            if not skipped_header:
-                skipped_header = True
-                continue
-            # a line that starts with white space has an empty SMILES field
-            fields = [""] + line.split(None, max(n - 2, 0)) if line[0].isspace() else line.split(None, n - 1)
-            if len(fields) > 1 and fields[1].startswith("|"):  # a CXSMILES extension belongs to the SMILES
-                fields = _join_cx(line, n)
-            yield ([f.strip() for f in fields] + [""] * n)[:n], ""
+        for _, block in self._line_blocks():
+            for line in block:
+                text = line.rstrip()
+                if not text:
+                    continue
+                if not skipped_header:
+                    skipped_header = True
+                    continue
+                fields = text.split(None, n - 1)
+                if line[0].isspace():  # a line that starts with white space has an empty SMILES field
+                    fields = [""] + line.split(None, max(n - 2, 0))
+                elif len(fields) > 1 and fields[1].startswith("|"):  # a CXSMILES extension belongs to the SMILES
+                    fields = _join_cx(line, n)
+                elif len(fields) == n:  # the usual line: fields already stripped
+                    yield fields, ""
+                    continue
+                yield ([f.strip() for f in fields] + [""] * n)[:n], ""
 
     def _csv_rows(self) -> Iterator[tuple[list[str], str]]:
         n = len(self.columns)
@@ -216,6 +226,14 @@ class Library:
                    f"invalid structure in SDF record {number}: {problem}" if problem else "")
 
 
+def _decodes(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _join_cx(line: str, n: int) -> list[str]:
     """Fields of a .smi line whose SMILES carries a CXSMILES extension ("SMILES |...| name ...")."""
     smiles, rest = line.split(None, 1)
@@ -230,8 +248,67 @@ def open_library(path: Path, smiles_col: str | None = None) -> Library:
     return Library(path, smiles_col)
 
 
-def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[str] | None, *, units: str = "p",
-                  in_domain_similarity: float = IN_DOMAIN_SIMILARITY, chunk_size: int = CHUNK_SIZE,
+class LibraryFeatures:
+    """A library's chunks featurised ahead in a background thread (which feeds `chem.featurize_chunks`'s worker
+    pool), so featurising can start before the assay is adapted (`assayfew predict --library` overlaps its
+    start-up with it). Iterate once for (chunk, packed bits, reasons), in file order; errors reading the
+    library come out of the iteration. `close()` (or leaving the `with` block) stops the work."""
+
+    _END = object()
+
+    def __init__(self, library: Library, spec: FingerprintSpec, *, standardize: bool, chunk_size: int = CHUNK_SIZE,
+                 n_jobs: int | None = None, ahead: int = 2) -> None:
+        self.library, self.spec, self.standardize = library, spec, standardize
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(chunk_size, n_jobs), daemon=True,
+                                        name="assayfew-library-features")
+        self._thread.start()
+
+    def _run(self, chunk_size: int, n_jobs: int | None) -> None:
+        try:
+            chunks = _Tee(self.library.chunks(chunk_size))
+            featurized = featurize_chunks((c.smiles for c in chunks), self.spec, standardize=self.standardize,
+                                          n_jobs=n_jobs)
+            try:
+                for packed, reasons in featurized:
+                    if not self._put((chunks.taken.popleft(), packed, reasons)):
+                        return
+            finally:
+                featurized.close()  # cancels work in flight and shuts the pool down
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+        finally:
+            self._put(self._END)
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[tuple[LibraryChunk, np.ndarray, list[str]]]:
+        while (item := self._queue.get()) is not self._END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> LibraryFeatures:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def score_library(adaptation: AssayAdaptation, library: Library | LibraryFeatures, out: Path | IO[str] | None, *,
+                  units: str = "p", in_domain_similarity: float = IN_DOMAIN_SIMILARITY, chunk_size: int = CHUNK_SIZE,
                   n_jobs: int | None = None, model_threads: int | None = 1,
                   progress: Callable[[int, int], None] | None = None) -> LibrarySummary:
     """Score every row of `library` and write them, in input order, as CSV to `out` (a path: written to a
@@ -241,7 +318,17 @@ def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[
 
     n_jobs: featurisation worker processes (None = all cores; 1 = in-process). model_threads: torch threads
     for scoring while workers keep the other cores busy (None = torch's setting), restored afterwards.
+    `library` may be a `LibraryFeatures` already featurising (then `chunk_size` and `n_jobs` are its own); it
+    must use the adaptation's fingerprint and standardisation, and it is closed at the end.
     """
+    if isinstance(library, LibraryFeatures):
+        features = library
+        if (features.spec, features.standardize) != (adaptation.model.spec, adaptation.standardize):
+            features.close()
+            raise ValueError("library featurised with another fingerprint or standardisation than the assay's")
+        library = features.library
+    else:
+        features = None
     replaced = [c for c in library.columns if c in SCORE_COLUMNS]
     keep = [i for i, c in enumerate(library.columns) if c not in SCORE_COLUMNS]
     header = [library.columns[i] for i in keep] + list(SCORE_COLUMNS)
@@ -251,11 +338,13 @@ def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[
     def write(handle: IO[str]) -> None:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
-        chunks = _Tee(library.chunks(chunk_size))
-        featurized = featurize_chunks((c.smiles for c in chunks), adaptation.model.spec, standardize=adaptation.standardize,
-                                      n_jobs=n_jobs)
-        for packed, reasons in featurized:
-            chunk = chunks.taken.popleft()
+        source = features or LibraryFeatures(library, adaptation.model.spec, standardize=adaptation.standardize,
+                                             chunk_size=chunk_size, n_jobs=n_jobs)
+        with source:
+            _write_rows(source, handle)
+
+    def _write_rows(source: LibraryFeatures, handle: IO[str]) -> None:
+        for chunk, packed, reasons in source:
             status = [p or (f"invalid SMILES: {r}" if r else "ok") for p, r in zip(chunk.problems, reasons)]
             ok = np.array([s == "ok" for s in status], dtype=bool)
             scored = iter(_score(adaptation, OnBits.from_packed(packed[ok], bits), units, in_domain_similarity))
@@ -278,6 +367,8 @@ def score_library(adaptation: AssayAdaptation, library: Library, out: Path | IO[
             atomic_write(Path(out), lambda tmp: _write_file(tmp, write))
     finally:
         torch.set_num_threads(threads)
+        if features is not None:
+            features.close()
     return LibrarySummary(n_rows=counts["rows"], n_invalid=counts["invalid"], replaced_columns=replaced)
 
 

@@ -10,12 +10,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from assayfew.cli._common import fail
 from assayfew.predict import InputError, PredictionResult
-from assayfew.screen import Library, score_library
+from assayfew.screen import LibraryFeatures, score_library
 
 
-def score_with_progress(result: PredictionResult, library: Library, out: Path | None, err: Console) -> None:
+def score_with_progress(result: PredictionResult, features: LibraryFeatures, out: Path | None, err: Console) -> None:
     """Score `library` with the assay's adaptation, showing compounds scored, rate and time left (by bytes
-    of the file read); then a one-line summary."""
+    of the file read); then a one-line summary. `features` is already featurising the library."""
+    library = features.library
     assert result.adaptation is not None
     start = time.perf_counter()
     columns = (TextColumn("scoring {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
@@ -29,7 +30,7 @@ def score_with_progress(result: PredictionResult, library: Library, out: Path | 
             bar.update(task, completed=min(done_bytes, library.size), rows=rows, rate=rate)
 
         try:
-            summary = score_library(result.adaptation, library, out, units=result.units, progress=report)
+            summary = score_library(result.adaptation, features, out, units=result.units, progress=report)
         except InputError as exc:
             bar.stop()
             raise fail(str(exc)) from None

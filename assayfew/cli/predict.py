@@ -19,7 +19,7 @@ from assayfew.metrics import r2_pearson
 from assayfew.predict import (InputError, PredictOptions, adapt_and_predict, example_assay, load_default_model,
                               ridge_baseline_r2)
 from assayfew.userfiles import read_user_table
-from assayfew.screen import open_library
+from assayfew.screen import LibraryFeatures, open_library
 from assayfew.cli._library import score_with_progress
 
 err = Console(stderr=True)
@@ -63,6 +63,7 @@ def main(
         target = resolve_device(device)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    screen: LibraryFeatures | None = None
     try:
         loaded = load_default_model(model).to(target)
         problems = None
@@ -75,13 +76,19 @@ def main(
             for note in user.notes:
                 err.print(f"note: {note}")
             table, truth, problems = user.table, None, user.problems
-        screen = open_library(library, library_smiles_col) if library is not None else None
+        if library is not None:  # featurising starts now, while the assay is adapted
+            screen = LibraryFeatures(open_library(library, library_smiles_col), loaded.spec,
+                                     standardize=loaded.standardize if standardize is None else standardize)
         with err.status("adapting…"):
             result = adapt_and_predict(table, loaded, smiles_col=smiles_col, activity_col=activity_col,
                                        units=units, input_problems=problems,
                                        options=PredictOptions(steps=steps, seed=seed, standardize=standardize))
-    except InputError as exc:
-        raise fail(str(exc)) from None
+    except BaseException as exc:
+        if screen is not None:
+            screen.close()
+        if isinstance(exc, InputError):
+            raise fail(str(exc)) from None
+        raise
 
     if out is not None and screen is None:
         write_csv(out, result.table)

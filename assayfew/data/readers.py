@@ -48,6 +48,10 @@ def normalize_dashes(text: str) -> str:
     return _DASHES.sub("-", text)
 
 
+#: Assay columns of long CSVs, in order of preference.
+ASSAY_COLUMNS = ("target", "assay_chembl_id", "assay_id")
+
+
 def find_column(columns: list[str], candidates: list[str]) -> str | None:
     """First candidate present in columns (exact, then case-insensitive)."""
     for name in candidates:
@@ -252,7 +256,7 @@ def _read_pqsar_structures(path: Path, report: Report) -> dict[str, str]:
 def read_long_csv(
     path: Path,
     *,
-    assay_col: str = "target",
+    assay_col: str | None = None,
     compound_col: str = "compound_id",
     smiles_col: str = "smiles",
     value_col: str | None = None,
@@ -261,11 +265,14 @@ def read_long_csv(
 ) -> tuple[pd.DataFrame, Report]:
     """Long format: one measurement per row (assay, compound, SMILES, value).
 
-    censor_at: values <= censor_at are marked relation "<" (e.g. Davis pKd 5.0 = Kd >= 10 µM) and flagged.
+    assay_col: None = the first of ASSAY_COLUMNS in the header ("target" for KIBA/Davis, "assay_chembl_id" for
+    ChEMBL exports). censor_at: values <= censor_at are marked relation "<" (e.g. Davis pKd 5.0 = Kd >= 10 µM)
+    and flagged.
     """
     path = Path(path)
     frame = read_csv_strings(path)
     columns = list(frame.columns)
+    assay_col = assay_col or find_column(columns, list(ASSAY_COLUMNS)) or ASSAY_COLUMNS[0]
     value_col = value_col or find_column(columns, VALUE_COLUMNS)
     if value_col is None:
         raise DataFormatError(path, 1, None, f"no value column found (looked for {', '.join(VALUE_COLUMNS)})")
@@ -472,7 +479,7 @@ def detect_format(source: Path) -> str:
     header = list(pd.read_csv(source, nrows=0).columns) if source.exists() else []
     if _looks_fsmol(source, header):
         return "fsmol"
-    if "target" in header:
+    if set(ASSAY_COLUMNS) & set(header):
         return "long"
     return "dir"
 

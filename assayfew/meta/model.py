@@ -391,20 +391,34 @@ class MLP(ModelBase):
     def bits_forward(self, params: dict[str, Tensor], stats: Stats,
                      step: int) -> Callable[[Tensor, Tensor], Tensor] | None:
         """`trace`'s operations from block 1's sparse product on (no dense input, no memo; for scoring
-        libraries). Shared block-1 weights only (ANIL-type adaptation), no transforms."""
+        libraries). Shared block-1 weights only (ANIL-type adaptation), no transforms. Each block's batch norm
+        (fixed statistics at inference) is folded into its linear map once, so a row block costs one sparse
+        sum or matrix product and one leaky ReLU per block (equal to `trace` up to float32 rounding)."""
         if self.transforms or params["block1_weight"].dim() != 2:
             return None
-        w1, b1 = params["block1_weight"], params["block1_bias"]
-        b1 = b1.unsqueeze(-2) if b1.dim() == 2 else b1
+        if any(p.dim() > 2 and p.shape[0] != 1 for p in params.values()):
+            return None  # a batch of several adaptations
+
+        def single(name: str) -> Tensor:  # an adapted weight/bias without its task dimension of 1
+            p = params[name].detach()
+            return p.reshape(p.shape[-2:]) if name.endswith("weight") else p.reshape(-1)
+
+        folded = []
+        for k in range(1, len(self.hidden) + 1):
+            w, b = single(f"block{k}_weight"), single(f"block{k}_bias")
+            mean, var = (s.detach().reshape(-1) for s in stats[k])
+            scale = torch.rsqrt(var + self.bn_eps) * _row(params[f"block{k}_bn_weight"].detach(), step).reshape(-1)
+            shift = _row(params[f"block{k}_bn_bias"].detach(), step).reshape(-1) - mean * scale
+            folded.append(((w * scale).contiguous(), b.reshape(-1) * scale + shift))
+        head_w, head_b = single("head_weight"), single("head_bias")
+        slope = self.negative_slope
 
         def run(cols: Tensor, offsets: Tensor) -> Tensor:
-            h = F.embedding_bag(cols, w1, offsets, mode="sum").unsqueeze(0) + b1  # (1, N, H) as in trace
-            h = self.normalize(params, h, 1, step, stats)
-            for k in range(2, len(self.hidden) + 1):
-                h = self.normalize(params, linear(h, params[f"block{k}_weight"], params[f"block{k}_bias"]), k, step,
-                                   stats)
-            out = linear(h, params["head_weight"], params["head_bias"])
-            return out.reshape(-1, out.shape[-1])
+            w1, b1 = folded[0]
+            h = F.leaky_relu_(F.embedding_bag(cols, w1, offsets, mode="sum").add_(b1), slope)
+            for w, b in folded[1:]:
+                h = F.leaky_relu_(torch.addmm(b, h, w), slope)
+            return torch.addmm(head_b, h, head_w)
 
         return run
 

@@ -78,6 +78,21 @@ def test_read_long_csv_rejects_and_censors(tmp_path: Path) -> None:
         read_long_csv(path, assay_col="tgt")
 
 
+def test_long_csv_assay_column_of_a_chembl_export(tmp_path: Path) -> None:
+    """A ChEMBL export (assay_chembl_id, pchembl_value, extra columns) is read as a long corpus: detected,
+    one assay per assay_chembl_id; a header with no assay column names what it looked for."""
+    path = tmp_path / "organism_long.csv.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("assay_chembl_id,assay_type,smiles,pchembl_value,source_split\n"
+                 "CHEMBL1,F,CCO,4.6,test\nCHEMBL1,F,CCN,5.1,train\nCHEMBL2,F,CCC,6.0,train\n")
+    table, report = read_corpus(path)
+    assert table["assay_id"].tolist() == ["CHEMBL1", "CHEMBL1", "CHEMBL2"]
+    assert table["value"].tolist() == [4.6, 5.1, 6.0] and not report.rejected
+    (tmp_path / "x.csv").write_text("assay,smiles,pchembl_value\nA,CCO,5\n")
+    with pytest.raises(DataFormatError, match=r"column 'target'"):
+        read_long_csv(tmp_path / "x.csv")
+
+
 def test_read_dir_duplicates_family_split(tmp_path: Path) -> None:
     (tmp_path / "A.csv").write_text("canonical_smiles,compound_chembl_id,pchembl_value,split\nCCO,CHEMBL1,6.1,train\nCCN,CHEMBL2,5.2,test\n")
     (tmp_path / "B.csv").write_bytes((tmp_path / "A.csv").read_bytes())

@@ -1,6 +1,10 @@
 """Screening libraries: the adapt/predict split, streamed scoring equal to `adapt_and_predict`, formats."""
 
 import gzip
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -11,9 +15,9 @@ from rdkit import Chem
 from assayfew import checkpoint
 from assayfew.baselines import ridge_predict
 from assayfew.checkpoint import MetaModel
-from assayfew.chem import OnBits, featurize_chunks, featurize_smiles
+from assayfew.chem import FingerprintSpec, OnBits, featurize_chunks, featurize_smiles
 from assayfew.predict import InputError, adapt_and_predict
-from assayfew.screen import SCORE_COLUMNS, open_library, score_library
+from assayfew.screen import SCORE_COLUMNS, LibraryFeatures, open_library, score_library
 
 from tests.unit.test_predict import OPTS, assay, model  # noqa: F401  (the same fixtures as predict's tests)
 
@@ -66,7 +70,7 @@ def check_against_reference(table, rows, reference, id_col):
             assert got["in_domain"] == False  # noqa: E712
             continue
         assert got["status"] == "ok"
-        assert got["prediction"] == pytest.approx(want["prediction"], abs=1e-6)
+        assert got["prediction"] == pytest.approx(want["prediction"], rel=1e-5, abs=1e-6)  # float32 rounding (folded batch norm)
         assert got["uncertainty"] == pytest.approx(want["uncertainty"], abs=1e-6)
         assert got["similarity_to_support"] == pytest.approx(want["similarity_to_support"], abs=1e-9)
         assert got["in_domain"] == want["in_domain"]
@@ -153,6 +157,41 @@ def test_streamed_library_equals_adapt_and_predict(reference, assay, tmp_path, c
     assert table.loc[7, "status"] == "invalid SMILES: empty SMILES"
 
 
+def test_features_started_before_adapting_give_the_same_file(reference, assay, tmp_path):
+    """`LibraryFeatures` featurises in the background from the start (as `predict --library` does while it
+    adapts); handed to `score_library` it writes the same bytes; a mismatched fingerprint is refused."""
+    rows = library_rows(assay)
+    write_smi(tmp_path / "l.smi", rows)
+    plain = tmp_path / "plain.csv"
+    score_library(reference.adaptation, open_library(tmp_path / "l.smi"), plain, n_jobs=2, chunk_size=5)
+    adaptation = reference.adaptation
+    features = LibraryFeatures(open_library(tmp_path / "l.smi"), adaptation.model.spec,
+                               standardize=adaptation.standardize, chunk_size=5, n_jobs=2)
+    early = tmp_path / "early.csv"
+    score_library(adaptation, features, early)
+    assert early.read_bytes() == plain.read_bytes()
+    assert not features._thread.is_alive()
+    other = LibraryFeatures(open_library(tmp_path / "l.smi"), FingerprintSpec(radius=3, bits=adaptation.model.spec.bits),
+                            standardize=adaptation.standardize, chunk_size=5, n_jobs=1)
+    with pytest.raises(ValueError, match="another fingerprint"):
+        score_library(adaptation, other, tmp_path / "other.csv")
+    assert not other._thread.is_alive() and not (tmp_path / "other.csv").exists()
+
+
+def test_features_closed_early_stop_their_work(assay, tmp_path):
+    """Closing before (or while) consuming stops the thread and its worker pool; read errors reach the consumer."""
+    write_smi(tmp_path / "l.smi", library_rows(assay) * 20)
+    features = LibraryFeatures(open_library(tmp_path / "l.smi"), FingerprintSpec(), standardize=False, chunk_size=3,
+                               n_jobs=2, ahead=1)
+    next(iter(features))
+    features.close()
+    assert not features._thread.is_alive()
+    (tmp_path / "bad.csv").write_text("smiles,id\nCCO,1\nCCN,2,extra\n")
+    with LibraryFeatures(open_library(tmp_path / "bad.csv"), FingerprintSpec(), standardize=False, n_jobs=1) as bad:
+        with pytest.raises(InputError, match=r"bad\.csv, line 3: 3 fields"):
+            list(bad)
+
+
 def test_units_of_the_assay_apply_to_library_predictions(model, assay, tmp_path):
     nm = assay.assign(pIC50=10 ** (9 - assay["pIC50"].astype(float)))
     ref = adapt_and_predict(nm, model, units="nM", options=OPTS)
@@ -231,6 +270,25 @@ def test_smi_without_header_and_cxsmiles(reference, tmp_path):
     assert list(table["status"]) == ["ok", "ok", "invalid SMILES: empty SMILES", "ok"]
 
 
+def test_smi_rows_read_in_blocks(tmp_path):
+    """Rows read a block of lines at a time: BOM, blank and whitespace-only lines, tabs, trailing spaces, names
+    with spaces, short rows; an encoding error names its line across block boundaries."""
+    text = "\ufeffCCO\ta\n\n   \nCCN  b c  \r\nCCC\n" + "".join(f"C{'C' * (i % 3)} n{i}\n" for i in range(50))
+    (tmp_path / "l.smi").write_bytes(text.encode("utf-8"))
+    library = open_library(tmp_path / "l.smi")
+    rows = [fields for chunk in library.chunks(7) for fields in chunk.rows]
+    assert rows[:3] == [["CCO", "a"], ["CCN", "b c"], ["CCC", ""]]
+    assert rows[3:] == [[f"C{'C' * (i % 3)}", f"n{i}"] for i in range(50)]
+    assert [len(b) for _, b in library._line_blocks(hint=40)][0] < 50  # several blocks
+    (tmp_path / "bad.smi").write_bytes(b"".join(b"CC x\n" for _ in range(30)) + b"C\xff y\nCC z\n")
+    with pytest.raises(InputError, match=r"bad\.smi, line 31: not a UTF-8 text file"):
+        [row for chunk in open_library(tmp_path / "bad.smi").chunks(7) for row in chunk.rows]
+    blocks = open_library(tmp_path / "l.smi")._line_blocks
+    with pytest.raises(InputError, match=r"l\.smi, line 31: not a UTF-8 text file"):  # in a later block
+        (tmp_path / "l.smi").write_bytes(b"".join(b"CC x\n" for _ in range(30)) + b"C\xff y\n")
+        [line for _, block in blocks(hint=40) for line in block]
+
+
 def test_rows_are_written_as_csv_writer_writes_them():
     """Chunks without special characters take one join; fields with a comma, quote or line break are quoted."""
     import csv
@@ -246,3 +304,44 @@ def test_rows_are_written_as_csv_writer_writes_them():
         want = io.StringIO()
         csv.writer(want, lineterminator="\n").writerows([fields + c for fields, c in zip(rows, cells)])
         assert _csv_lines(rows, tails) == want.getvalue()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_featurising_workers_exit_when_the_command_is_killed(tmp_path):
+    """A killed process (SIGKILL: no clean-up runs) leaves no featurising workers behind."""
+    script = tmp_path / "feed.py"
+    script.write_text(
+        "import itertools, sys\n"
+        "from assayfew.chem import featurize_chunks\n"
+        "chunks = (['CCO', 'c1ccccc1O', 'CC(=O)Nc1ccc(O)cc1'] * 300 for _ in itertools.count())\n"
+        "for i, _ in enumerate(featurize_chunks(chunks, n_jobs=2)):\n"
+        "    if i == 2:\n"
+        "        print('running', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        workers = _children(proc.pid)
+        assert len(workers) >= 2
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not [w for w in workers if _alive(w)]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
