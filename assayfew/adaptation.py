@@ -8,6 +8,7 @@ uncertainty function).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -46,7 +47,7 @@ class AssayAdaptation:
         if query.n == 0:
             return np.zeros(0), np.zeros(0), np.zeros(0)
         similarity = self._similarity_bits(query)
-        prediction = self.model.predict_bits(self.full, query)
+        prediction = self._bits_scorer(query)
         return prediction, self.calibration.sd(similarity, self.cv_rmse), similarity
 
     def _similarity_bits(self, query: OnBits) -> np.ndarray:
@@ -65,6 +66,10 @@ class AssayAdaptation:
                                         torch.from_numpy(starts[a:b] - starts[a]), mode="sum").numpy()
                 best[a:b] = max_tanimoto_from_counts(inter, counts[a:b], support_counts)
         return best
+
+    @cached_property
+    def _bits_scorer(self) -> Callable[[OnBits], np.ndarray]:
+        return self.model.bits_scorer(self.full)
 
     @cached_property
     def _support_columns(self) -> tuple[torch.Tensor, np.ndarray]:

@@ -80,11 +80,24 @@ class FunctionalModel(Protocol):
 
     def affine(self, params: dict[str, Tensor], h: Tensor, position: int) -> Tensor: ...
 
-    def bits_forward(self, params: dict[str, Tensor], stats: Stats,
-                     step: int) -> Callable[[Tensor, Tensor], Tensor] | None: ...
+    def bits_forward(self, params: dict[str, Tensor], stats: Stats, step: int) -> BitsForward | None: ...
 
     def from_linear(self, params: dict[str, Tensor], z: Tensor, position: int, step: int, stats: Stats,
                     stop: int | None = None) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class BitsForward:
+    """One adapted network's inference on 0/1 inputs given as their set bits: the first map is a sum of
+    `table` rows (one per set bit) plus `bias`, so several networks' tables can be concatenated and summed in
+    one `F.embedding_bag` (column indices, row offsets); `rest` maps that (N, width) sum to the output."""
+
+    table: Tensor  # (bits, width)
+    bias: Tensor  # (width,)
+    rest: Callable[[Tensor], Tensor]
+
+    def __call__(self, cols: Tensor, offsets: Tensor) -> Tensor:
+        return self.rest(F.embedding_bag(cols, self.table, offsets, mode="sum").add_(self.bias))
 
 
 class ModelBase:
@@ -130,12 +143,10 @@ class ModelBase:
         `position` (only where `affine_after`)."""
         raise NotImplementedError(f"{type(self).__name__} memoises no affine maps")
 
-    def bits_forward(self, params: dict[str, Tensor], stats: Stats,
-                     step: int) -> Callable[[Tensor, Tensor], Tensor] | None:
-        """Inference for one adapted network (2-D `adapt`) on 0/1 inputs given as their set bits: a function of
-        (column indices, row offsets), as `F.embedding_bag` takes them, returning the (N, out_dim) output that
-        `trace` gives the dense rows; None when this model (or these parameters) offers none. A test must show
-        it equals `trace` (`tests/unit/test_screen.py`)."""
+    def bits_forward(self, params: dict[str, Tensor], stats: Stats, step: int) -> BitsForward | None:
+        """Inference for one adapted network (2-D `adapt`) on 0/1 inputs given as their set bits (see
+        `BitsForward`), giving the (N, out_dim) output that `trace` gives the dense rows; None when this model
+        (or these parameters) offers none. A test must show it equals `trace` (`tests/unit/test_screen.py`)."""
         return None
 
     def with_transforms(self) -> ModelBase:
@@ -413,14 +424,13 @@ class MLP(ModelBase):
         head_w, head_b = single("head_weight"), single("head_bias")
         slope = self.negative_slope
 
-        def run(cols: Tensor, offsets: Tensor) -> Tensor:
-            w1, b1 = folded[0]
-            h = F.leaky_relu_(F.embedding_bag(cols, w1, offsets, mode="sum").add_(b1), slope)
+        def rest(z: Tensor) -> Tensor:
+            h = F.leaky_relu_(z, slope)
             for w, b in folded[1:]:
                 h = F.leaky_relu_(torch.addmm(b, h, w), slope)
             return torch.addmm(head_b, h, head_w)
 
-        return run
+        return BitsForward(table=folded[0][0], bias=folded[0][1], rest=rest)
 
     # ---- fast paths (see the class docstring) -------------------------------------------------------
     def head_fast_path(self, kind: TaskKind, adapt_names: Sequence[str], *, lr_mode: str,
