@@ -17,6 +17,7 @@ import queue
 import re
 import sys
 import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -259,6 +260,7 @@ class LibraryFeatures:
     def __init__(self, library: Library, spec: FingerprintSpec, *, standardize: bool, chunk_size: int = CHUNK_SIZE,
                  n_jobs: int | None = None, ahead: int = 2) -> None:
         self.library, self.spec, self.standardize = library, spec, standardize
+        self.started = time.perf_counter()  # for rates: featurising may start well before scoring
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, ahead))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(chunk_size, n_jobs), daemon=True,

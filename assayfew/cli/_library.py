@@ -18,7 +18,7 @@ def score_with_progress(result: PredictionResult, features: LibraryFeatures, out
     of the file read); then a one-line summary. `features` is already featurising the library."""
     library = features.library
     assert result.adaptation is not None
-    start = time.perf_counter()
+    start = features.started  # featurising began before the assay was adapted
     columns = (TextColumn("scoring {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                TextColumn("{task.fields[rows]:>12,} compounds  {task.fields[rate]:>8,.0f}/s"),
                TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
