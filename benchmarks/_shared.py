@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from assayfew.chem import FingerprintSpec
 from assayfew.experiment import load_taskset
 from assayfew.paths import shared_data_dir
 from assayfew.tasks import TaskSet
@@ -12,15 +13,25 @@ from assayfew.tasks import TaskSet
 CORPORA = ("simpd_chembl32_ki", "chembl28_ycu", "kiba/kiba_long.csv.gz")
 
 
-def shared_taskset(cache: Path) -> TaskSet:
-    """The shared corpora (SIMPD ChEMBL32 Ki + ChEMBL28 kinase sets + KIBA) as one TaskSet, from the task
-    cache at `cache` (built there from ../shared/data when missing; exits when that is absent too)."""
-    cache = Path(cache)
+def default_cache(spec: FingerprintSpec) -> Path:
+    """Where the shared corpora's task cache for `spec` lives by default (one per fingerprint)."""
+    return Path("cache/shared_tasks" if spec == FingerprintSpec() else f"cache/shared_tasks_r{spec.radius}_{spec.bits}")
+
+
+def shared_taskset(cache: Path | None, spec: FingerprintSpec = FingerprintSpec()) -> TaskSet:
+    """The shared corpora (SIMPD ChEMBL32 Ki + ChEMBL28 kinase sets + KIBA) as one TaskSet with `spec`'s
+    fingerprints, from the task cache at `cache` (default: `default_cache(spec)`; built there from
+    ../shared/data when missing; exits when that is absent too, or when the cache has other fingerprints)."""
+    cache = Path(cache) if cache is not None else default_cache(spec)
     if (cache / "index.json").exists():
-        return load_taskset([cache])
+        taskset = load_taskset([cache])
+        if taskset.spec != spec:
+            sys.exit(f"{cache}: task cache of {taskset.spec.bits}-bit radius-{taskset.spec.radius} fingerprints; the "
+                     f"model needs {spec.bits}-bit radius-{spec.radius} (pass another --cache)")
+        return taskset
     data_dir = shared_data_dir()
     if not data_dir.exists():
         sys.exit(f"shared data not found at {data_dir} (and no task cache at {cache})")
-    taskset = load_taskset([data_dir / c for c in CORPORA])
+    taskset = load_taskset([data_dir / c for c in CORPORA], spec=spec)
     taskset.save(cache)
     return taskset

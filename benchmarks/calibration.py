@@ -37,11 +37,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--split", default=str(assays_dir() / "shared_heldout.json"))
     ap.add_argument("--side", default="val", choices=["test", "val"])
-    ap.add_argument("--cache", default="cache/shared_tasks", help="task cache dir (built when missing)")
+    ap.add_argument("--cache", default=None, help="task cache dir with the model's fingerprints (default: "
+                    "cache/shared_tasks[_r<radius>_<bits>]; built when missing)")
     args = ap.parse_args()
 
-    held = getattr(split_taskset(shared_taskset(Path(args.cache)), Split.load(args.split)), args.side)
     model = load_model(Path(args.model))
+    held = getattr(split_taskset(shared_taskset(args.cache, model.spec), Split.load(args.split)), args.side)
     calibration = UncertaintyCalibration.from_config(model.config)
     ks = [int(k) for k in args.ks.split(",")]
     evidence = heldout_evidence(model.adapt_predict, held, ks, args.seeds)

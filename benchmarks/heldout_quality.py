@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from assayfew.baselines import ridge_predict
 from assayfew.checkpoint import load_model
+from assayfew.chem import FingerprintSpec
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
 from assayfew.experiment import split_taskset
 from assayfew.paths import assays_dir
@@ -40,13 +42,18 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--split", default=str(assays_dir() / "shared_heldout.json"))
     ap.add_argument("--side", default="test", choices=["test", "val"])
-    ap.add_argument("--cache", default="cache/shared_tasks", help="task cache dir (built when missing)")
+    ap.add_argument("--cache", default=None, help="task cache dir with the model's fingerprints (default: "
+                    "cache/shared_tasks[_r<radius>_<bits>]; built when missing)")
     args = ap.parse_args()
 
-    sides = split_taskset(shared_taskset(Path(args.cache)), Split.load(args.split))
-    held = getattr(sides, args.side)
     models = {Path(m).parent.name if Path(m).name == "model" else Path(m).name: load_model(Path(m))
               for m in args.model}
+    specs = {m.spec for m in models.values()}
+    if len(specs) > 1:
+        sys.exit("the models use different fingerprints; score them in separate runs")
+    spec = specs.pop() if specs else FingerprintSpec()
+    sides = split_taskset(shared_taskset(args.cache, spec), Split.load(args.split))
+    held = getattr(sides, args.side)
     methods = {"ridge": lambda xs, ys, xq: ridge_predict(xs, ys, xq)}
     for name, m in models.items():
         methods[name] = m.adapt_predict
