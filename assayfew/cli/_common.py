@@ -33,6 +33,7 @@ DataDirOption = Annotated[Optional[Path], typer.Option(help="Folder with the pQS
                                                             "$ASSAYFEW_PQSAR_DIR, else ./pqsar).")]
 CorpusOption = Annotated[Optional[list[Path]], typer.Option(help="Corpus or task cache (repeatable).")]
 FormatOption = Annotated[Optional[str], typer.Option("--format", help="pqsar|long|dir|fsmol (auto).")]
+SplitOption = Annotated[Optional[Path], typer.Option(help="Split file {train,val,test} for --corpus.")]
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Typer's own exits and usage errors (its click may be vendored): click prints these itself.

@@ -12,7 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from assayfew.bench.grid import Cell, load_grid
 from assayfew.bench.report import write_report
 from assayfew.bench.run import BenchReporter, run_grid
-from assayfew.cli._common import CorpusOption, DataDirOption, FormatOption, GroupOption, err, guarded, user_errors
+from assayfew.cli._common import (
+    CorpusOption, DataDirOption, FormatOption, GroupOption, SplitOption, err, guarded, user_errors,
+)
 from assayfew.experiment import experiment_data, split_taskset
 from assayfew.io import check_output_dir
 from assayfew.loop import Reporter
@@ -54,7 +56,7 @@ def drug(
     data_dir: DataDirOption = None,
     corpus: CorpusOption = None,
     format: FormatOption = None,
-    split: Annotated[Optional[Path], typer.Option(help="Split file {train,val,test} for --corpus.")] = None,
+    split: SplitOption = None,
 ) -> None:
     """Run every cell of GRID.toml (skipping finished ones), write DIR/results.csv and DIR/report.md.
 

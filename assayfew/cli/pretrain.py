@@ -9,7 +9,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from assayfew.bounds import SEED_MAX
-from assayfew.cli._common import CorpusOption, DataDirOption, FormatOption, GroupOption, err, run_options, user_errors
+from assayfew.cli._common import (
+    CorpusOption, DataDirOption, FormatOption, GroupOption, SplitOption, err, run_options, user_errors,
+)
 from assayfew.cli.train import _csv_ints, check_run_target
 from assayfew.device import DEVICE_HELP
 from assayfew.experiment import experiment_data, split_taskset
@@ -39,7 +41,7 @@ def main(
     data_dir: DataDirOption = None,
     corpus: CorpusOption = None,
     format: FormatOption = None,
-    split: Annotated[Optional[Path], typer.Option(help="Split file {train,val,test} for --corpus.")] = None,
+    split: SplitOption = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file of pre-training options (flags override).")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
     iters: Annotated[Optional[int], typer.Option(min=1, help="Minibatches per epoch.")] = None,

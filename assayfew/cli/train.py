@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from assayfew.cli._common import CorpusOption, DataDirOption, FormatOption, GroupOption, err, fail, user_errors
+from assayfew.cli._common import (
+    CorpusOption, DataDirOption, FormatOption, GroupOption, SplitOption, err, fail, user_errors,
+)
 from assayfew.device import DEVICE_HELP, resolve_device
 from assayfew.distributed import DistContext, init_from_env
 from assayfew.experiment import experiment_data, split_taskset
@@ -97,7 +99,7 @@ def main(
     data_dir: DataDirOption = None,
     corpus: CorpusOption = None,
     format: FormatOption = None,
-    split: Annotated[Optional[Path], typer.Option(help="Split file {train,val,test} for --corpus.")] = None,
+    split: SplitOption = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file of training options (flags override).")] = None,
     algo: Annotated[Optional[str], typer.Option(help="maml|anil|anil++|metasgd|tnet|r2d2")] = None,
     adapt: Annotated[Optional[str], typer.Option(help="What metasgd/tnet adapt in the inner loop: all|head "

@@ -90,14 +90,12 @@ class FunctionalModel(Protocol):
 class BitsForward:
     """One adapted network's inference on 0/1 inputs given as their set bits: the first map is a sum of
     `table` rows (one per set bit) plus `bias`, so several networks' tables can be concatenated and summed in
-    one `F.embedding_bag` (column indices, row offsets); `rest` maps that (N, width) sum to the output."""
+    one `F.embedding_bag` (column indices, row offsets; `MetaModel.bits_scorer`); `rest` maps that (N, width)
+    sum to the output."""
 
     table: Tensor  # (bits, width)
     bias: Tensor  # (width,)
     rest: Callable[[Tensor], Tensor]
-
-    def __call__(self, cols: Tensor, offsets: Tensor) -> Tensor:
-        return self.rest(F.embedding_bag(cols, self.table, offsets, mode="sum").add_(self.bias))
 
 
 class ModelBase:
