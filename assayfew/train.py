@@ -67,6 +67,7 @@ class TrainConfig(EpisodeOptions):
     grad_clip: float = 10.0
     hidden: tuple[int, ...] = (500, 500)
     per_step_blocks: str = "last"
+    bit_dropout: float = 0.0  # training augmentation: share of each compound's set bits cleared (trainstep.BitDropout)
     source_balance: float = 0.0  # assay sampling weight ∝ (assays in its corpus)^-source_balance; 1 = corpora equal
     val_support_k: int | None = None
     val_max_assays: int = 200
@@ -234,7 +235,8 @@ class DrugBenchmark:
     def train_step(self, learner: MetaLearner, mixer: Mixer, item: list[Episode], *, generator: torch.Generator,
                    epoch: int, device: torch.device, dist: DistContext) -> torch.Tensor:
         return meta_step(learner, mixer, self.train_set, item, label_scaling=self.cfg.label_scaling,
-                         min_std=self.cfg.min_std, generator=generator, epoch=epoch, device=device, dist=dist)
+                         min_std=self.cfg.min_std, generator=generator, epoch=epoch, device=device, dist=dist,
+                         bit_dropout=self.cfg.bit_dropout)
 
     def validate(self, learner: MetaLearner, model_config: dict[str, Any]) -> dict[str, float]:
         current = MetaModel(learners=[learner], config=model_config)

@@ -144,3 +144,52 @@ def test_set_sparse_rows_rejects_wrong_shape():
     with pytest.raises(ValueError, match="sorted by row"):
         SparseRows.from_coordinates(torch.tensor([1, 0]), torch.tensor([0, 0]), 2, 8)
 
+
+
+def test_bit_dropout_clears_bits_consistently_and_independently_of_the_share():
+    """Bit dropout clears about `rate` of the set bits, the same in the dense and the sparse input form;
+    a task's draws depend on its global index only (a rank building tasks 2.. drops the same bits);
+    rate 0 leaves the batch as it was."""
+    from assayfew.meta.sparse import SparseRows
+    from assayfew.tasks import EpisodeSampler
+    from assayfew.trainstep import BitDropout, episode_batch
+
+    taskset = make_synthetic_taskset(n_assays=10, bits=64, seed=3)
+    episodes = EpisodeSampler(taskset, support_range=(8, 20), query_range=(8, 20), max_support=20,
+                              seed=5).sample_rows(4)
+    widths = (20, 20)
+    plain = episode_batch(taskset, episodes, "center", 0.5, widths=widths)
+    same = episode_batch(taskset, episodes, "center", 0.5, widths=widths, dropout=BitDropout(0.0, 7))
+    assert torch.equal(plain.xs, same.xs) and torch.equal(plain.xq, same.xq)
+    dropped = episode_batch(taskset, episodes, "center", 0.5, widths=widths, dropout=BitDropout(0.3, 7))
+    for which, before, after in (("s", plain.xs, dropped.xs), ("q", plain.xq, dropped.xq)):
+        assert torch.all(after <= before)  # only clears bits
+        kept = float(after.sum() / before.sum())
+        assert 0.6 < kept < 0.8, kept
+        rebuilt = SparseRows.from_dense(after.reshape(-1, after.shape[-1]))
+        got = dropped.sparse_rows(which)
+        assert torch.equal(got.by_row.indices, rebuilt.by_row.indices)
+        assert torch.equal(got.by_row.offsets, rebuilt.by_row.offsets)
+        assert dropped.input_nnz(which) == int(after.count_nonzero())
+    assert torch.equal(dropped.ys, plain.ys) and torch.equal(dropped.ms, plain.ms)
+    share = episode_batch(taskset, episodes[2:], "center", 0.5, widths=widths, dropout=BitDropout(0.3, 7, 2))
+    assert torch.equal(share.xs, dropped.xs[2:]) and torch.equal(share.xq, dropped.xq[2:])
+    other = episode_batch(taskset, episodes, "center", 0.5, widths=widths, dropout=BitDropout(0.3, 8))
+    assert not torch.equal(other.xs, dropped.xs)
+
+
+def test_bit_dropout_is_a_checked_training_option(tmp_path):
+    with pytest.raises(ValueError, match="bit_dropout"):
+        TrainConfig(**(TINY_CONFIG | {"bit_dropout": 1.5}))
+    tr, va = _data()
+    cfg = TrainConfig(**(TINY_CONFIG | {"bit_dropout": 0.2}))
+    result = train(cfg, tr, va, tmp_path / "a")
+    again = train(cfg, tr, va, tmp_path / "b")
+    assert result.best_epoch == again.best_epoch
+    a = load_file(tmp_path / "a" / "model" / "weights.safetensors")
+    b = load_file(tmp_path / "b" / "model" / "weights.safetensors")
+    train(TrainConfig(**TINY_CONFIG), tr, va, tmp_path / "c")
+    c = load_file(tmp_path / "c" / "model" / "weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # reproducible from the seed
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # and it changes training
+    assert read_toml(tmp_path / "a" / "config.toml")["bit_dropout"] == 0.2
