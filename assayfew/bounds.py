@@ -63,6 +63,8 @@ def check_train_options(options: dict) -> None:
     if options.get("mix", "none") != "none":
         for layer in options.get("layers") or []:  # mixing positions: 0 = input, i = after hidden block i
             check_range("mixing layer", layer, 0, len(hidden), integer=True)
+    for corpus, factor in (options.get("source_weights") or {}).items():
+        check_range(f"source_weights.{corpus}", factor, 0, None, low_open=True)
     for low, high in (("support_min", "support_max"), ("query_min", "query_max")):
         if options.get(low) is not None and options.get(high) is not None and options[low] > options[high]:
             raise ValueError(f"{low} ({options[low]}) is larger than {high} ({options[high]})")

@@ -69,6 +69,7 @@ class TrainConfig(EpisodeOptions):
     per_step_blocks: str = "last"
     bit_dropout: float = 0.0  # training augmentation: share of each compound's set bits cleared (trainstep.BitDropout)
     source_balance: float = 0.0  # assay sampling weight ∝ (assays in its corpus)^-source_balance; 1 = corpora equal
+    source_weights: dict[str, float] = field(default_factory=dict)  # corpus name -> extra sampling factor (default 1)
     val_support_k: int | None = None
     val_max_assays: int = 200
     msl_epochs: int = 10
@@ -104,6 +105,8 @@ class TrainConfig(EpisodeOptions):
                 values[key] = tuple(int(v) for v in values[key])
         if not isinstance(values.get("regularizer_options", {}), dict):
             raise ValueError("regularizer_options must be a table of the regularizer's options")
+        if not isinstance(values.get("source_weights", {}), dict):
+            raise ValueError("source_weights must be a table of corpus name = sampling factor")
         cfg = cls(**values)
         core = cfg.core(in_dim=1)  # validates the learner/mixer/regularizer names and options
         core.build()  # and their values (per_step_blocks, adapt, ...), and that the regularizer suits the learner
@@ -207,6 +210,20 @@ def model_config(cfg: TrainConfig, spec: FingerprintSpec, train_set: TaskSet, ex
     return {"format": MODEL_FORMAT, "core": cfg.core(spec.bits).to_dict()} | model_info(cfg, spec, train_set, extra)
 
 
+def assay_weights(sources: list[str], balance: float, corpus_weights: dict[str, float]) -> list[float] | None:
+    """Sampling weight of each training assay: (assays in its corpus)^-balance × its corpus's factor in
+    `corpus_weights` (1 when not named); None (uniform) when both are neutral. A factor naming a corpus
+    that is not among `sources` is an error (a misspelt name would silently do nothing)."""
+    unknown = sorted(set(corpus_weights) - set(sources))
+    if unknown:
+        raise ValueError(f"source_weights names corpora not in the training set: {', '.join(unknown)} "
+                         f"(the training corpora: {', '.join(sorted(set(sources)))})")
+    if not balance and not corpus_weights:
+        return None
+    counts = Counter(sources)
+    return [counts[s] ** -balance * float(corpus_weights.get(s, 1.0)) for s in sources]
+
+
 class DrugBenchmark:
     """The drug benchmark for the training loop: fingerprint episodes of a task set, labels scaled per task
     on its support, validated by the mean squared Pearson r over meta-validation assays."""
@@ -217,9 +234,7 @@ class DrugBenchmark:
         self.cfg, self.train_set, self.split_info = cfg, train_set, split_info or {}
         self.val_eps = evaluation_episodes(val_set.subset(val_set.assay_ids[: cfg.val_max_assays]),
                                            support_k=cfg.val_support_k, seed=cfg.seed)
-        counts = Counter(train_set.sources)
-        self.weights = ([counts[s] ** -cfg.source_balance for s in train_set.sources] if cfg.source_balance
-                        else None)
+        self.weights = assay_weights(train_set.sources, cfg.source_balance, cfg.source_weights)
 
     def model_info(self) -> dict[str, Any]:
         return model_info(self.cfg, self.train_set.spec, self.train_set, {"split": self.split_info})

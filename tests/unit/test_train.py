@@ -193,3 +193,32 @@ def test_bit_dropout_is_a_checked_training_option(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # reproducible from the seed
     assert any(not torch.equal(a[k], c[k]) for k in a)  # and it changes training
     assert read_toml(tmp_path / "a" / "config.toml")["bit_dropout"] == 0.2
+
+
+def test_assay_weights_balance_corpora_and_apply_named_factors():
+    from assayfew.train import assay_weights
+
+    sources = ["a"] * 4 + ["b"]
+    assert assay_weights(sources, 0.0, {}) is None
+    balanced = np.array(assay_weights(sources, 1.0, {}))
+    assert balanced[:4].sum() == pytest.approx(balanced[4:].sum())
+    weighted = np.array(assay_weights(sources, 1.0, {"b": 3.0}))
+    assert weighted[4:].sum() == pytest.approx(3 * weighted[:4].sum())
+    assert assay_weights(sources, 0.0, {"a": 2.0}) == [2.0] * 4 + [1.0]
+    with pytest.raises(ValueError, match="not in the training set: c"):
+        assay_weights(sources, 1.0, {"c": 2.0})
+
+
+def test_source_weights_are_a_checked_training_option():
+    from assayfew.train import DrugBenchmark
+
+    with pytest.raises(ValueError, match="source_weights.x"):
+        TrainConfig.from_dict(TINY_CONFIG | {"source_weights": {"x": 0}})
+    with pytest.raises(ValueError, match="table"):
+        TrainConfig.from_dict(TINY_CONFIG | {"source_weights": [1]})
+    tr, va = _data()
+    corpus = tr.sources[0]
+    favoured = DrugBenchmark(TrainConfig(**(TINY_CONFIG | {"source_weights": {corpus: 1000.0}})), tr, va)
+    assert favoured.weights == [1000.0] * len(tr)
+    with pytest.raises(ValueError, match="not in the training set"):
+        DrugBenchmark(TrainConfig(**(TINY_CONFIG | {"source_weights": {"nope": 2.0}})), tr, va)
