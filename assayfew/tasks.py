@@ -315,11 +315,17 @@ class TaskSet:
 
 
 # ------------------------------------------------------------------ episodes
+#: `EpisodeSampler.split_sizes`: how many TRN / TST rows a split assay's episode takes.
+SPLIT_SIZES = ("cap", "range")
+
+
 class EpisodeSampler:
     """Seeded support/query episodes from a TaskSet.
 
     Assays with a TRN/TST split (and ``use_split``) use it: support = TRN rows, query = TST rows, each
-    randomly subsampled to ``max_support``/``max_query`` when set. Other assays draw a support of K
+    randomly subsampled to ``max_support``/``max_query`` when set (``split_sizes = "cap"``), or to sizes drawn
+    uniformly from ``support_range``/``query_range`` as for other assays (``"range"``; capped by the rows
+    each side has). Other assays draw a support of K
     compounds (K uniform in ``support_range``, capped so that at least ``min_query`` remain) and a query
     of Q of the rest (Q uniform in ``query_range``, capped by what remains).
     """
@@ -333,6 +339,7 @@ class EpisodeSampler:
         max_support: int | None = None,
         max_query: int | None = None,
         use_split: bool = True,
+        split_sizes: str = "cap",
         min_query: int = 4,
         weights: Sequence[float] | None = None,
         seed: int = 0,
@@ -342,6 +349,9 @@ class EpisodeSampler:
                 raise ValueError(f"{name} must satisfy 1 <= low <= high, got {(lo, hi)}")
         if min_query < 1:
             raise ValueError(f"min_query must be >= 1, got {min_query}")
+        if split_sizes not in SPLIT_SIZES:
+            raise ValueError(f"split_sizes must be one of {', '.join(SPLIT_SIZES)}, not {split_sizes!r}")
+        self.split_sizes = split_sizes
         self.taskset = taskset
         self.support_range = (int(support_range[0]), int(support_range[1]))
         self.query_range = (int(query_range[0]), int(query_range[1]))
@@ -386,8 +396,13 @@ class EpisodeSampler:
         lo, hi = int(self.taskset.offsets[i]), int(self.taskset.offsets[i + 1])
         if mode == "split":
             split = self.taskset.split[lo:hi]
-            support = _cap(np.flatnonzero(split == SPLIT_TRN), self.max_support, rng)
-            query = _cap(np.flatnonzero(split == SPLIT_TST), self.max_query, rng)
+            trn, tst = np.flatnonzero(split == SPLIT_TRN), np.flatnonzero(split == SPLIT_TST)
+            if self.split_sizes == "range":
+                support = _cap(trn, self._size(self.support_range, self.max_support, len(trn), rng), rng)
+                query = _cap(tst, self._size(self.query_range, self.max_query, len(tst), rng), rng)
+            else:
+                support = _cap(trn, self.max_support, rng)
+                query = _cap(tst, self.max_query, rng)
         else:
             n = hi - lo
             k_hi = min(self.support_range[1], n - self.min_query)
@@ -404,6 +419,13 @@ class EpisodeSampler:
             q = int(rng.integers(q_lo, q_hi + 1))
             query = rest[:q]
         return support + lo, query + lo
+
+    @staticmethod
+    def _size(size_range: tuple[int, int], cap: int | None, available: int, rng: np.random.Generator) -> int:
+        """A size uniform in `size_range`, limited by `cap` and by the `available` rows."""
+        hi = min(size_range[1], available, cap if cap is not None else available)
+        lo = min(size_range[0], hi)
+        return int(rng.integers(lo, hi + 1))
 
     def episode(self, i: int, rng: np.random.Generator) -> Task:
         """One episode of assay ``i`` drawn with ``rng``."""

@@ -27,7 +27,7 @@ from assayfew.meta.mixing import Mixer
 from assayfew.meta.registry import option_names
 from assayfew.scaling import SCALING_MODES
 from assayfew.provenance import array_digest, stamp
-from assayfew.tasks import EpisodeSampler, TaskSet
+from assayfew.tasks import SPLIT_SIZES, EpisodeSampler, TaskSet
 from assayfew.trainstep import Episode, episode_batch, meta_step
 
 __all__ = ["TrainConfig", "DrugBenchmark", "TrainResult", "Reporter", "train", "model_config", "model_info",
@@ -44,6 +44,7 @@ class EpisodeOptions:
     support_max: int = 64
     query_min: int = 16
     query_max: int = 64
+    split_sizes: str = "cap"  # split assays: "cap" = all TRN/TST rows up to the maxima; "range" = sizes as others
 
 
 @dataclass
@@ -86,6 +87,8 @@ class TrainConfig(EpisodeOptions):
         check_train_options(self.to_dict())
         if self.label_scaling not in SCALING_MODES:
             raise ValueError(f"unknown label scaling {self.label_scaling!r}; choose from {', '.join(SCALING_MODES)}")
+        if self.split_sizes not in SPLIT_SIZES:
+            raise ValueError(f"split_sizes must be one of {', '.join(SPLIT_SIZES)}, not {self.split_sizes!r}")
         if self.init_head not in INIT_HEADS:
             raise ValueError(f"init_head must be one of {', '.join(INIT_HEADS)}, not {self.init_head!r}")
         if self.init_head != "mean" and self.init_body is None:
@@ -243,7 +246,8 @@ class DrugBenchmark:
         cfg = self.cfg
         sampler = EpisodeSampler(self.train_set, support_range=(cfg.support_min, cfg.support_max),
                                  query_range=(cfg.query_min, cfg.query_max), max_support=cfg.support_max,
-                                 max_query=cfg.query_max, weights=self.weights, seed=cfg.seed * 1_000_003 + epoch)
+                                 max_query=cfg.query_max, split_sizes=cfg.split_sizes, weights=self.weights,
+                                 seed=cfg.seed * 1_000_003 + epoch)
         for _ in range(cfg.iters):
             yield sampler.sample_rows(cfg.meta_batch)
 

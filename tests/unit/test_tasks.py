@@ -209,3 +209,25 @@ def test_standardisation_choice_is_recorded_and_not_mixed(tmp_path):
     assert load_taskset([tmp_path / "raw"], standardize=False).standardized is False
     fingerprint = model_config(TrainConfig(), Spec(2, 32), raw)["fingerprint"]
     assert fingerprint == {"radius": 2, "bits": 32, "standardize": False}
+
+
+def test_split_sizes_range_draws_varied_sizes_from_each_side(taskset: TaskSet) -> None:
+    """split_sizes="range": a split assay's support is K of its TRN rows with K uniform in support_range
+    (limited by the TRN rows there are), its query Q of its TST rows; "cap" keeps every row up to the maxima."""
+    i = taskset.index("split")  # 30 TRN, 10 TST rows
+    x, y, split = taskset.assay(i)
+    trn = {(r.tobytes(), float(v)) for r, v in zip(x[split == 1], y[split == 1])}
+    tst = {(r.tobytes(), float(v)) for r, v in zip(x[split == 2], y[split == 2])}
+    ranged = EpisodeSampler(taskset, support_range=(5, 40), query_range=(4, 8), split_sizes="range", seed=1)
+    sizes = set()
+    for seed in range(40):
+        t = ranged.episode(i, np.random.default_rng(seed))
+        assert {(r.tobytes(), float(v)) for r, v in zip(t.support_x, t.support_y)} <= trn
+        assert {(r.tobytes(), float(v)) for r, v in zip(t.query_x, t.query_y)} <= tst
+        assert 5 <= len(t.support_y) <= 30 and 4 <= len(t.query_y) <= 8
+        sizes.add((len(t.support_y), len(t.query_y)))
+    assert len({s for s, _ in sizes}) > 5 and len({q for _, q in sizes}) > 2
+    capped = EpisodeSampler(taskset, support_range=(5, 40), query_range=(4, 8), seed=1)
+    assert all(len(capped.episode(i, np.random.default_rng(s)).support_y) == 30 for s in range(5))
+    with pytest.raises(ValueError, match="split_sizes"):
+        EpisodeSampler(taskset, split_sizes="all")

@@ -222,3 +222,9 @@ def test_source_weights_are_a_checked_training_option():
     assert favoured.weights == [1000.0] * len(tr)
     with pytest.raises(ValueError, match="not in the training set"):
         DrugBenchmark(TrainConfig(**(TINY_CONFIG | {"source_weights": {"nope": 2.0}})), tr, va)
+
+
+def test_split_sizes_is_a_checked_training_option():
+    with pytest.raises(ValueError, match="split_sizes"):
+        TrainConfig.from_dict(TINY_CONFIG | {"split_sizes": "everything"})
+    assert TrainConfig.from_dict(TINY_CONFIG | {"split_sizes": "range"}).split_sizes == "range"
