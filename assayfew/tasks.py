@@ -404,20 +404,12 @@ class EpisodeSampler:
                 support = _cap(trn, self.max_support, rng)
                 query = _cap(tst, self.max_query, rng)
         else:
-            n = hi - lo
-            k_hi = min(self.support_range[1], n - self.min_query)
-            if self.max_support is not None:
-                k_hi = max(1, min(k_hi, self.max_support))
-            k_lo = min(self.support_range[0], k_hi)
-            k = int(rng.integers(k_lo, k_hi + 1))
+            n = hi - lo  # eligible: n - min_query >= 1
+            cap = None if self.max_support is None else max(1, self.max_support)
+            k = self._size(self.support_range, cap, n - self.min_query, rng)
             perm = rng.permutation(n)
             support, rest = perm[:k], perm[k:]
-            q_hi = min(self.query_range[1], len(rest))
-            if self.max_query is not None:
-                q_hi = min(q_hi, self.max_query)
-            q_lo = min(self.query_range[0], q_hi)
-            q = int(rng.integers(q_lo, q_hi + 1))
-            query = rest[:q]
+            query = rest[: self._size(self.query_range, self.max_query, len(rest), rng)]
         return support + lo, query + lo
 
     @staticmethod

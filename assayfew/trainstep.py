@@ -69,7 +69,6 @@ def episode_batch(taskset: TaskSet, episodes: Sequence[Episode], mode: str, min_
     return batch
 
 
-
 @dataclass(frozen=True)
 class BitDropout:
     """Input-bit dropout for training episodes: each set fingerprint bit of each support and query compound
@@ -82,10 +81,9 @@ class BitDropout:
     first_task: int = 0
 
     def keep(self, bits_per_task: np.ndarray, part: int) -> np.ndarray:
-        """Boolean keep-mask over the set bits of consecutive tasks (`bits_per_task[t]` bits for task t)."""
+        """Boolean keep-mask over the set bits of consecutive tasks (`bits_per_task[t]` bits for task t; at least one task)."""
         return np.concatenate([np.random.default_rng([self.seed, self.first_task + t, part]).random(int(n))
-                               >= self.rate for t, n in enumerate(bits_per_task)]) if len(bits_per_task) else \
-            np.zeros(0, dtype=bool)
+                               >= self.rate for t, n in enumerate(bits_per_task)])
 
 
 def episode_masks(episodes: Sequence[Episode], widths: tuple[int, int]) -> TaskBatch:
