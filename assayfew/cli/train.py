@@ -17,7 +17,7 @@ from assayfew.distributed import DistContext, init_from_env
 from assayfew.experiment import experiment_data, split_taskset
 from assayfew.io import check_output_dir, read_toml
 from assayfew.rundir import clear_run, run_artefacts
-from assayfew.train import Reporter, TrainConfig, body_initializer, train
+from assayfew.train import Reporter, TrainConfig, assay_weights, body_initializer, train
 
 
 class RichReporter(Reporter):
@@ -169,6 +169,7 @@ def main(
         data = split_taskset(taskset, split_def, seed=cfg.seed)
         if len(data.train) == 0 or len(data.val) == 0:
             raise ValueError(f"the split leaves {len(data.train)} training and {len(data.val)} validation assays")
+        assay_weights(data.train.sources, cfg.source_balance, cfg.source_weights)  # fails before the run dir exists
         if not dist.is_main:
             train(cfg, data.train, data.val, out, resume=resume, dist=dist)
             return

@@ -55,3 +55,12 @@ def test_bad_regularizer_options_are_one_line_errors(data, tmp_path, args, messa
     res = runner.invoke(typer_app, ["train", *data, "--out", str(tmp_path / "r"), *TINY, *args])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_unknown_corpus_in_source_weights_fails_before_anything_is_written(data, tmp_path):
+    """Checked once the data have loaded, before the run directory gets its split (it stays empty)."""
+    conf = tmp_path / "weights.toml"
+    conf.write_text("[source_weights]\nno_such_corpus = 2.0\n")
+    res = runner.invoke(typer_app, ["train", *data, "--out", str(tmp_path / "r"), *TINY, "--config", str(conf)])
+    assert res.exit_code == 2 and "no_such_corpus" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
