@@ -80,8 +80,7 @@ class MetaModel:
 
     @property
     def spec(self) -> FingerprintSpec:
-        fp = self.config["fingerprint"]
-        return FingerprintSpec(radius=int(fp["radius"]), bits=int(fp["bits"]))
+        return FingerprintSpec.from_dict(self.config["fingerprint"])
 
     @property
     def standardize(self) -> bool:

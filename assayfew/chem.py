@@ -61,13 +61,36 @@ _MAY_NEED_STANDARDIZING = re.compile(r"\.|\[[^\]]*[+-]")
 
 @dataclass(frozen=True)
 class FingerprintSpec:
-    """Morgan (ECFP-like) bit fingerprint settings."""
+    """Morgan bit fingerprint settings: `bits` columns in all. With `feature_bits` > 0 the last `feature_bits`
+    columns are a second Morgan fingerprint of the same radius on pharmacophoric atom features (FCFP-like:
+    donor, acceptor, aromatic, halogen, basic, acidic) and the first `bits - feature_bits` the usual ECFP-like
+    one; 0 = ECFP only."""
 
     radius: int = 2
     bits: int = 1024
+    feature_bits: int = 0
+
+    def __post_init__(self) -> None:
+        if self.radius < 0 or self.bits < 1:
+            raise ValueError(f"fingerprint: radius must be >= 0 and bits >= 1, got {self.radius} and {self.bits}")
+        if not 0 <= self.feature_bits < self.bits:
+            raise ValueError(f"fingerprint: feature_bits must be in [0, bits), got {self.feature_bits} of {self.bits}")
+
+    @property
+    def structure_bits(self) -> int:
+        """Width of the ECFP-like part (the first columns)."""
+        return self.bits - self.feature_bits
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """radius and bits, plus feature_bits when used (so ECFP-only specs read and hash as before)."""
+        out = asdict(self)
+        if not self.feature_bits:
+            del out["feature_bits"]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FingerprintSpec:
+        return cls(radius=int(data["radius"]), bits=int(data["bits"]), feature_bits=int(data.get("feature_bits", 0)))
 
 
 @dataclass
@@ -183,25 +206,53 @@ def _standardizer() -> _Standardizer:
 
 
 @lru_cache(maxsize=8)
-def _generator(radius: int, bits: int) -> rdFingerprintGenerator.FingerprintGenerator64:
+def _generator(radius: int, bits: int, features: bool = False) -> rdFingerprintGenerator.FingerprintGenerator64:
+    if features:
+        invariants = rdFingerprintGenerator.GetMorganFeatureAtomInvGen()
+        return rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=bits, atomInvariantsGenerator=invariants)
     return rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=bits)
 
 
+def _fingerprint_numpy(mol: Chem.Mol, spec: FingerprintSpec) -> np.ndarray:
+    """The reference fingerprint of `spec`: (bits,) uint8 of 0/1 (ECFP part, then FCFP part)."""
+    parts = [_generator(spec.radius, spec.structure_bits).GetFingerprintAsNumPy(mol)]
+    if spec.feature_bits:
+        parts.append(_generator(spec.radius, spec.feature_bits, features=True).GetFingerprintAsNumPy(mol))
+    return np.concatenate(parts).astype(np.uint8)
+
+
 @lru_cache(maxsize=8)
-def _fingerprint_bytes(radius: int, bits: int) -> Callable[[Chem.Mol], bytes]:
+def _fingerprint_bytes(spec: FingerprintSpec) -> Callable[[Chem.Mol], bytes]:
     """mol → ceil(bits/8) bytes, bit i at byte i//8, position i%8 (little-endian bit order).
 
-    Uses the bit vector's raw serialisation when a self-check shows it has exactly that layout,
-    else a slower numpy route.
+    Uses the bit vectors' raw serialisation when a self-check shows it has exactly that layout (and the
+    ECFP part fills whole bytes), else a slower numpy route.
     """
-    generator = _generator(radius, bits)
+    bits = spec.bits
     nbytes = (bits + 7) // 8
+
+    def via_numpy(mol: Chem.Mol) -> bytes:
+        return np.packbits(_fingerprint_numpy(mol, spec).astype(bool), bitorder="little").tobytes()
+
+    if spec.feature_bits:
+        if spec.structure_bits % 8:
+            return via_numpy
+        structure = _fingerprint_bytes(FingerprintSpec(spec.radius, spec.structure_bits))
+        features = _generator(spec.radius, spec.feature_bits, features=True)
+        probe = Chem.MolFromSmiles("CC(=O)Nc1ccc(O)cc1C(F)(F)F")
+        if len(DataStructs.BitVectToBinaryText(features.GetFingerprint(probe))) != (spec.feature_bits + 7) // 8:
+            return via_numpy
+
+        def joined(mol: Chem.Mol) -> bytes:
+            return structure(mol) + DataStructs.BitVectToBinaryText(features.GetFingerprint(mol))
+
+        ok = np.array_equal(np.unpackbits(np.frombuffer(joined(probe), np.uint8), count=bits, bitorder="little"),
+                            _fingerprint_numpy(probe, spec))
+        return joined if ok else via_numpy
+    generator = _generator(spec.radius, bits)
 
     def raw(mol: Chem.Mol) -> bytes:
         return DataStructs.BitVectToBinaryText(generator.GetFingerprint(mol))
-
-    def via_numpy(mol: Chem.Mol) -> bytes:
-        return np.packbits(generator.GetFingerprintAsNumPy(mol).astype(bool), bitorder="little").tobytes()
 
     probe = Chem.MolFromSmiles("CC(=O)Nc1ccc(O)cc1C(F)(F)F")
     data = raw(probe)
@@ -216,13 +267,13 @@ _Chunk = tuple[np.ndarray, list[str], list[str] | None]
 
 
 def _featurize_chunk(
-    smiles: Sequence[str], radius: int, bits: int, standardize: bool, canonical: bool
+    smiles: Sequence[str], spec: FingerprintSpec, standardize: bool, canonical: bool
 ) -> _Chunk:
     """Featurize unique SMILES serially: (packed bits (n, ceil(bits/8)) little-endian, reasons,
     canonical SMILES or None)."""
-    to_bytes = _fingerprint_bytes(radius, bits)
+    to_bytes = _fingerprint_bytes(spec)
     n = len(smiles)
-    zero = bytes((bits + 7) // 8)
+    zero = bytes((spec.bits + 7) // 8)
     rows: list[bytes] = []
     reasons = [""] * n
     canon: list[str] | None = [""] * n if canonical else None
@@ -281,9 +332,7 @@ def _available_cores() -> int:
 def _featurize_unique(
     smiles: list[str], spec: FingerprintSpec, standardize: bool, canonical: bool, n_jobs: int | None
 ) -> _Chunk:
-    work = partial(
-        _featurize_chunk, radius=spec.radius, bits=spec.bits, standardize=standardize, canonical=canonical
-    )
+    work = partial(_featurize_chunk, spec=spec, standardize=standardize, canonical=canonical)
     n = len(smiles)
     jobs = n_jobs if n_jobs is not None else _available_cores()
     jobs = max(1, min(jobs, n // (_PARALLEL_MIN // 2) or 1))
@@ -493,7 +542,7 @@ def featurize_chunks(
     bounded however long the stream. Workers are spawned (not forked) and import only this module: they do
     not hold copies of the caller's memory (a loaded model, torch).
     """
-    work = partial(_featurize_chunk, radius=spec.radius, bits=spec.bits, standardize=standardize, canonical=False)
+    work = partial(_featurize_chunk, spec=spec, standardize=standardize, canonical=False)
     jobs = n_jobs if n_jobs is not None else _available_cores()
     source = iter(chunks)
     peeked = list(itertools.islice(source, 2))

@@ -83,7 +83,8 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["radius", "bits"],
             "properties": {"radius": {"type": "integer", "minimum": 0, "maximum": MAX_FP_RADIUS},
-                           "bits": {"type": "integer", "minimum": MIN_FP_BITS, "maximum": MAX_FP_BITS}},
+                           "bits": {"type": "integer", "minimum": MIN_FP_BITS, "maximum": MAX_FP_BITS},
+                           "feature_bits": {"type": "integer", "minimum": 0, "maximum": MAX_FP_BITS}},
         },
         "label_scaling": {
             "type": "object",

@@ -305,7 +305,7 @@ class TaskSet:
                 arrays = {name: npz[name] for name in _ARRAY_DTYPES if name != "fingerprints"}
                 packed = npz["fingerprints_packed"]
                 reference = npz["reference"] if "reference" in npz.files else None
-            spec = FingerprintSpec(**index["spec"])
+            spec = FingerprintSpec.from_dict(index["spec"])
             arrays["fingerprints"] = np.unpackbits(packed, axis=1, count=spec.bits)
             return cls(assay_ids=index["assay_ids"], families=index["families"], spec=spec,
                        sources=index.get("sources"), standardized=index.get("standardized"), reference=reference,

@@ -15,7 +15,10 @@ CORPORA = ("simpd_chembl32_ki", "chembl28_ycu", "kiba/kiba_long.csv.gz")
 
 def default_cache(spec: FingerprintSpec) -> Path:
     """Where the shared corpora's task cache for `spec` lives by default (one per fingerprint)."""
-    return Path("cache/shared_tasks" if spec == FingerprintSpec() else f"cache/shared_tasks_r{spec.radius}_{spec.bits}")
+    if spec == FingerprintSpec():
+        return Path("cache/shared_tasks")
+    features = f"_f{spec.feature_bits}" if spec.feature_bits else ""
+    return Path(f"cache/shared_tasks_r{spec.radius}_{spec.bits}{features}")
 
 
 def shared_taskset(cache: Path | None, spec: FingerprintSpec = FingerprintSpec()) -> TaskSet:
@@ -26,8 +29,8 @@ def shared_taskset(cache: Path | None, spec: FingerprintSpec = FingerprintSpec()
     if (cache / "index.json").exists():
         taskset = load_taskset([cache])
         if taskset.spec != spec:
-            sys.exit(f"{cache}: task cache of {taskset.spec.bits}-bit radius-{taskset.spec.radius} fingerprints; the "
-                     f"model needs {spec.bits}-bit radius-{spec.radius} (pass another --cache)")
+            sys.exit(f"{cache}: task cache of fingerprints {taskset.spec.to_dict()}; the model needs {spec.to_dict()} "
+                     "(pass another --cache)")
         return taskset
     data_dir = shared_data_dir()
     if not data_dir.exists():

@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from assayfew.chem import FingerprintSpec
 from assayfew.io import read_toml
 from assayfew.paths import cache_dir
 
@@ -35,6 +36,9 @@ CorpusOption = Annotated[Optional[list[Path]], typer.Option(help="Corpus or task
 FormatOption = Annotated[Optional[str], typer.Option("--format", help="pqsar|long|dir|fsmol (auto).")]
 SplitOption = Annotated[Optional[Path], typer.Option(help="Split file {train,val,test} for --corpus.")]
 
+FEATURE_BITS_HELP = ("How many of the --bits columns (the last ones) hold an FCFP-like fingerprint (pharmacophoric "
+                     "atom features, same radius); 0 = all ECFP-like.")
+
 F = TypeVar("F", bound=Callable[..., Any])
 # Typer's own exits and usage errors (its click may be vendored): click prints these itself.
 _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -45,6 +49,14 @@ def fail(message: str) -> typer.Exit:
     """Print `error: message` (one line, no markup interpretation) and return the exit to raise."""
     err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(2)
+
+
+def fingerprint_spec(radius: int, bits: int, feature_bits: int) -> FingerprintSpec:
+    """The spec of --radius/--bits/--feature-bits, or a one-line error when they do not fit together."""
+    try:
+        return FingerprintSpec(radius=radius, bits=bits, feature_bits=feature_bits)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--feature-bits") from None
 
 
 @contextmanager

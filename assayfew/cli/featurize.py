@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from assayfew.bounds import MAX_FP_BITS, MAX_FP_RADIUS, MIN_FP_BITS
-from assayfew.chem import FingerprintSpec, featurize_smiles
-from assayfew.cli._common import fail
+from assayfew.chem import featurize_smiles
+from assayfew.cli._common import FEATURE_BITS_HELP, fail, fingerprint_spec
 from assayfew.data import DataFormatError, read_smiles_csv
 from assayfew.io import atomic_write, check_output_file
 
@@ -23,6 +23,7 @@ def main(
     smiles_col: str | None = typer.Option(None, "--smiles-col", help="SMILES column (default: auto-detect)."),
     radius: int = typer.Option(2, "--radius", min=0, max=MAX_FP_RADIUS, help="Morgan radius."),
     bits: int = typer.Option(1024, "--bits", min=MIN_FP_BITS, max=MAX_FP_BITS, help="Fingerprint length."),
+    feature_bits: int = typer.Option(0, "--feature-bits", min=0, max=MAX_FP_BITS, help=FEATURE_BITS_HELP),
     standardize: bool = typer.Option(False, "--standardize", help="Largest fragment + neutralise first."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the fingerprint cache."),
 ) -> None:
@@ -38,7 +39,7 @@ def main(
         if exc.column is None:  # unreadable file (encoding, empty, malformed): not the column's fault
             raise fail(str(exc)) from None
         raise typer.BadParameter(str(exc), param_hint="--smiles-col") from exc
-    result = featurize_smiles(smiles, FingerprintSpec(radius=radius, bits=bits), standardize=standardize,
+    result = featurize_smiles(smiles, fingerprint_spec(radius, bits, feature_bits), standardize=standardize,
                               cache=not no_cache, canonical=False)
     arrays = {"fingerprints": result.fingerprints, "valid": result.valid, "smiles": np.array(smiles, dtype=str)}
 

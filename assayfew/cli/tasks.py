@@ -14,6 +14,7 @@ from rich.table import Table
 
 from assayfew.bounds import MAX_FP_BITS, MAX_FP_RADIUS, MIN_FP_BITS, SEED_MAX
 from assayfew.chem import FingerprintSpec
+from assayfew.cli._common import FEATURE_BITS_HELP, fingerprint_spec
 from assayfew.cli._common import fail as _fail
 from assayfew.io import OutputError, check_output_dir, write_json
 from assayfew.splits import Split, SplitError
@@ -31,6 +32,7 @@ def main(
     split: Annotated[Optional[Path], typer.Option("--split", help="Split file to resolve (saved as split.json).")] = None,
     radius: Annotated[int, typer.Option(min=0, max=MAX_FP_RADIUS, help="Morgan radius.")] = 2,
     bits: Annotated[int, typer.Option(min=MIN_FP_BITS, max=MAX_FP_BITS, help="Fingerprint length.")] = 1024,
+    feature_bits: Annotated[int, typer.Option(min=0, max=MAX_FP_BITS, help=FEATURE_BITS_HELP)] = 0,
     standardize: Annotated[bool, typer.Option(
         "--standardize/--no-standardize", help="Strip salts and neutralise (largest organic fragment) before "
                                                "featurizing; recorded in the cache and in models trained on it.")] = True,
@@ -56,7 +58,7 @@ def main(
     except OutputError as exc:
         raise _fail(str(exc)) from None
 
-    spec = FingerprintSpec(radius=radius, bits=bits)
+    spec = fingerprint_spec(radius, bits, feature_bits)
     started = time.perf_counter()
     sets: list[TaskSet] = []
     per_source: list[dict[str, Any]] = []

@@ -40,3 +40,20 @@ def test_featurize_missing_column_and_file(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "none.csv" in result.output
     result = runner.invoke(app, ["featurize", str(src), "--out", str(tmp_path / "o.npz"), "--smiles-col", "structure", "--no-cache"])
     assert result.exit_code == 0, result.output
+
+
+def test_featurize_feature_bits(tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    smiles = ["c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "bad("]
+    src.write_text("smiles\n" + "".join(f"{s}\n" for s in smiles))
+    out = tmp_path / "out.npz"
+    args = ["featurize", str(src), "--out", str(out), "--bits", "512", "--no-cache"]
+    result = runner.invoke(app, args + ["--feature-bits", "256"])
+    assert result.exit_code == 0, result.output
+    with np.load(out, allow_pickle=False) as data:
+        ref = featurize_smiles(smiles, FingerprintSpec(bits=512, feature_bits=256)).fingerprints
+        assert np.array_equal(data["fingerprints"], ref)
+        ecfp_only = featurize_smiles(smiles, FingerprintSpec(bits=256)).fingerprints
+        assert np.array_equal(data["fingerprints"][:, :256], ecfp_only)
+    result = runner.invoke(app, args + ["--feature-bits", "512"])
+    assert result.exit_code == 2 and "feature_bits" in result.output and "Traceback" not in result.output

@@ -9,6 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from assayfew.chem import FingerprintSpec
 from assayfew.cli.tasks import main
 from assayfew.tasks import TaskSet
 
@@ -75,9 +76,27 @@ def test_tasks_concatenates_sources_and_prefixes_collisions(tmp_path: Path) -> N
     assert (y1 == y2).all() and (x1 == x2).all()
 
 
+def test_tasks_feature_bits_recorded_and_featurized(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    out = tmp_path / "cache"
+    result = CliRunner().invoke(app, [str(corpus), "-f", "dir", "-o", str(out), "--bits", "128", "--feature-bits", "64"])
+    assert result.exit_code == 0, result.output
+    taskset = TaskSet.load(out)
+    assert taskset.spec == FingerprintSpec(radius=2, bits=128, feature_bits=64)
+    assert json.loads((out / "summary.json").read_text())["config"]["spec"] == {"radius": 2, "bits": 128,
+                                                                              "feature_bits": 64}
+    plain = tmp_path / "plain"
+    assert CliRunner().invoke(app, [str(corpus), "-f", "dir", "-o", str(plain), "--bits", "64"]).exit_code == 0
+    ecfp = TaskSet.load(plain)
+    assert ecfp.assay_ids == taskset.assay_ids
+    for i in range(len(taskset)):
+        assert (taskset.assay(i)[0][:, :64] == ecfp.assay(i)[0]).all()  # the ECFP columns come first
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["CORPUS", "--bits", "64", "--feature-bits", "64"], "feature_bits"),
         (["missing_dir"], "no such file"),
         (["CORPUS", "--format", "nope"], "unknown --format"),
         (["CORPUS", "--split", "missing.json"], "not found"),

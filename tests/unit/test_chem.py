@@ -162,3 +162,46 @@ def test_max_tanimoto_matches_rdkit() -> None:
             assert got[i] == pytest.approx(max(sims), abs=1e-6)
     assert np.array_equal(max_tanimoto(query, ref[:0]), np.zeros(20))
     assert max_tanimoto(query[:1], query[:1])[0] == pytest.approx(1.0)
+
+
+def _ecfp_then_fcfp(mol: Chem.Mol, spec: FingerprintSpec) -> np.ndarray:
+    """Independent reference for a spec with feature bits: ECFP bits, then FCFP bits, each from RDKit."""
+    ecfp = rdFingerprintGenerator.GetMorganGenerator(radius=spec.radius, fpSize=spec.bits - spec.feature_bits)
+    fcfp = rdFingerprintGenerator.GetMorganGenerator(
+        radius=spec.radius, fpSize=spec.feature_bits,
+        atomInvariantsGenerator=rdFingerprintGenerator.GetMorganFeatureAtomInvGen())
+    return np.concatenate([ecfp.GetFingerprintAsNumPy(mol), fcfp.GetFingerprintAsNumPy(mol)]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("spec", [FingerprintSpec(radius=2, bits=4096, feature_bits=2048),  # raw bytes, joined
+                                  FingerprintSpec(radius=1, bits=100, feature_bits=37)])  # unaligned: numpy route
+@pytest.mark.parametrize("canonical", [True, False])
+def test_feature_bits_are_ecfp_then_fcfp(spec: FingerprintSpec, canonical: bool) -> None:
+    smiles = _nci_smiles(150) + _TRICKY
+    result = featurize_smiles(smiles, spec, canonical=canonical)
+    assert result.fingerprints.shape == (len(smiles), spec.bits)
+    checked = 0
+    for i, smi in enumerate(smiles):
+        mol, reason = parse_smiles(smi)
+        assert result.reasons[i] == reason, smi
+        if mol is None:
+            assert not result.fingerprints[i].any()
+            continue
+        assert np.array_equal(result.fingerprints[i], _ecfp_then_fcfp(mol, spec)), smi
+        checked += 1
+    assert checked > 150
+    # the feature part is not a copy of the structure part: FCFP merges atoms ECFP tells apart
+    fcfp_part = result.fingerprints[:, spec.structure_bits:]
+    assert fcfp_part.any(axis=1)[result.valid].all()
+
+
+def test_feature_bits_spec_checks_and_serialises() -> None:
+    with pytest.raises(ValueError, match="feature_bits"):
+        FingerprintSpec(bits=64, feature_bits=64)
+    with pytest.raises(ValueError, match="feature_bits"):
+        FingerprintSpec(bits=64, feature_bits=-1)
+    assert FingerprintSpec(bits=2048).to_dict() == {"radius": 2, "bits": 2048}  # ECFP-only specs unchanged
+    spec = FingerprintSpec(radius=3, bits=4096, feature_bits=1024)
+    assert spec.to_dict() == {"radius": 3, "bits": 4096, "feature_bits": 1024} and spec.structure_bits == 3072
+    assert FingerprintSpec.from_dict(spec.to_dict()) == spec
+    assert FingerprintSpec.from_dict({"radius": 2, "bits": 512}) == FingerprintSpec(bits=512)

@@ -1,6 +1,7 @@
 """Training loop, run directory contents, checkpoint round trip, resume."""
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from assayfew.checkpoint import load_model
+from assayfew.chem import FingerprintSpec, featurize_smiles
+from assayfew.predict import PredictOptions, adapt_and_predict, example_assay
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
 from assayfew.io import read_json, read_toml
 from assayfew.train import TrainConfig, train
@@ -29,6 +32,23 @@ def test_run_directory_has_config_metrics_and_model(tmp_path):
     cfg = read_json(tmp_path / "model" / "config.json")
     assert cfg["fingerprint"]["bits"] == 256 and cfg["training"]["epoch"] == result.best_epoch
     assert cfg["core"]["learner"]["name"] == "anil++" and cfg["core"]["mixer"]["name"] == "metamix"
+
+
+def test_feature_bits_spec_goes_from_task_cache_to_model_and_prediction(tmp_path):
+    """A model trained on ECFP + FCFP columns records them, and featurizes SMILES the same way to predict."""
+    spec = FingerprintSpec(radius=2, bits=256, feature_bits=128)
+    tr, va = (dataclasses.replace(ts, spec=spec) for ts in _data())
+    train(TrainConfig(**TINY_CONFIG | {"epochs": 1}), tr, va, tmp_path)
+    assert read_json(tmp_path / "model" / "config.json")["fingerprint"] == spec.to_dict()
+    model = load_model(tmp_path / "model")
+    assert model.spec == spec
+    table, _ = example_assay(n_measured=12, seed=0)
+    table = table[table["pIC50"].notna() | (table.index < 30)].reset_index(drop=True)
+    out = adapt_and_predict(table, model, options=PredictOptions(cv_folds=3)).table
+    x = featurize_smiles(table["smiles"].tolist(), spec, standardize=True).fingerprints.astype(np.float32)
+    measured = table["pIC50"].notna().to_numpy()
+    expected = model.adapt_predict(x[measured], table["pIC50"].to_numpy()[measured], x)
+    np.testing.assert_allclose(out["prediction"].to_numpy(float), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
