@@ -27,7 +27,7 @@ class AssayAdaptation:
 
     model: MetaModel
     full: Adaptation  # adapted on all measured compounds
-    support_fingerprints: np.ndarray  # (n_measured, bits) 0/1, for similarity to the measured set
+    support_fingerprints: np.ndarray  # (n_measured, spec.structure_bits) 0/1: the ECFP part, for similarity
     calibration: UncertaintyCalibration
     cv_rmse: float  # the measured compounds' cross-validated RMSE (an input of the uncertainty)
     standardize: bool = False  # whether structures were standardised before featurizing (do the same to others)
@@ -37,7 +37,7 @@ class AssayAdaptation:
         of the fingerprint matrix x; rows are independent of each other."""
         if len(x) == 0:
             return np.zeros(0), np.zeros(0), np.zeros(0)
-        similarity = max_tanimoto(x, self.support_fingerprints)
+        similarity = max_tanimoto(self.model.spec.structure_part(x), self.support_fingerprints)
         prediction = self.model.predict(self.full, x)
         return prediction, self.calibration.sd(similarity, self.cv_rmse), similarity
 
@@ -46,7 +46,7 @@ class AssayAdaptation:
         the measured compounds as one sparse product): the same numbers, faster for libraries."""
         if query.n == 0:
             return np.zeros(0), np.zeros(0), np.zeros(0)
-        similarity = self._similarity_bits(query)
+        similarity = self._similarity_bits(query.first_columns(self.model.spec.structure_bits))
         prediction = self._bits_scorer(query)
         return prediction, self.calibration.sd(similarity, self.cv_rmse), similarity
 

@@ -81,6 +81,11 @@ class FingerprintSpec:
         """Width of the ECFP-like part (the first columns)."""
         return self.bits - self.feature_bits
 
+    def structure_part(self, x: np.ndarray) -> np.ndarray:
+        """The ECFP-like columns of fingerprint rows x (n, bits): what similarity to the measured compounds
+        reads, so that it is the usual ECFP Tanimoto whatever else the model's input holds."""
+        return x[:, : self.structure_bits]
+
     def to_dict(self) -> dict:
         """radius and bits, plus feature_bits when used (so ECFP-only specs read and hash as before)."""
         out = asdict(self)
@@ -484,6 +489,13 @@ class OnBits:
     def from_packed(packed: np.ndarray, width: int) -> OnBits:
         """From packed little-endian bits (as `featurize_chunks` yields them)."""
         return OnBits.from_dense(np.unpackbits(packed, axis=1, count=width, bitorder="little"))
+
+    def first_columns(self, width: int) -> OnBits:
+        """The same rows with only their columns < width (all of them when width covers the matrix)."""
+        if width >= self.width:
+            return self
+        keep = self.cols < width
+        return OnBits(self.rows[keep], self.cols[keep], self.n, width)
 
     def starts(self) -> np.ndarray:
         """(n + 1,) int64: row i's columns are cols[starts[i]:starts[i + 1]]."""

@@ -317,12 +317,13 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
 
     report(0.9, "similarity to the measured set")
     similarity = np.full(len(smiles), np.nan)
-    similarity[query] = max_tanimoto(feats.fingerprints[query], xs)
+    structure = model.spec.structure_part(xs)
+    similarity[query] = max_tanimoto(model.spec.structure_part(feats.fingerprints[query]), structure)
     cv_column = np.full(len(smiles), np.nan)
     # A measured compound's similarity is to the *other* measured compounds.
     for j, rows in enumerate(support.rows):
-        others = np.delete(xs, j, axis=0)
-        similarity[rows] = float(max_tanimoto(xs[j:j + 1], others)[0]) if len(others) else 0.0
+        others = np.delete(structure, j, axis=0)
+        similarity[rows] = float(max_tanimoto(structure[j:j + 1], others)[0]) if len(others) else 0.0
         cv_column[rows] = cv_pred[j]
 
     out = table.copy()
@@ -351,7 +352,7 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
                             n_invalid=len(smiles) - n_valid, cv_r2=cv_r2, warnings=warnings,
                             n_rejected_activity=n_rejected, n_compounds_measured=n_support,
                             standardized=standardize, measured_rows=np.sort(measured),
-                            adaptation=AssayAdaptation(model=model, full=full, support_fingerprints=xs != 0,
+                            adaptation=AssayAdaptation(model=model, full=full, support_fingerprints=structure != 0,
                                                        calibration=calibration, cv_rmse=cv_rmse,
                                                        standardize=standardize))
 

@@ -106,8 +106,11 @@ class Evidence:
 
 
 def episode_evidence(predictor: Predictor, episodes: Sequence[Task], *, seed: int = 0,
-                     n_folds: int = CV_FOLDS) -> Evidence:
-    """Adapt on each episode's support, predict its query, and record what the uncertainty model uses."""
+                     n_folds: int = CV_FOLDS, structure_bits: int | None = None) -> Evidence:
+    """Adapt on each episode's support, predict its query, and record what the uncertainty model uses.
+
+    structure_bits: how many leading fingerprint columns similarity reads (`FingerprintSpec.structure_bits`,
+    as at prediction; None = all)."""
     parts: dict[str, list[np.ndarray]] = {f.name: [] for f in fields(Evidence)}
     for i, task in enumerate(episodes):
         ys = np.asarray(task.support_y, dtype=np.float64)
@@ -117,15 +120,17 @@ def episode_evidence(predictor: Predictor, episodes: Sequence[Task], *, seed: in
         parts["assay"].append(np.full(n, task.assay_id, dtype=object))
         parts["episode"].append(np.full(n, i))
         parts["support_k"].append(np.full(n, len(ys)))
-        parts["similarity"].append(max_tanimoto(task.query_x, task.support_x))
+        parts["similarity"].append(max_tanimoto(task.query_x[:, :structure_bits], task.support_x[:, :structure_bits]))
         parts["cv_rmse"].append(np.full(n, cv_rmse))
         parts["error"].append(np.asarray(task.query_y, np.float64) - predictor(task.support_x, ys, task.query_x))
     return Evidence(**{k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()})
 
 
 def heldout_evidence(predictor: Predictor, taskset: TaskSet, support_ks: Iterable[int], seeds: int) -> Evidence:
-    """Evidence over the evaluation episodes of `taskset` at every support size and seed."""
-    return join_evidence([episode_evidence(predictor, evaluation_episodes(taskset, support_k=k, seed=seed), seed=seed)
+    """Evidence over the evaluation episodes of `taskset` at every support size and seed (similarity on the
+    ECFP part of its fingerprints, as at prediction)."""
+    return join_evidence([episode_evidence(predictor, evaluation_episodes(taskset, support_k=k, seed=seed), seed=seed,
+                                           structure_bits=taskset.spec.structure_bits)
                           for k in support_ks for seed in range(seeds)])
 
 

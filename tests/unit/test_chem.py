@@ -195,6 +195,16 @@ def test_feature_bits_are_ecfp_then_fcfp(spec: FingerprintSpec, canonical: bool)
     assert fcfp_part.any(axis=1)[result.valid].all()
 
 
+def test_on_bits_first_columns_equal_dense_slice() -> None:
+    x = (np.random.default_rng(0).random((7, 40)) < 0.3).astype(np.uint8)
+    x[3] = 0
+    bits = chem.OnBits.from_dense(x)
+    for width in (0, 1, 17, 40, 50):
+        got = bits.first_columns(width)
+        assert np.array_equal(got.dense(), x[:, :width]) and got.n == 7
+        assert np.array_equal(np.diff(got.starts()), x[:, :width].sum(axis=1))
+
+
 def test_feature_bits_spec_checks_and_serialises() -> None:
     with pytest.raises(ValueError, match="feature_bits"):
         FingerprintSpec(bits=64, feature_bits=64)

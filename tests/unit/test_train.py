@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from assayfew.checkpoint import load_model
-from assayfew.chem import FingerprintSpec, featurize_smiles
+from assayfew.chem import FingerprintSpec, OnBits, featurize_smiles, max_tanimoto
 from assayfew.predict import PredictOptions, adapt_and_predict, example_assay
 from assayfew.evaluate import evaluate_episodes, evaluation_episodes
 from assayfew.io import read_json, read_toml
@@ -44,11 +44,23 @@ def test_feature_bits_spec_goes_from_task_cache_to_model_and_prediction(tmp_path
     assert model.spec == spec
     table, _ = example_assay(n_measured=12, seed=0)
     table = table[table["pIC50"].notna() | (table.index < 30)].reset_index(drop=True)
-    out = adapt_and_predict(table, model, options=PredictOptions(cv_folds=3)).table
+    result = adapt_and_predict(table, model, options=PredictOptions(cv_folds=3))
+    out = result.table
     x = featurize_smiles(table["smiles"].tolist(), spec, standardize=True).fingerprints.astype(np.float32)
     measured = table["pIC50"].notna().to_numpy()
     expected = model.adapt_predict(x[measured], table["pIC50"].to_numpy()[measured], x)
     np.testing.assert_allclose(out["prediction"].to_numpy(float), expected, rtol=1e-5, atol=1e-5)
+    # similarity to the measured compounds is the ECFP Tanimoto, whatever the feature bits hold
+    ecfp = x[:, :spec.structure_bits]
+    unmeasured = ~measured
+    np.testing.assert_allclose(result.table["similarity_to_support"].to_numpy(float)[unmeasured],
+                               np.round(max_tanimoto(ecfp[unmeasured], ecfp[measured]), 4), atol=1e-6)
+    # the library scoring path (set bits) agrees with the dense one
+    dense = result.adaptation.predict(x)
+    sparse = result.adaptation.predict_bits(OnBits.from_dense(x.astype(np.uint8)))
+    for a, b in zip(dense, sparse):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dense[2], max_tanimoto(ecfp, ecfp[measured]), atol=1e-6)
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from assayfew.checkpoint import MetaModel, ModelError, load_model
+from assayfew.chem import max_tanimoto
 from assayfew.predict import InputError, PredictOptions, adapt_and_predict, example_assay
 from assayfew.tasks import Task
 from assayfew.uncertainty import (Evidence, UncertaintyCalibration, calibration_quality, cross_validated, cv_folds,
@@ -77,6 +78,9 @@ def test_episode_evidence_records_errors_and_similarity():
     np.testing.assert_allclose(ev.error[:10], y[20:] - y[:20].mean())
     assert np.all((ev.similarity >= 0) & (ev.similarity <= 1))
     assert np.all(ev.cv_rmse > 0)
+    first = episode_evidence(mean_model, [task], structure_bits=16)  # similarity on the leading columns only
+    np.testing.assert_allclose(first.similarity, max_tanimoto(x[20:, :16], x[:20, :16]))
+    assert not np.allclose(first.similarity, ev.similarity[:10])
 
 
 @pytest.fixture(scope="module")
