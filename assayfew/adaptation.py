@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from assayfew.checkpoint import Adaptation, MetaModel
-from assayfew.chem import OnBits, max_tanimoto, max_tanimoto_from_counts
-from assayfew.uncertainty import UncertaintyCalibration
+from assayfew.chem import OnBits, max_tanimoto, max_tanimoto_from_counts, tanimoto_from_counts, top_similarities
+from assayfew.uncertainty import LOCAL_NEIGHBOURS, UncertaintyCalibration, local_error, nearest_measured
 
 
 @dataclass(frozen=True)
@@ -31,41 +31,60 @@ class AssayAdaptation:
     calibration: UncertaintyCalibration
     cv_rmse: float  # the measured compounds' cross-validated RMSE (an input of the uncertainty)
     standardize: bool = False  # whether structures were standardised before featurizing (do the same to others)
+    support_residuals: np.ndarray | None = None  # (n_measured,) |CV error|, for the local error (when calibrated so)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(prediction in p-units, uncertainty, max Tanimoto similarity to the measured compounds) of each row
         of the fingerprint matrix x; rows are independent of each other."""
         if len(x) == 0:
             return np.zeros(0), np.zeros(0), np.zeros(0)
-        similarity = max_tanimoto(self.model.spec.structure_part(x), self.support_fingerprints)
+        structure = self.model.spec.structure_part(x)
+        if self.calibration.uses_local_error:
+            similarity, local = nearest_measured(structure, self.support_fingerprints, self._residuals)
+        else:
+            similarity, local = max_tanimoto(structure, self.support_fingerprints), None
         prediction = self.model.predict(self.full, x)
-        return prediction, self.calibration.sd(similarity, self.cv_rmse), similarity
+        return prediction, self.calibration.sd(similarity, self.cv_rmse, local), similarity
 
     def predict_bits(self, query: OnBits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`predict(query.dense())` from the set bits alone (`MetaModel.predict_bits`; the intersections with
         the measured compounds as one sparse product): the same numbers, faster for libraries."""
         if query.n == 0:
             return np.zeros(0), np.zeros(0), np.zeros(0)
-        similarity = self._similarity_bits(query.first_columns(self.model.spec.structure_bits))
+        similarity, local = self._nearest_bits(query.first_columns(self.model.spec.structure_bits))
         prediction = self._bits_scorer(query)
-        return prediction, self.calibration.sd(similarity, self.cv_rmse), similarity
+        return prediction, self.calibration.sd(similarity, self.cv_rmse, local), similarity
 
-    def _similarity_bits(self, query: OnBits) -> np.ndarray:
+    def _nearest_bits(self, query: OnBits) -> tuple[np.ndarray, np.ndarray | None]:
+        """(max similarity, local error or None when the calibration does not use it) of each query row."""
         support_t, support_counts = self._support_columns
+        use_local = self.calibration.uses_local_error
+        best = np.zeros(query.n, dtype=np.float64)
+        local = np.full(query.n, np.nan) if use_local else None
         if support_t.shape[1] == 0:
-            return np.zeros(query.n, dtype=np.float64)
+            return best, local
         starts = query.starts()
         counts = np.diff(starts).astype(np.float32)
         cols = torch.from_numpy(query.cols)
-        best = np.zeros(query.n, dtype=np.float64)
         step = max(1, 2_000_000 // support_t.shape[1])  # bound the (step, n_measured) intersections
         with torch.no_grad():
             for a in range(0, query.n, step):
                 b = min(a + step, query.n)
                 inter = F.embedding_bag(cols[starts[a]:starts[b]], support_t,
                                         torch.from_numpy(starts[a:b] - starts[a]), mode="sum").numpy()
-                best[a:b] = max_tanimoto_from_counts(inter, counts[a:b], support_counts)
-        return best
+                if local is None:
+                    best[a:b] = max_tanimoto_from_counts(inter, counts[a:b], support_counts)
+                    continue
+                top, neighbours = top_similarities(tanimoto_from_counts(inter, counts[a:b], support_counts),
+                                                   LOCAL_NEIGHBOURS)
+                best[a:b], local[a:b] = top[:, 0], local_error(top, neighbours, self._residuals)
+        return best, local
+
+    @property
+    def _residuals(self) -> np.ndarray:
+        if self.support_residuals is None:
+            raise ValueError("this model's uncertainty needs the measured compounds' CV residuals (support_residuals)")
+        return self.support_residuals
 
     @cached_property
     def _bits_scorer(self) -> Callable[[OnBits], np.ndarray]:

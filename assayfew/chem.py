@@ -40,6 +40,9 @@ __all__ = [
     "OnBits",
     "max_tanimoto",
     "max_tanimoto_from_counts",
+    "nearest_tanimoto",
+    "tanimoto_from_counts",
+    "top_similarities",
     "may_change_on_standardizing",
     "parse_molblock",
     "parse_smiles",
@@ -529,11 +532,63 @@ def max_tanimoto(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return best
 
 
-def max_tanimoto_from_counts(inter: np.ndarray, q_count: np.ndarray, r_count: np.ndarray) -> np.ndarray:
-    """Row maxima of the Tanimoto similarities given the (n, m) intersection counts and each side's bit
-    counts (float32, as `max_tanimoto` computes them; 0 where both are empty)."""
+def tanimoto_from_counts(inter: np.ndarray, q_count: np.ndarray, r_count: np.ndarray) -> np.ndarray:
+    """(n, m) Tanimoto similarities given the intersection counts and each side's bit counts (float32, as
+    `max_tanimoto` computes them; 0 where both are empty)."""
     union = q_count[:, None] + r_count[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0).max(axis=1)
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def max_tanimoto_from_counts(inter: np.ndarray, q_count: np.ndarray, r_count: np.ndarray) -> np.ndarray:
+    """Row maxima of `tanimoto_from_counts`."""
+    return tanimoto_from_counts(inter, q_count, r_count).max(axis=1)
+
+
+def top_similarities(similarity: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest entries of each row of an (n, m) similarity matrix, descending, and their columns
+    (k capped at m; ties go to the lower column)."""
+    k = min(k, similarity.shape[1])
+    if k == 0:
+        return np.zeros((len(similarity), 0), similarity.dtype), np.zeros((len(similarity), 0), np.int64)
+    if k < similarity.shape[1]:  # keep the k largest (unordered, ties to the lower column), then order them
+        cols = np.argsort(-similarity, axis=1, kind="stable")[:, :k] if k > 8 else _top_k_unordered(similarity, k)
+    else:
+        cols = np.broadcast_to(np.arange(k), similarity.shape).copy()
+    values = np.take_along_axis(similarity, cols, axis=1)
+    order = np.lexsort((cols, -values), axis=1) if values.size else np.zeros_like(cols)
+    return np.take_along_axis(values, order, axis=1), np.take_along_axis(cols, order, axis=1)
+
+
+def _top_k_unordered(similarity: np.ndarray, k: int) -> np.ndarray:
+    """Columns of the k largest entries per row by k passes of argmax (the first maximum wins ties)."""
+    work = similarity.astype(np.float64, copy=True)
+    rows = np.arange(len(work))
+    cols = np.empty((len(work), k), dtype=np.int64)
+    for j in range(k):
+        cols[:, j] = work.argmax(axis=1)
+        work[rows, cols[:, j]] = -np.inf
+    return cols
+
+
+def nearest_tanimoto(query: np.ndarray, reference: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each query bit row, its k most similar reference rows: (similarities (n, k), descending, and their
+    reference rows (n, k)); k capped at the number of reference rows. The first column is `max_tanimoto`."""
+    query = np.asarray(query)
+    reference = np.asarray(reference)
+    if query.ndim != 2 or reference.ndim != 2 or reference.shape[1] != query.shape[1]:
+        raise ValueError(f"query {query.shape} and reference {reference.shape} must be (n, bits) with equal bits")
+    q = (query != 0).astype(np.float32)
+    r = (reference != 0).astype(np.float32)
+    q_count, r_count = q.sum(axis=1), r.sum(axis=1)
+    k = min(k, len(r))
+    sims = np.zeros((len(q), k), dtype=np.float64)
+    cols = np.zeros((len(q), k), dtype=np.int64)
+    step = max(1, 2_000_000 // max(1, len(r)))
+    for start in range(0, len(q), step):
+        stop = start + step
+        s, c = top_similarities(tanimoto_from_counts(q[start:stop] @ r.T, q_count[start:stop], r_count), k)
+        sims[start:stop], cols[start:stop] = s, c
+    return sims, cols
 
 
 def featurize_chunks(

@@ -21,10 +21,11 @@ import pandas as pd
 from assayfew.adaptation import AssayAdaptation
 from assayfew.checkpoint import MetaModel, ModelError, load_model
 from assayfew.baselines import ridge_predict
-from assayfew.chem import FingerprintSpec, featurize_smiles, max_tanimoto, may_change_on_standardizing
+from assayfew.chem import FingerprintSpec, featurize_smiles, may_change_on_standardizing
 from assayfew.metrics import r2_pearson
 from assayfew.paths import default_model_dir, rdkit_example_dir
-from assayfew.uncertainty import CV_FOLDS, UncertaintyCalibration, cross_validated, cv_folds, support_error
+from assayfew.uncertainty import (CV_FOLDS, UncertaintyCalibration, cross_validated, cv_folds, nearest_measured,
+                                  support_error, support_residuals)
 from assayfew.userfiles import InputError
 
 SMILES_COLUMNS = ("smiles", "SMILES", "Smiles", "canonical_smiles")
@@ -316,14 +317,16 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
     cv_r2 = r2_pearson(ys[ok], cv_pred[ok]) if ok.sum() >= 3 else float("nan")
 
     report(0.9, "similarity to the measured set")
-    similarity = np.full(len(smiles), np.nan)
+    similarity, local = np.full(len(smiles), np.nan), np.full(len(smiles), np.nan)
     structure = model.spec.structure_part(xs)
-    similarity[query] = max_tanimoto(model.spec.structure_part(feats.fingerprints[query]), structure)
+    residuals = support_residuals(ys, cv_pred)
+    similarity[query], local[query] = nearest_measured(model.spec.structure_part(feats.fingerprints[query]), structure,
+                                                       residuals)
     cv_column = np.full(len(smiles), np.nan)
-    # A measured compound's similarity is to the *other* measured compounds.
+    # A measured compound's similarity (and local error) is to the *other* measured compounds.
     for j, rows in enumerate(support.rows):
-        others = np.delete(structure, j, axis=0)
-        similarity[rows] = float(max_tanimoto(structure[j:j + 1], others)[0]) if len(others) else 0.0
+        near = nearest_measured(structure[j:j + 1], np.delete(structure, j, axis=0), np.delete(residuals, j))
+        similarity[rows], local[rows] = near[0][0], near[1][0]
         cv_column[rows] = cv_pred[j]
 
     out = table.copy()
@@ -331,7 +334,7 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
     prediction[query] = pred_full
     uncertainty = np.full(len(smiles), np.nan)
     cv_rmse = support_error(ys, cv_pred)
-    uncertainty[query] = calibration.sd(similarity[query], cv_rmse)
+    uncertainty[query] = calibration.sd(similarity[query], cv_rmse, local[query])
     out["prediction"] = from_p(prediction, units)
     out["uncertainty"] = uncertainty
     out["similarity_to_support"] = np.round(similarity, 4)
@@ -353,6 +356,7 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
                             n_rejected_activity=n_rejected, n_compounds_measured=n_support,
                             standardized=standardize, measured_rows=np.sort(measured),
                             adaptation=AssayAdaptation(model=model, full=full, support_fingerprints=structure != 0,
+                                                       support_residuals=residuals,
                                                        calibration=calibration, cv_rmse=cv_rmse,
                                                        standardize=standardize))
 

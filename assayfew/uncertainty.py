@@ -3,10 +3,13 @@
 A prediction's error grows with the compound's distance from the measured compounds and with how hard the assay
 is, which the measured compounds' own cross-validated error shows:
 
-    uncertainty = exp(intercept + cv_slope · log(max(cv_rmse, cv_rmse_floor)) + distance_slope · (1 − similarity))
+    uncertainty = exp(intercept + cv_slope · log(max(cv_rmse, cv_rmse_floor)) + distance_slope · (1 − similarity)
+                      + local_slope · log(max(local_error, local_floor)))
 
 `similarity` is the compound's max Tanimoto similarity to the measured compounds, `cv_rmse` the root mean squared
-error of the measured compounds' cross-validated predictions. The coefficients are fitted by maximum likelihood
+error of the measured compounds' cross-validated predictions, and `local_error` the similarity-weighted mean
+absolute cross-validated error of its `LOCAL_NEIGHBOURS` most similar measured compounds (how well the model did
+near this compound; models calibrated without it have local_slope 0). The coefficients are fitted by maximum likelihood
 (Gaussian errors, every episode weighted equally) on validation assays (`fit_calibration`, `assayfew calibrate`)
 and stored in the model's `config.json` under "uncertainty"; ±1.96·uncertainty is then a 95% interval.
 """
@@ -21,13 +24,15 @@ from typing import Any
 import numpy as np
 
 from assayfew.checkpoint import CONFIG_FILE
-from assayfew.chem import max_tanimoto
+from assayfew.chem import nearest_tanimoto
 from assayfew.evaluate import evaluation_episodes
 from assayfew.io import read_json, write_json
 from assayfew.tasks import Task, TaskSet
 
 CONFIG_KEY = "uncertainty"
 CV_FOLDS = 5
+#: How many of the most similar measured compounds the local error averages over.
+LOCAL_NEIGHBOURS = 3
 Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -39,6 +44,8 @@ class UncertaintyCalibration:
     cv_slope: float = 0.75
     distance_slope: float = 1.0
     cv_rmse_floor: float = 0.1
+    local_slope: float = 0.0
+    local_floor: float = 0.05
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> UncertaintyCalibration:
@@ -55,19 +62,58 @@ class UncertaintyCalibration:
                 raise ValueError(f"model config: {CONFIG_KEY}.{f.name} must be a finite number, not {value!r}")
             values[f.name] = float(value)
         calibration = cls(**values)
-        if calibration.cv_rmse_floor <= 0:
-            raise ValueError(f"model config: {CONFIG_KEY}.cv_rmse_floor must be > 0")
+        if calibration.cv_rmse_floor <= 0 or calibration.local_floor <= 0:
+            raise ValueError(f"model config: {CONFIG_KEY}.cv_rmse_floor and local_floor must be > 0")
         return calibration
 
     def to_config(self, **provenance: Any) -> dict[str, Any]:
         """The config section: coefficients plus how they were fitted."""
         return asdict(self) | provenance
 
-    def sd(self, similarity: np.ndarray, cv_rmse: float | np.ndarray) -> np.ndarray:
-        """Standard deviation of the prediction error (log units) at these similarities and support CV RMSE."""
+    @property
+    def uses_local_error(self) -> bool:
+        return self.local_slope != 0.0
+
+    def sd(self, similarity: np.ndarray, cv_rmse: float | np.ndarray,
+           local_error: np.ndarray | None = None) -> np.ndarray:
+        """Standard deviation of the prediction error (log units) at these similarities, support CV RMSE and
+        local errors (`local_error` is required when the calibration uses it, ignored otherwise)."""
         log_cv = np.log(np.maximum(np.asarray(cv_rmse, dtype=np.float64), self.cv_rmse_floor))
         distance = 1.0 - np.asarray(similarity, dtype=np.float64)
-        return np.exp(self.intercept + self.cv_slope * log_cv + self.distance_slope * distance)
+        log_sd = self.intercept + self.cv_slope * log_cv + self.distance_slope * distance
+        if self.uses_local_error:
+            if local_error is None:
+                raise ValueError("this uncertainty calibration needs the local error of the nearest measured "
+                                 "compounds")
+            local = np.maximum(np.asarray(local_error, np.float64), self.local_floor)
+            log_sd = log_sd + self.local_slope * np.log(local)
+        return np.exp(log_sd)
+
+    def sd_of(self, evidence: Evidence) -> np.ndarray:
+        """`sd` at every held-out value of `evidence`."""
+        return self.sd(evidence.similarity, evidence.cv_rmse, evidence.local_error)
+
+
+def support_residuals(y: np.ndarray, cv_pred: np.ndarray) -> np.ndarray:
+    """|y − cross-validated prediction| of each measured compound; the CV RMSE where no prediction was made."""
+    residuals = np.abs(np.asarray(y, np.float64) - cv_pred)
+    return np.where(np.isfinite(residuals), residuals, support_error(y, cv_pred))
+
+
+def nearest_measured(query: np.ndarray, support: np.ndarray, residuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(max Tanimoto similarity to the measured compounds, local error) of each query fingerprint row; support:
+    the measured compounds' fingerprints (the same columns), residuals: their `support_residuals`."""
+    similarity, neighbours = nearest_tanimoto(query, support, LOCAL_NEIGHBOURS)
+    if similarity.shape[1] == 0:
+        return np.zeros(len(query)), np.full(len(query), np.nan)
+    return similarity[:, 0], local_error(similarity, neighbours, residuals)
+
+
+def local_error(similarity: np.ndarray, neighbours: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """Similarity-weighted mean of the residuals of each row's nearest measured compounds (similarity, neighbours:
+    (n, k) as `chem.nearest_tanimoto` gives them)."""
+    weight = np.asarray(similarity, np.float64) + 1e-6
+    return (np.asarray(residuals, np.float64)[neighbours] * weight).sum(axis=1) / weight.sum(axis=1)
 
 
 def cv_folds(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -95,13 +141,15 @@ def support_error(y: np.ndarray, cv_pred: np.ndarray) -> float:
 
 @dataclass
 class Evidence:
-    """Per held-out value: its assay and episode, support size, similarity to the support, support CV RMSE, error."""
+    """Per held-out value: its assay and episode, support size, similarity to the support, support CV RMSE, local
+    error, error."""
 
     assay: np.ndarray
     episode: np.ndarray
     support_k: np.ndarray
     similarity: np.ndarray
     cv_rmse: np.ndarray
+    local_error: np.ndarray
     error: np.ndarray
 
 
@@ -115,13 +163,17 @@ def episode_evidence(predictor: Predictor, episodes: Sequence[Task], *, seed: in
     for i, task in enumerate(episodes):
         ys = np.asarray(task.support_y, dtype=np.float64)
         folds = cv_folds(len(ys), n_folds, np.random.default_rng([seed, i]))
-        cv_rmse = support_error(ys, cross_validated(predictor, task.support_x, ys, folds))
+        cv_pred = cross_validated(predictor, task.support_x, ys, folds)
+        cv_rmse = support_error(ys, cv_pred)
+        similarity, local = nearest_measured(task.query_x[:, :structure_bits], task.support_x[:, :structure_bits],
+                                             support_residuals(ys, cv_pred))
         n = len(task.query_y)
         parts["assay"].append(np.full(n, task.assay_id, dtype=object))
         parts["episode"].append(np.full(n, i))
         parts["support_k"].append(np.full(n, len(ys)))
-        parts["similarity"].append(max_tanimoto(task.query_x[:, :structure_bits], task.support_x[:, :structure_bits]))
+        parts["similarity"].append(similarity)
         parts["cv_rmse"].append(np.full(n, cv_rmse))
+        parts["local_error"].append(local)
         parts["error"].append(np.asarray(task.query_y, np.float64) - predictor(task.support_x, ys, task.query_x))
     return Evidence(**{k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()})
 
@@ -145,16 +197,20 @@ def join_evidence(parts: Sequence[Evidence]) -> Evidence:
                        for f in fields(Evidence) if f.name != "episode"})
 
 
-def fit_calibration(evidence: Evidence, *, cv_rmse_floor: float = UncertaintyCalibration.cv_rmse_floor
+def fit_calibration(evidence: Evidence, *, cv_rmse_floor: float = UncertaintyCalibration.cv_rmse_floor,
+                    local: bool = True, local_floor: float = UncertaintyCalibration.local_floor
                     ) -> UncertaintyCalibration:
-    """Maximum-likelihood coefficients (Gaussian errors; each episode's values weigh 1 in total)."""
+    """Maximum-likelihood coefficients (Gaussian errors; each episode's values weigh 1 in total); local=False
+    leaves the local error out (local_slope 0)."""
     from scipy.optimize import minimize
 
     if len(evidence.error) < 3:
         raise ValueError("too few held-out values to calibrate the uncertainty")
-    design = np.stack([np.ones(len(evidence.error)),
-                       np.log(np.maximum(evidence.cv_rmse, cv_rmse_floor)),
-                       1.0 - evidence.similarity], axis=1)
+    columns = [np.ones(len(evidence.error)), np.log(np.maximum(evidence.cv_rmse, cv_rmse_floor)),
+               1.0 - evidence.similarity]
+    if local:
+        columns.append(np.log(np.maximum(evidence.local_error, local_floor)))
+    design = np.stack(columns, axis=1)
     _, inverse, counts = np.unique(evidence.episode, return_inverse=True, return_counts=True)
     weight = 1.0 / counts[inverse]
     weight /= weight.sum()
@@ -165,10 +221,12 @@ def fit_calibration(evidence: Evidence, *, cv_rmse_floor: float = UncertaintyCal
         scaled = sq * np.exp(-2 * log_sd)
         return float(weight @ (log_sd + 0.5 * scaled)), design.T @ (weight * (1.0 - scaled))
 
-    start = np.array([np.log(np.sqrt(weight @ sq) + 1e-12), 0.0, 0.0])
+    start = np.zeros(design.shape[1])
+    start[0] = np.log(np.sqrt(weight @ sq) + 1e-12)
     theta = minimize(nll, start, jac=True, method="L-BFGS-B").x
     return UncertaintyCalibration(intercept=float(theta[0]), cv_slope=float(theta[1]),
-                                  distance_slope=float(theta[2]), cv_rmse_floor=float(cv_rmse_floor))
+                                  distance_slope=float(theta[2]), cv_rmse_floor=float(cv_rmse_floor),
+                                  local_slope=float(theta[3]) if local else 0.0, local_floor=float(local_floor))
 
 
 def select(evidence: Evidence, mask: np.ndarray) -> Evidence:

@@ -46,13 +46,14 @@ def main() -> None:
     calibration = UncertaintyCalibration.from_config(model.config)
     ks = [int(k) for k in args.ks.split(",")]
     evidence = heldout_evidence(model.adapt_predict, held, ks, args.seeds)
-    sd = calibration.sd(evidence.similarity, evidence.cv_rmse)
+    sd = calibration.sd_of(evidence)
     loo_sd = np.full(len(sd), np.nan)
     if args.side == "val":
         for assay in np.unique(evidence.assay):
             m = evidence.assay == assay
-            refit = fit_calibration(select(evidence, ~m), cv_rmse_floor=calibration.cv_rmse_floor)
-            loo_sd[m] = refit.sd(evidence.similarity[m], evidence.cv_rmse[m])
+            refit = fit_calibration(select(evidence, ~m), cv_rmse_floor=calibration.cv_rmse_floor,
+                                    local=calibration.uses_local_error, local_floor=calibration.local_floor)
+            loo_sd[m] = refit.sd_of(select(evidence, m))
     results: dict = {}
     for k in ks:
         m = evidence.support_k == k

@@ -13,7 +13,8 @@ from assayfew.cli._common import err, user_errors
 from assayfew.experiment import experiment_data, split_taskset
 from assayfew.io import check_output_file
 from assayfew.provenance import stamp
-from assayfew.uncertainty import CV_FOLDS, calibration_quality, fit_calibration, heldout_evidence, save_calibration
+from assayfew.uncertainty import (CV_FOLDS, LOCAL_NEIGHBOURS, calibration_quality, fit_calibration, heldout_evidence,
+                                  save_calibration)
 
 
 def main(
@@ -22,9 +23,12 @@ def main(
     split: Annotated[Path, typer.Option(help="Split file; its 'val' side is used (never 'test').")],
     support_k: Annotated[str, typer.Option(help="Support sizes drawn from each assay, comma-separated.")] = "16,32,64",
     seeds: Annotated[int, typer.Option(min=1, help="Support draws per assay and support size.")] = 3,
+    local: Annotated[bool, typer.Option("--local/--no-local", help="Include the local error of the nearest "
+                                                                   "measured compounds (d below).")] = True,
 ) -> None:
-    """Fit uncertainty = exp(a + b·log(support CV RMSE) + c·(1 − similarity)) by maximum likelihood; prints one
-    JSON line (coefficients, 95% coverage and median Spearman(uncertainty, |error|) on the fitting episodes)."""
+    """Fit uncertainty = exp(a + b·log(support CV RMSE) + c·(1 − similarity) + d·log(local CV error)) by maximum
+    likelihood; prints one JSON line (coefficients, 95% coverage and median Spearman(uncertainty, |error|) on the
+    fitting episodes)."""
     with user_errors():
         ks = [int(k) for k in support_k.split(",")]
         if seeds < 1 or not ks or min(ks) < 2:
@@ -37,10 +41,10 @@ def main(
         if len(val) == 0:
             raise ValueError("the split's validation side has no assays in this corpus")
         evidence = heldout_evidence(loaded.adapt_predict, val, ks, seeds)
-        calibration = fit_calibration(evidence)
-        quality = calibration_quality(calibration.sd(evidence.similarity, evidence.cv_rmse), evidence)
+        calibration = fit_calibration(evidence, local=local)
+        quality = calibration_quality(calibration.sd_of(evidence), evidence)
         save_calibration(model, calibration, fitted_on={
             "split": str(split), "side": "val", "n_assays": len(val), "support_k": ks, "seeds": seeds,
-            "cv_folds": CV_FOLDS, **quality} | stamp())
+            "cv_folds": CV_FOLDS, "local_neighbours": LOCAL_NEIGHBOURS, **quality} | stamp())
     err.print(f"wrote the uncertainty calibration into {model / 'config.json'}")
     print(json.dumps({"calibration": calibration.to_config(), "fit": quality}))

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from assayfew.checkpoint import MetaModel, ModelError, load_model
-from assayfew.chem import max_tanimoto
+from assayfew.chem import featurize_smiles, max_tanimoto
 from assayfew.predict import InputError, PredictOptions, adapt_and_predict, example_assay
 from assayfew.tasks import Task
 from assayfew.uncertainty import (Evidence, UncertaintyCalibration, calibration_quality, cross_validated, cv_folds,
-                                  episode_evidence, fit_calibration, save_calibration, support_error)
+                                  episode_evidence, fit_calibration, nearest_measured, save_calibration,
+                                  support_error, support_residuals)
 
 
 def test_uncertainty_grows_with_distance_and_with_the_support_error():
@@ -21,6 +22,27 @@ def test_uncertainty_grows_with_distance_and_with_the_support_error():
     assert np.all(np.diff(sd) < 0)  # more similar → smaller
     assert np.all(cal.sd(sim, 1.2) > sd)
     assert cal.sd(sim, 0.0)[0] == pytest.approx(cal.sd(sim, cal.cv_rmse_floor)[0])  # floored
+    np.testing.assert_array_equal(cal.sd(sim, 0.8, np.full(11, 5.0)), sd)  # no local term: ignored
+    local = UncertaintyCalibration(intercept=-0.5, cv_slope=0.7, distance_slope=1.0, local_slope=0.3)
+    assert np.all(local.sd(sim, 0.8, np.full(11, 1.0)) < local.sd(sim, 0.8, np.full(11, 2.0)))
+    assert local.sd(sim, 0.8, np.zeros(11))[0] == pytest.approx(local.sd(sim, 0.8, np.full(11, local.local_floor))[0])
+    with pytest.raises(ValueError, match="local error"):
+        local.sd(sim, 0.8)
+
+
+def test_local_error_weighs_the_nearest_measured_residuals():
+    support = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 1, 1], [0, 0, 0, 1]], dtype=np.uint8)
+    residuals = np.array([0.1, 0.5, 2.0, 4.0])
+    query = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=np.uint8)
+    similarity, local = nearest_measured(query, support, residuals)
+    np.testing.assert_allclose(similarity, [1.0, 1.0])
+    # query 0: nearest are rows 0 (1.0), 1 (1/3), then rows 2 and 3 at 0 (the lower row wins the tie)
+    w0 = np.array([1.0, 1 / 3, 0.0]) + 1e-6
+    np.testing.assert_allclose(local[0], (w0 * residuals[[0, 1, 2]]).sum() / w0.sum())
+    w1 = np.array([1.0, 0.5, 1 / 3]) + 1e-6  # rows 2, 3, 1
+    np.testing.assert_allclose(local[1], (w1 * residuals[[2, 3, 1]]).sum() / w1.sum())
+    np.testing.assert_allclose(support_residuals(np.array([1.0, 2.0, 3.0]), np.array([1.5, np.nan, 2.0])),
+                               [0.5, np.sqrt((0.25 + 1.0) / 2), 1.0])
 
 
 def test_cross_validation_never_sees_the_held_out_label():
@@ -47,20 +69,25 @@ def _synthetic_evidence(truth: UncertaintyCalibration, n_episodes: int, seed: in
     n = 40
     cv_rmse = np.repeat(rng.uniform(0.3, 1.5, n_episodes), n)
     sim = rng.uniform(0.1, 1.0, n_episodes * n)
-    error = rng.normal(0, 1, len(sim)) * truth.sd(sim, cv_rmse)
+    local = np.exp(rng.normal(np.log(cv_rmse), 0.5))
+    error = rng.normal(0, 1, len(sim)) * truth.sd(sim, cv_rmse, local)
     return Evidence(assay=np.repeat(np.arange(n_episodes), n).astype(object),
                     episode=np.repeat(np.arange(n_episodes), n), support_k=np.full(len(sim), 32),
-                    similarity=sim, cv_rmse=cv_rmse, error=error)
+                    similarity=sim, cv_rmse=cv_rmse, local_error=local, error=error)
 
 
-def test_fit_recovers_the_generating_model_and_covers_95_percent():
-    truth = UncertaintyCalibration(intercept=-0.3, cv_slope=0.8, distance_slope=1.4)
+@pytest.mark.parametrize("local_slope", [0.0, 0.4])
+def test_fit_recovers_the_generating_model_and_covers_95_percent(local_slope):
+    truth = UncertaintyCalibration(intercept=-0.3, cv_slope=0.8, distance_slope=1.4, local_slope=local_slope)
     fitted = fit_calibration(_synthetic_evidence(truth, 150, seed=0))
     assert fitted.intercept == pytest.approx(truth.intercept, abs=0.1)
-    assert fitted.cv_slope == pytest.approx(truth.cv_slope, abs=0.1)
+    assert fitted.cv_slope == pytest.approx(truth.cv_slope, abs=0.12)
     assert fitted.distance_slope == pytest.approx(truth.distance_slope, abs=0.15)
+    assert fitted.local_slope == pytest.approx(truth.local_slope, abs=0.08)
+    without = fit_calibration(_synthetic_evidence(truth, 150, seed=0), local=False)
+    assert without.local_slope == 0.0 and not without.uses_local_error
     fresh = _synthetic_evidence(truth, 150, seed=1)
-    quality = calibration_quality(fitted.sd(fresh.similarity, fresh.cv_rmse), fresh)
+    quality = calibration_quality(fitted.sd_of(fresh), fresh)
     assert 0.93 <= quality["coverage95"] <= 0.97
     assert quality["median_spearman"] > 0.1
     flat = calibration_quality(np.full(len(fresh.error), np.std(fresh.error)), fresh)
@@ -104,6 +131,38 @@ def test_predict_uses_the_calibration_in_the_model_json(tiny_model_dir, tmp_path
     # uncertainty falls as similarity to the measured compounds rises (one assay, one support CV error)
     order = np.argsort(out_a["similarity_to_support"].to_numpy())
     assert np.all(np.diff(out_a["uncertainty"].to_numpy()[order]) <= 1e-3)  # similarity is rounded to 4 places
+
+
+def test_local_error_of_every_row_comes_from_the_measured_compounds_cv_errors(tiny_model_dir, tmp_path, assay):
+    """With a local term, an unmeasured row's uncertainty reads the CV errors of its nearest measured compounds, a
+    measured row's those of the *other* measured compounds."""
+    model_dir = tmp_path / "local"
+    shutil.copytree(tiny_model_dir, model_dir)
+    calibration = UncertaintyCalibration(intercept=-0.4, cv_slope=0.7, distance_slope=0.9, local_slope=0.3)
+    save_calibration(model_dir, calibration)
+    model = load_model(model_dir)
+    out = adapt_and_predict(assay, model, options=PredictOptions(cv_folds=3)).table
+    x = featurize_smiles(out["smiles"].tolist(), model.spec, standardize=model.standardize).fingerprints
+    measured = np.flatnonzero(out["pIC50"].notna().to_numpy())
+    ys, cv = out["pIC50"].to_numpy()[measured], out["cv_prediction"].to_numpy()[measured]
+    assert len(set(out["smiles"].iloc[measured])) == len(measured)  # no replicates: one row per compound
+    residuals, cv_rmse = support_residuals(ys, cv), support_error(ys, cv)
+    want = np.empty(len(out))
+    unmeasured = np.setdiff1d(np.arange(len(out)), measured)
+    want[unmeasured] = calibration.sd(*_swap(nearest_measured(x[unmeasured], x[measured], residuals), cv_rmse))
+    for j, row in enumerate(measured):
+        others = np.delete(measured, j)
+        near = nearest_measured(x[row:row + 1], x[others], np.delete(residuals, j))
+        want[row] = calibration.sd(*_swap(near, cv_rmse))[0]
+    np.testing.assert_allclose(out["uncertainty"].to_numpy(), want, rtol=1e-9)
+    plain = adapt_and_predict(assay, load_model(tiny_model_dir), options=PredictOptions(cv_folds=3)).table
+    assert not np.allclose(np.log(out["uncertainty"]) - np.log(plain["uncertainty"]),
+                           np.log(out["uncertainty"].iloc[0]) - np.log(plain["uncertainty"].iloc[0]))
+
+
+def _swap(near: tuple[np.ndarray, np.ndarray], cv_rmse: float) -> tuple:
+    """(similarity, local error) → `sd`'s arguments (similarity, cv_rmse, local error)."""
+    return near[0], cv_rmse, near[1]
 
 
 def test_bad_calibration_in_the_model_json_is_a_clear_error(tiny_model_dir, tmp_path, assay):
