@@ -15,7 +15,7 @@ runner = CliRunner()
 
 def test_shipped_model_is_an_ensemble_with_a_recipe():
     model = load_model(default_model_dir())
-    assert len(model.learners) >= 1 and model.spec.bits in (1024, 2048)
+    assert len(model.learners) >= 1 and model.spec.bits in (1024, 2048, 4096)
     assert (default_model_dir() / "RECIPE.md").exists()
 
 
