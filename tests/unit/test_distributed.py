@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,9 +107,7 @@ def _assert_same_predictions(model_a: Path, model_b: Path) -> None:
         np.testing.assert_allclose(pa, pb, rtol=0, atol=TOLERANCE)
 
 
-@pytest.fixture(scope="module")
-def two_rank_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("two_ranks")
+def _run_two_ranks(out: Path) -> None:
     ctx = mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=False, start_method="spawn")
     deadline = time.monotonic() + 180
     while not ctx.join(timeout=1):
@@ -116,7 +115,23 @@ def two_rank_run(tmp_path_factory) -> Path:
             for p in ctx.processes:
                 p.kill()
             pytest.fail("the two-rank gloo run did not finish in 180 s")
-    return out
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory) -> Path:
+    """The two-rank run's outputs. A worker killed by a signal (once in ~3 full-suite runs on the 2-core machine,
+    gloo aborting during start-up: "terminate called without an active exception") is run again once, from a
+    fresh directory on a fresh port; a second failure, or any Python error in a worker, fails the tests."""
+    for attempt in range(2):
+        out = tmp_path_factory.mktemp("two_ranks")
+        try:
+            _run_two_ranks(out)
+            return out
+        except mp.ProcessExitedException as exc:
+            if attempt or exc.signal_name is None:
+                raise
+            warnings.warn(f"two-rank gloo run: {exc}; running it again", stacklevel=1)
+    raise AssertionError("unreachable")
 
 
 def test_share_splits_a_meta_batch_into_contiguous_near_equal_parts():
