@@ -137,15 +137,16 @@ def test_adaptation_predict_from_set_bits_equals_predict(reference, assay, one_t
     assert (want[2] == 1).sum() >= 12 and 0 < want[2].min() < 1  # measured compounds, and others
 
 
-def test_featurize_chunks_equals_featurize_smiles():
+@pytest.mark.parametrize("spec", [FingerprintSpec(), FingerprintSpec(bits=4096, feature_bits=2048)])
+def test_featurize_chunks_equals_featurize_smiles(spec):
     smiles = ["CCO", "c1ccccc1", "xx", "", None, "C1CC", "CC(=O)Nc1ccc(O)cc1"] * 5
     chunks = [smiles[a:a + 4] for a in range(0, len(smiles), 4)]
     for jobs in (1, 2):
-        out = list(featurize_chunks(chunks, n_jobs=jobs))
+        out = list(featurize_chunks(chunks, spec, n_jobs=jobs))
         assert [len(p) for p, _ in out] == [len(c) for c in chunks]
         packed = np.concatenate([p for p, _ in out])
-        ref = featurize_smiles(smiles, canonical=False)
-        np.testing.assert_array_equal(np.unpackbits(packed, axis=1, count=1024, bitorder="little"),
+        ref = featurize_smiles(smiles, spec, canonical=False)
+        np.testing.assert_array_equal(np.unpackbits(packed, axis=1, count=spec.bits, bitorder="little"),
                                       ref.fingerprints)
         assert [r for _, rs in out for r in rs] == ref.reasons
 
