@@ -516,20 +516,25 @@ def max_tanimoto(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
     reference = np.asarray(reference)
     if query.ndim != 2:
         raise ValueError(f"query must be 2-D (n, bits), got shape {query.shape}")
+    best = np.zeros(len(query), dtype=np.float64)
     if reference.size == 0 or len(query) == 0:
-        return np.zeros(len(query), dtype=np.float64)
+        return best
+    for rows, similarity in _tanimoto_blocks(query, reference):
+        best[rows] = similarity.max(axis=1)
+    return best
+
+
+def _tanimoto_blocks(query: np.ndarray, reference: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """(query rows, their (rows, n_ref) float32 Tanimoto similarities) in blocks of ~2M entries."""
     if reference.ndim != 2 or reference.shape[1] != query.shape[1]:
         raise ValueError(f"reference shape {reference.shape} does not match query bits {query.shape[1]}")
     q = (query != 0).astype(np.float32)
     r = (reference != 0).astype(np.float32)
-    q_count = q.sum(axis=1)
-    r_count = r.sum(axis=1)
-    best = np.zeros(len(q), dtype=np.float64)
+    q_count, r_count = q.sum(axis=1), r.sum(axis=1)
     step = max(1, 2_000_000 // max(1, len(r)))  # bound the (step, n_ref) intermediate
     for start in range(0, len(q), step):
-        best[start : start + step] = max_tanimoto_from_counts(q[start : start + step] @ r.T,
-                                                              q_count[start : start + step], r_count)
-    return best
+        rows = slice(start, start + step)
+        yield rows, tanimoto_from_counts(q[rows] @ r.T, q_count[rows], r_count)
 
 
 def tanimoto_from_counts(inter: np.ndarray, q_count: np.ndarray, r_count: np.ndarray) -> np.ndarray:
@@ -546,28 +551,15 @@ def max_tanimoto_from_counts(inter: np.ndarray, q_count: np.ndarray, r_count: np
 
 def top_similarities(similarity: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k largest entries of each row of an (n, m) similarity matrix, descending, and their columns
-    (k capped at m; ties go to the lower column)."""
+    (k capped at m; ties go to the lower column): k passes of argmax, whose first maximum wins ties."""
     k = min(k, similarity.shape[1])
-    if k == 0:
-        return np.zeros((len(similarity), 0), similarity.dtype), np.zeros((len(similarity), 0), np.int64)
-    if k < similarity.shape[1]:  # keep the k largest (unordered, ties to the lower column), then order them
-        cols = np.argsort(-similarity, axis=1, kind="stable")[:, :k] if k > 8 else _top_k_unordered(similarity, k)
-    else:
-        cols = np.broadcast_to(np.arange(k), similarity.shape).copy()
-    values = np.take_along_axis(similarity, cols, axis=1)
-    order = np.lexsort((cols, -values), axis=1) if values.size else np.zeros_like(cols)
-    return np.take_along_axis(values, order, axis=1), np.take_along_axis(cols, order, axis=1)
-
-
-def _top_k_unordered(similarity: np.ndarray, k: int) -> np.ndarray:
-    """Columns of the k largest entries per row by k passes of argmax (the first maximum wins ties)."""
     work = similarity.astype(np.float64, copy=True)
     rows = np.arange(len(work))
     cols = np.empty((len(work), k), dtype=np.int64)
     for j in range(k):
         cols[:, j] = work.argmax(axis=1)
         work[rows, cols[:, j]] = -np.inf
-    return cols
+    return np.take_along_axis(similarity, cols, axis=1), cols
 
 
 def nearest_tanimoto(query: np.ndarray, reference: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -575,19 +567,13 @@ def nearest_tanimoto(query: np.ndarray, reference: np.ndarray, k: int) -> tuple[
     reference rows (n, k)); k capped at the number of reference rows. The first column is `max_tanimoto`."""
     query = np.asarray(query)
     reference = np.asarray(reference)
-    if query.ndim != 2 or reference.ndim != 2 or reference.shape[1] != query.shape[1]:
-        raise ValueError(f"query {query.shape} and reference {reference.shape} must be (n, bits) with equal bits")
-    q = (query != 0).astype(np.float32)
-    r = (reference != 0).astype(np.float32)
-    q_count, r_count = q.sum(axis=1), r.sum(axis=1)
-    k = min(k, len(r))
-    sims = np.zeros((len(q), k), dtype=np.float64)
-    cols = np.zeros((len(q), k), dtype=np.int64)
-    step = max(1, 2_000_000 // max(1, len(r)))
-    for start in range(0, len(q), step):
-        stop = start + step
-        s, c = top_similarities(tanimoto_from_counts(q[start:stop] @ r.T, q_count[start:stop], r_count), k)
-        sims[start:stop], cols[start:stop] = s, c
+    if query.ndim != 2 or reference.ndim != 2:
+        raise ValueError(f"query {query.shape} and reference {reference.shape} must be (n, bits)")
+    k = min(k, len(reference))
+    sims = np.zeros((len(query), k), dtype=np.float64)
+    cols = np.zeros((len(query), k), dtype=np.int64)
+    for rows, similarity in _tanimoto_blocks(query, reference):
+        sims[rows], cols[rows] = top_similarities(similarity, k)
     return sims, cols
 
 

@@ -14,6 +14,7 @@ import jsonschema
 
 from assayfew.bounds import (MAX_ENSEMBLE_MEMBERS, MAX_FP_BITS, MAX_FP_RADIUS, MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH,
                              MAX_STEPS, MIN_FP_BITS)
+from assayfew.chem import FingerprintSpec
 from assayfew.meta import LEARNERS
 from assayfew.meta.config import CoreConfig
 from assayfew.scaling import SCALING_MODES
@@ -152,6 +153,10 @@ def check_config(config: Any, model_dir: Path, *, member: bool = False) -> None:
     except ValueError as exc:
         raise ModelError(model_dir, f"config.json: {exc}") from None
     in_dim, fp = core.model.options.get("in_dim"), config["fingerprint"]
+    try:
+        FingerprintSpec.from_dict(fp)
+    except ValueError as exc:
+        raise ModelError(model_dir, f"config.json: {exc}") from None
     if in_dim != fp["bits"]:
         where = "architecture.in_dim" if "core" not in config else "core.model.options.in_dim"
         raise ModelError(model_dir, f"config.json: {where} {in_dim} differs from fingerprint.bits {fp['bits']}")

@@ -81,7 +81,8 @@ class BitDropout:
     first_task: int = 0
 
     def keep(self, bits_per_task: np.ndarray, part: int) -> np.ndarray:
-        """Boolean keep-mask over the set bits of consecutive tasks (`bits_per_task[t]` bits for task t; at least one task)."""
+        """Boolean keep-mask over the set bits of consecutive tasks (`bits_per_task[t]` bits for task t; at
+        least one task)."""
         return np.concatenate([np.random.default_rng([self.seed, self.first_task + t, part]).random(int(n))
                                >= self.rate for t, n in enumerate(bits_per_task)])
 

@@ -211,6 +211,8 @@ CASES = [
          setup=edit_config(lambda c: c["algorithm"].update(inner_steps=1e9)), out="pred.csv"),
     Case("model_fingerprint_bits_huge", predict(), 2, "fingerprint.bits",
          setup=edit_config(lambda c: c["fingerprint"].update(bits=10**9)), out="pred.csv"),
+    Case("model_feature_bits_fill_the_fingerprint", predict(), 2, "feature_bits must be in [0, bits)",
+         setup=edit_config(lambda c: c["fingerprint"].update(feature_bits=c["fingerprint"]["bits"])), out="pred.csv"),
     Case("model_wrong_format_tag", predict(), 2, "format: expected 'assayfew-model/2' or 'assayfew-model/1'",
          setup=edit_config(lambda c: c.update(format="other/9")), out="pred.csv"),
     Case("model_uncertainty_calibration_absurd", predict(), 2, "uncertainty.intercept",

@@ -149,20 +149,16 @@ def test_local_error_of_every_row_comes_from_the_measured_compounds_cv_errors(ti
     residuals, cv_rmse = support_residuals(ys, cv), support_error(ys, cv)
     want = np.empty(len(out))
     unmeasured = np.setdiff1d(np.arange(len(out)), measured)
-    want[unmeasured] = calibration.sd(*_swap(nearest_measured(x[unmeasured], x[measured], residuals), cv_rmse))
+    similarity, local = nearest_measured(x[unmeasured], x[measured], residuals)
+    want[unmeasured] = calibration.sd(similarity, cv_rmse, local)
     for j, row in enumerate(measured):
         others = np.delete(measured, j)
-        near = nearest_measured(x[row:row + 1], x[others], np.delete(residuals, j))
-        want[row] = calibration.sd(*_swap(near, cv_rmse))[0]
+        similarity, local = nearest_measured(x[row:row + 1], x[others], np.delete(residuals, j))
+        want[row] = calibration.sd(similarity, cv_rmse, local)[0]
     np.testing.assert_allclose(out["uncertainty"].to_numpy(), want, rtol=1e-9)
     plain = adapt_and_predict(assay, load_model(tiny_model_dir), options=PredictOptions(cv_folds=3)).table
     assert not np.allclose(np.log(out["uncertainty"]) - np.log(plain["uncertainty"]),
                            np.log(out["uncertainty"].iloc[0]) - np.log(plain["uncertainty"].iloc[0]))
-
-
-def _swap(near: tuple[np.ndarray, np.ndarray], cv_rmse: float) -> tuple:
-    """(similarity, local error) → `sd`'s arguments (similarity, cv_rmse, local error)."""
-    return near[0], cv_rmse, near[1]
 
 
 def test_bad_calibration_in_the_model_json_is_a_clear_error(tiny_model_dir, tmp_path, assay):
