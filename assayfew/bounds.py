@@ -42,7 +42,7 @@ TRAIN_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "support_min": (1, None, False), "support_max": (1, None, False), "query_min": (1, None, False),
     "query_max": (1, None, False), "source_balance": (0, None, False), "val_support_k": (1, None, False),
     "val_max_assays": (1, None, False), "msl_epochs": (0, None, False), "first_order_epochs": (0, None, False),
-    "seed": (0, SEED_MAX, False), "bit_dropout": (0, 1, False),
+    "seed": (0, SEED_MAX, False), "bit_dropout": (0, 1, False), "ridge_alpha": (0, None, True),
 }
 
 

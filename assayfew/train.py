@@ -75,6 +75,7 @@ class TrainConfig(EpisodeOptions):
     val_max_assays: int = 200
     msl_epochs: int = 10
     first_order_epochs: int = 0
+    ridge_alpha: float | None = None  # r2d2: the closed-form head's penalty (None: the learner's default)
     regularizer: str = "none"  # assayfew.meta.regularizers: none|weight_decay|cavia|meta_dropout|mr_maml|taml
     regularizer_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -191,7 +192,7 @@ def body_initializer(cfg: TrainConfig, spec: FingerprintSpec | None) -> Callable
 
 
 #: TrainConfig fields that are options of the learner / the mixer (passed only to parts that have them).
-_PART_OPTIONS = {"learner": ("inner_steps", "inner_lr", "msl_epochs", "first_order_epochs", "adapt"),
+_PART_OPTIONS = {"learner": ("inner_steps", "inner_lr", "msl_epochs", "first_order_epochs", "adapt", "ridge_alpha"),
                  "mixer": ("alpha", "beta", "layers", "fixed_lambda")}
 
 

@@ -179,7 +179,10 @@ def main(
         out.mkdir(parents=True, exist_ok=True)
         data.split.save(out / "split.json")
         ranks = f" on {dist.world_size} ranks" if dist.active else ""
-        err.print(f"train {len(data.train)} assays, val {len(data.val)}, test {len(data.test)}{ranks}; run in {out}")
+        ignored = (f"; {len(data.split.unknown)} split assay ids are not in the corpus and are ignored (listed under "
+                   f"'unknown' in split.json)" if data.split.unknown else "")
+        err.print(f"train {len(data.train)} assays, val {len(data.val)}, test {len(data.test)}{ranks}{ignored}; "
+                  f"run in {out}")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err) as progress:
             result = train(cfg, data.train, data.val, out, resume=resume, reporter=RichReporter(progress),

@@ -44,6 +44,21 @@ def test_train_then_evaluate(corpus, tmp_path):
     assert per_assay["r2"].mean() == pytest.approx(summary["mean"])
 
 
+def test_split_ids_missing_from_the_corpus_are_reported_and_ignored(corpus, tmp_path):
+    """A split written for a larger corpus (e.g. with KIBA) trains on the assays the corpus has, and says so."""
+    ids = make_synthetic_taskset(n_assays=14, with_split=True).assay_ids
+    split = tmp_path / "wider.json"
+    Split(train=[*ids[:8], "KIBA1", "KIBA2"], val=ids[8:11], test=ids[11:]).save(split)
+    run = tmp_path / "run"
+    res = runner.invoke(typer_app, ["train", "--corpus", str(corpus / "cache"), "--split", str(split),
+                                    "--out", str(run), *TINY])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "train 8 assays" in said and "2 split assay ids are not in the corpus and are ignored" in said
+    saved = json.loads((run / "split.json").read_text())
+    assert saved["unknown"] == ["KIBA1", "KIBA2"] and saved["train"] == list(ids[:8])
+
+
 def test_resume_finishes_a_run(corpus, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--corpus", str(corpus / "cache"), "--split", str(corpus / "split.json"), "--out", str(run)]

@@ -256,6 +256,16 @@ def test_source_weights_are_a_checked_training_option():
         DrugBenchmark(TrainConfig(**(TINY_CONFIG | {"source_weights": {"nope": 2.0}})), tr, va)
 
 
+def test_ridge_alpha_reaches_the_r2d2_learner_only():
+    cfg = TrainConfig.from_dict(TINY_CONFIG | {"algo": "r2d2", "ridge_alpha": 7.5})
+    assert cfg.core(in_dim=8).build_learner().ridge_alpha == 7.5
+    assert TrainConfig.from_dict(TINY_CONFIG | {"algo": "r2d2"}).core(in_dim=8).build_learner().ridge_alpha == 1.0
+    with pytest.raises(ValueError, match="ridge_alpha = 7.5 is not used by learner 'anil\\+\\+'"):
+        TrainConfig.from_dict(TINY_CONFIG | {"algo": "anil++", "ridge_alpha": 7.5})
+    with pytest.raises(ValueError, match="ridge_alpha must be > 0"):
+        TrainConfig.from_dict(TINY_CONFIG | {"algo": "r2d2", "ridge_alpha": 0.0})
+
+
 def test_split_sizes_is_a_checked_training_option():
     with pytest.raises(ValueError, match="split_sizes"):
         TrainConfig.from_dict(TINY_CONFIG | {"split_sizes": "everything"})
