@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from assayfew.checkpoint import Adaptation, MetaModel
-from assayfew.chem import OnBits, max_tanimoto, max_tanimoto_from_counts, tanimoto_from_counts, top_similarities
-from assayfew.uncertainty import LOCAL_NEIGHBOURS, UncertaintyCalibration, local_error, nearest_measured
+from assayfew.chem import (OnBits, max_tanimoto, max_tanimoto_from_counts, nearest_tanimoto, tanimoto_from_counts,
+                           top_similarities)
+from assayfew.uncertainty import LOCAL_NEIGHBOURS, UncertaintyCalibration, local_error, nearest_measured, padded_top
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,16 @@ class AssayAdaptation:
         if len(x) == 0:
             return np.zeros(0), np.zeros(0), np.zeros(0)
         structure = self.model.spec.structure_part(x)
+        local: np.ndarray | None
         if self.calibration.uses_local_error:
             similarity, local = nearest_measured(structure, self.support_fingerprints, self._residuals)
+        elif self.calibration.neighbours_needed > 1:
+            similarity, local = padded_top(nearest_tanimoto(structure, self.support_fingerprints,
+                                                            self.calibration.neighbours_needed)[0]), None
         else:
-            similarity, local = max_tanimoto(structure, self.support_fingerprints), None
+            similarity, local = max_tanimoto(structure, self.support_fingerprints)[:, None], None
         prediction = self.model.predict(self.full, x)
-        return prediction, self.calibration.sd(similarity, self.cv_rmse, local), similarity
+        return prediction, self.calibration.sd(similarity, self.cv_rmse, local), similarity[:, 0]
 
     def predict_bits(self, query: OnBits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`predict(query.dense())` from the set bits alone (`MetaModel.predict_bits`; the intersections with
@@ -53,13 +58,16 @@ class AssayAdaptation:
             return np.zeros(0), np.zeros(0), np.zeros(0)
         similarity, local = self._nearest_bits(query.first_columns(self.model.spec.structure_bits))
         prediction = self._bits_scorer(query)
-        return prediction, self.calibration.sd(similarity, self.cv_rmse, local), similarity
+        return prediction, self.calibration.sd(similarity, self.cv_rmse, local), similarity[:, 0]
 
     def _nearest_bits(self, query: OnBits) -> tuple[np.ndarray, np.ndarray | None]:
-        """(max similarity, local error or None when the calibration does not use it) of each query row."""
+        """(similarities to the nearest measured compounds (n, k) as `nearest_measured` gives them (k = 1 when
+        the calibration reads only the max), local error or None when the calibration does not use it) of each
+        query row."""
         support_t, support_counts = self._support_columns
         use_local = self.calibration.uses_local_error
-        best = np.zeros(query.n, dtype=np.float64)
+        use_top = self.calibration.neighbours_needed > 1
+        best = np.zeros((query.n, LOCAL_NEIGHBOURS if use_top else 1), dtype=np.float64)
         local = np.full(query.n, np.nan) if use_local else None
         if support_t.shape[1] == 0:
             return best, local
@@ -72,12 +80,14 @@ class AssayAdaptation:
                 b = min(a + step, query.n)
                 inter = F.embedding_bag(cols[starts[a]:starts[b]], support_t,
                                         torch.from_numpy(starts[a:b] - starts[a]), mode="sum").numpy()
-                if local is None:
-                    best[a:b] = max_tanimoto_from_counts(inter, counts[a:b], support_counts)
+                if not use_top:
+                    best[a:b, 0] = max_tanimoto_from_counts(inter, counts[a:b], support_counts)
                     continue
                 top, neighbours = top_similarities(tanimoto_from_counts(inter, counts[a:b], support_counts),
                                                    LOCAL_NEIGHBOURS)
-                best[a:b], local[a:b] = top[:, 0], local_error(top, neighbours, self._residuals)
+                best[a:b] = padded_top(top)
+                if local is not None:
+                    local[a:b] = local_error(top, neighbours, self._residuals)
         return best, local
 
     @property

@@ -43,11 +43,13 @@ TRAIN_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "query_max": (1, None, False), "source_balance": (0, None, False), "val_support_k": (1, None, False),
     "val_max_assays": (1, None, False), "msl_epochs": (0, None, False), "first_order_epochs": (0, None, False),
     "seed": (0, SEED_MAX, False), "bit_dropout": (0, 1, False), "ridge_alpha": (0, None, True),
+    "task_mix": (0, 1, False), "task_mix_alpha": (0, None, True), "local_pool": (0, None, False),
 }
 
 
 TRAIN_INTEGERS = {"epochs", "iters", "meta_batch", "inner_steps", "support_min", "support_max", "query_min",
-                  "query_max", "val_support_k", "val_max_assays", "msl_epochs", "first_order_epochs", "seed"}
+                  "query_max", "val_support_k", "val_max_assays", "msl_epochs", "first_order_epochs", "seed",
+                  "local_pool"}
 
 
 def check_train_options(options: dict) -> None:

@@ -24,8 +24,8 @@ from assayfew.baselines import ridge_predict
 from assayfew.chem import FingerprintSpec, featurize_smiles, may_change_on_standardizing
 from assayfew.metrics import r2_pearson
 from assayfew.paths import default_model_dir, rdkit_example_dir
-from assayfew.uncertainty import (CV_FOLDS, UncertaintyCalibration, cross_validated, cv_folds, nearest_measured,
-                                  support_error, support_residuals)
+from assayfew.uncertainty import (CV_FOLDS, LOCAL_NEIGHBOURS, UncertaintyCalibration, cross_validated, cv_folds,
+                                  nearest_measured, support_error, support_residuals)
 from assayfew.userfiles import InputError
 
 SMILES_COLUMNS = ("smiles", "SMILES", "Smiles", "canonical_smiles")
@@ -317,24 +317,26 @@ def adapt_and_predict(table: pd.DataFrame, model: MetaModel, *, smiles_col: str 
     cv_r2 = r2_pearson(ys[ok], cv_pred[ok]) if ok.sum() >= 3 else float("nan")
 
     report(0.9, "similarity to the measured set")
-    similarity, local = np.full(len(smiles), np.nan), np.full(len(smiles), np.nan)
+    top = np.full((len(smiles), LOCAL_NEIGHBOURS), np.nan)  # similarities to the nearest measured compounds
+    local = np.full(len(smiles), np.nan)
     structure = model.spec.structure_part(xs)
     residuals = support_residuals(ys, cv_pred)
-    similarity[query], local[query] = nearest_measured(model.spec.structure_part(feats.fingerprints[query]), structure,
-                                                       residuals)
+    top[query], local[query] = nearest_measured(model.spec.structure_part(feats.fingerprints[query]), structure,
+                                                residuals)
     cv_column = np.full(len(smiles), np.nan)
     # A measured compound's similarity (and local error) is to the *other* measured compounds.
     for j, rows in enumerate(support.rows):
         near = nearest_measured(structure[j:j + 1], np.delete(structure, j, axis=0), np.delete(residuals, j))
-        similarity[rows], local[rows] = near[0][0], near[1][0]
+        top[rows], local[rows] = near[0][0], near[1][0]
         cv_column[rows] = cv_pred[j]
+    similarity = top[:, 0]
 
     out = table.copy()
     prediction = np.full(len(smiles), np.nan)
     prediction[query] = pred_full
     uncertainty = np.full(len(smiles), np.nan)
     cv_rmse = support_error(ys, cv_pred)
-    uncertainty[query] = calibration.sd(similarity[query], cv_rmse, local[query])
+    uncertainty[query] = calibration.sd(top[query], cv_rmse, local[query])
     out["prediction"] = from_p(prediction, units)
     out["uncertainty"] = uncertainty
     out["similarity_to_support"] = np.round(similarity, 4)

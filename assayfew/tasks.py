@@ -327,7 +327,10 @@ class EpisodeSampler:
     uniformly from ``support_range``/``query_range`` as for other assays (``"range"``; capped by the rows
     each side has). Other assays draw a support of K
     compounds (K uniform in ``support_range``, capped so that at least ``min_query`` remain) and a query
-    of Q of the rest (Q uniform in ``query_range``, capped by what remains).
+    of Q of the rest (Q uniform in ``query_range``, capped by what remains). With ``local_pool`` = P > 0,
+    an assay of more than P compounds without a split draws both from the P compounds most similar to a
+    random anchor compound (Tanimoto on the fingerprints' structure part): a chemical series, as a project's
+    assay is, rather than a spread over a large, diverse set.
     """
 
     def __init__(
@@ -342,6 +345,7 @@ class EpisodeSampler:
         split_sizes: str = "cap",
         min_query: int = 4,
         weights: Sequence[float] | None = None,
+        local_pool: int = 0,
         seed: int = 0,
     ) -> None:
         for name, (lo, hi) in (("support_range", support_range), ("query_range", query_range)):
@@ -351,7 +355,10 @@ class EpisodeSampler:
             raise ValueError(f"min_query must be >= 1, got {min_query}")
         if split_sizes not in SPLIT_SIZES:
             raise ValueError(f"split_sizes must be one of {', '.join(SPLIT_SIZES)}, not {split_sizes!r}")
+        if local_pool < 0:
+            raise ValueError(f"local_pool must be >= 0, got {local_pool}")
         self.split_sizes = split_sizes
+        self.local_pool = int(local_pool)
         self.taskset = taskset
         self.support_range = (int(support_range[0]), int(support_range[1]))
         self.query_range = (int(query_range[0]), int(query_range[1]))
@@ -404,13 +411,26 @@ class EpisodeSampler:
                 support = _cap(trn, self.max_support, rng)
                 query = _cap(tst, self.max_query, rng)
         else:
-            n = hi - lo  # eligible: n - min_query >= 1
+            pool = np.arange(hi - lo)
+            if 0 < self.local_pool < len(pool):
+                pool = self._local_pool(lo, hi, rng)
+            n = len(pool)  # eligible: n - min_query >= 1
             cap = None if self.max_support is None else max(1, self.max_support)
             k = self._size(self.support_range, cap, n - self.min_query, rng)
-            perm = rng.permutation(n)
+            perm = pool[rng.permutation(n)]
             support, rest = perm[:k], perm[k:]
             query = rest[: self._size(self.query_range, self.max_query, len(rest), rng)]
         return support + lo, query + lo
+
+    def _local_pool(self, lo: int, hi: int, rng: np.random.Generator) -> np.ndarray:
+        """The `local_pool` measurements of rows lo..hi whose compounds are most similar to a random one of them
+        (positions relative to lo; ties broken by position)."""
+        fp = self.taskset.spec.structure_part(self.taskset.fingerprints[self.taskset.fp_rows[lo:hi]])
+        fp = fp.astype(np.float32)
+        anchor = fp[int(rng.integers(hi - lo))]
+        shared = fp @ anchor
+        sim = shared / np.maximum(fp.sum(1) + anchor.sum() - shared, 1.0)
+        return np.sort(np.argsort(-sim, kind="stable")[: self.local_pool])
 
     @staticmethod
     def _size(size_range: tuple[int, int], cap: int | None, available: int, rng: np.random.Generator) -> int:

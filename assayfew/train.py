@@ -45,6 +45,7 @@ class EpisodeOptions:
     query_min: int = 16
     query_max: int = 64
     split_sizes: str = "cap"  # split assays: "cap" = all TRN/TST rows up to the maxima; "range" = sizes as others
+    local_pool: int = 0  # assays without a split: episodes from the N compounds nearest a random anchor (0 = all)
 
 
 @dataclass
@@ -69,6 +70,8 @@ class TrainConfig(EpisodeOptions):
     hidden: tuple[int, ...] = (500, 500)
     per_step_blocks: str = "last"
     bit_dropout: float = 0.0  # training augmentation: share of each compound's set bits cleared (trainstep.BitDropout)
+    task_mix: float = 0.0  # training augmentation: share of tasks interpolated with another (trainstep.TaskInterpolation)
+    task_mix_alpha: float = 0.5  # its λ ~ Beta(task_mix_alpha, task_mix_alpha)
     source_balance: float = 0.0  # assay sampling weight ∝ (assays in its corpus)^-source_balance; 1 = corpora equal
     source_weights: dict[str, float] = field(default_factory=dict)  # corpus name -> extra sampling factor (default 1)
     val_support_k: int | None = None
@@ -92,6 +95,8 @@ class TrainConfig(EpisodeOptions):
             raise ValueError(f"split_sizes must be one of {', '.join(SPLIT_SIZES)}, not {self.split_sizes!r}")
         if self.init_head not in INIT_HEADS:
             raise ValueError(f"init_head must be one of {', '.join(INIT_HEADS)}, not {self.init_head!r}")
+        if self.bit_dropout > 0 and self.task_mix > 0:
+            raise ValueError("bit_dropout and task_mix do not combine: choose one training augmentation")
         if self.init_head != "mean" and self.init_body is None:
             raise ValueError("init_head is used only with init_body")
 
@@ -248,7 +253,7 @@ class DrugBenchmark:
         sampler = EpisodeSampler(self.train_set, support_range=(cfg.support_min, cfg.support_max),
                                  query_range=(cfg.query_min, cfg.query_max), max_support=cfg.support_max,
                                  max_query=cfg.query_max, split_sizes=cfg.split_sizes, weights=self.weights,
-                                 seed=cfg.seed * 1_000_003 + epoch)
+                                 local_pool=cfg.local_pool, seed=cfg.seed * 1_000_003 + epoch)
         for _ in range(cfg.iters):
             yield sampler.sample_rows(cfg.meta_batch)
 
@@ -256,7 +261,8 @@ class DrugBenchmark:
                    epoch: int, device: torch.device, dist: DistContext) -> torch.Tensor:
         return meta_step(learner, mixer, self.train_set, item, label_scaling=self.cfg.label_scaling,
                          min_std=self.cfg.min_std, generator=generator, epoch=epoch, device=device, dist=dist,
-                         bit_dropout=self.cfg.bit_dropout)
+                         bit_dropout=self.cfg.bit_dropout, task_mix=self.cfg.task_mix,
+                         task_mix_alpha=self.cfg.task_mix_alpha)
 
     def validate(self, learner: MetaLearner, model_config: dict[str, Any]) -> dict[str, float]:
         current = MetaModel(learners=[learner], config=model_config)

@@ -6,7 +6,10 @@ is, which the measured compounds' own cross-validated error shows:
     uncertainty = exp(intercept + cv_slope · log(max(cv_rmse, cv_rmse_floor)) + distance_slope · (1 − similarity)
                       + local_slope · log(max(local_error, local_floor)))
 
-`similarity` is the compound's max Tanimoto similarity to the measured compounds, `cv_rmse` the root mean squared
+`similarity` is the compound's mean Tanimoto similarity to its `distance_neighbours` most similar measured compounds
+(1: the max similarity, which the `similarity_to_support` column shows; models calibrated before stop 13 use 1,
+newer ones 2: the single nearest neighbour is close by chance more often the more compounds were measured),
+`cv_rmse` the root mean squared
 error of the measured compounds' cross-validated predictions, and `local_error` the similarity-weighted mean
 absolute cross-validated error of its `LOCAL_NEIGHBOURS` most similar measured compounds (how well the model did
 near this compound; models calibrated without it have local_slope 0). The coefficients are fitted by maximum likelihood
@@ -31,8 +34,11 @@ from assayfew.tasks import Task, TaskSet
 
 CONFIG_KEY = "uncertainty"
 CV_FOLDS = 5
-#: How many of the most similar measured compounds the local error averages over.
+#: How many of the most similar measured compounds the local error averages over (and the most the distance
+#: term may average over).
 LOCAL_NEIGHBOURS = 3
+#: The distance term's neighbours for new calibrations (`assayfew calibrate --distance-neighbours`).
+DISTANCE_NEIGHBOURS = 2
 Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -46,6 +52,14 @@ class UncertaintyCalibration:
     cv_rmse_floor: float = 0.1
     local_slope: float = 0.0
     local_floor: float = 0.05
+    distance_neighbours: int = 1
+
+    def __post_init__(self) -> None:
+        if self.cv_rmse_floor <= 0 or self.local_floor <= 0:
+            raise ValueError(f"{CONFIG_KEY}.cv_rmse_floor and local_floor must be > 0")
+        if not 1 <= self.distance_neighbours <= LOCAL_NEIGHBOURS:
+            raise ValueError(f"{CONFIG_KEY}.distance_neighbours must be 1..{LOCAL_NEIGHBOURS}, "
+                             f"not {self.distance_neighbours!r}")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> UncertaintyCalibration:
@@ -60,11 +74,13 @@ class UncertaintyCalibration:
             value = section[f.name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
                 raise ValueError(f"model config: {CONFIG_KEY}.{f.name} must be a finite number, not {value!r}")
-            values[f.name] = float(value)
-        calibration = cls(**values)
-        if calibration.cv_rmse_floor <= 0 or calibration.local_floor <= 0:
-            raise ValueError(f"model config: {CONFIG_KEY}.cv_rmse_floor and local_floor must be > 0")
-        return calibration
+            if f.name == "distance_neighbours" and value != int(value):
+                raise ValueError(f"model config: {CONFIG_KEY}.{f.name} must be a whole number, not {value!r}")
+            values[f.name] = int(value) if f.name == "distance_neighbours" else float(value)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise ValueError(f"model config: {exc}") from exc
 
     def to_config(self, **provenance: Any) -> dict[str, Any]:
         """The config section: coefficients plus how they were fitted."""
@@ -74,12 +90,19 @@ class UncertaintyCalibration:
     def uses_local_error(self) -> bool:
         return self.local_slope != 0.0
 
+    @property
+    def neighbours_needed(self) -> int:
+        """How many nearest measured compounds' similarities `sd` reads (1: the max similarity alone)."""
+        return LOCAL_NEIGHBOURS if self.uses_local_error else self.distance_neighbours
+
     def sd(self, similarity: np.ndarray, cv_rmse: float | np.ndarray,
            local_error: np.ndarray | None = None) -> np.ndarray:
         """Standard deviation of the prediction error (log units) at these similarities, support CV RMSE and
-        local errors (`local_error` is required when the calibration uses it, ignored otherwise)."""
+        local errors (`local_error` is required when the calibration uses it, ignored otherwise). similarity:
+        (n,) max similarities, or (n, k) similarities to each row's k nearest measured compounds, descending
+        (`nearest_measured`; NaN where fewer were measured); (n,) only when `distance_neighbours` is 1."""
         log_cv = np.log(np.maximum(np.asarray(cv_rmse, dtype=np.float64), self.cv_rmse_floor))
-        distance = 1.0 - np.asarray(similarity, dtype=np.float64)
+        distance = 1.0 - self.distance_similarity(similarity)
         log_sd = self.intercept + self.cv_slope * log_cv + self.distance_slope * distance
         if self.uses_local_error:
             if local_error is None:
@@ -89,9 +112,22 @@ class UncertaintyCalibration:
             log_sd = log_sd + self.local_slope * np.log(local)
         return np.exp(log_sd)
 
+    def distance_similarity(self, similarity: np.ndarray) -> np.ndarray:
+        """What the distance term reads: the mean of each row's `distance_neighbours` highest similarities
+        (fewer where fewer were measured; `sd` explains the shapes)."""
+        similarity = np.asarray(similarity, dtype=np.float64)
+        if similarity.ndim == 1:
+            if self.distance_neighbours != 1:
+                raise ValueError(f"this uncertainty calibration reads the similarity to the "
+                                 f"{self.distance_neighbours} nearest measured compounds, not the max alone")
+            return similarity
+        top = similarity[:, : self.distance_neighbours]
+        count = np.sum(~np.isnan(top), axis=1)
+        return np.where(count > 0, np.nansum(top, axis=1) / np.maximum(count, 1), 0.0)
+
     def sd_of(self, evidence: Evidence) -> np.ndarray:
         """`sd` at every held-out value of `evidence`."""
-        return self.sd(evidence.similarity, evidence.cv_rmse, evidence.local_error)
+        return self.sd(evidence.top_similarity, evidence.cv_rmse, evidence.local_error)
 
 
 def support_residuals(y: np.ndarray, cv_pred: np.ndarray) -> np.ndarray:
@@ -101,12 +137,23 @@ def support_residuals(y: np.ndarray, cv_pred: np.ndarray) -> np.ndarray:
 
 
 def nearest_measured(query: np.ndarray, support: np.ndarray, residuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(max Tanimoto similarity to the measured compounds, local error) of each query fingerprint row; support:
-    the measured compounds' fingerprints (the same columns), residuals: their `support_residuals`."""
+    """(Tanimoto similarities to the `LOCAL_NEIGHBOURS` most similar measured compounds (n, LOCAL_NEIGHBOURS),
+    descending, NaN where fewer were measured: column 0 is the max similarity; local error) of each query
+    fingerprint row; support: the measured compounds' fingerprints (the same columns), residuals: their
+    `support_residuals`."""
     similarity, neighbours = nearest_tanimoto(query, support, LOCAL_NEIGHBOURS)
+    top = padded_top(similarity)
     if similarity.shape[1] == 0:
-        return np.zeros(len(query)), np.full(len(query), np.nan)
-    return similarity[:, 0], local_error(similarity, neighbours, residuals)
+        top[:, 0] = 0.0
+        return top, np.full(len(query), np.nan)
+    return top, local_error(similarity, neighbours, residuals)
+
+
+def padded_top(similarity: np.ndarray) -> np.ndarray:
+    """(n, k ≤ LOCAL_NEIGHBOURS) nearest similarities as (n, LOCAL_NEIGHBOURS), NaN-padded."""
+    top = np.full((len(similarity), LOCAL_NEIGHBOURS), np.nan)
+    top[:, : similarity.shape[1]] = similarity
+    return top
 
 
 def local_error(similarity: np.ndarray, neighbours: np.ndarray, residuals: np.ndarray) -> np.ndarray:
@@ -141,16 +188,21 @@ def support_error(y: np.ndarray, cv_pred: np.ndarray) -> float:
 
 @dataclass
 class Evidence:
-    """Per held-out value: its assay and episode, support size, similarity to the support, support CV RMSE, local
-    error, error."""
+    """Per held-out value: its assay and episode, support size, similarities to its nearest measured compounds
+    ((n, LOCAL_NEIGHBOURS), as `nearest_measured` gives them), support CV RMSE, local error, error."""
 
     assay: np.ndarray
     episode: np.ndarray
     support_k: np.ndarray
-    similarity: np.ndarray
+    top_similarity: np.ndarray
     cv_rmse: np.ndarray
     local_error: np.ndarray
     error: np.ndarray
+
+    @property
+    def similarity(self) -> np.ndarray:
+        """The max similarity to the measured compounds."""
+        return self.top_similarity[:, 0]
 
 
 def episode_evidence(predictor: Predictor, episodes: Sequence[Task], *, seed: int = 0,
@@ -171,11 +223,12 @@ def episode_evidence(predictor: Predictor, episodes: Sequence[Task], *, seed: in
         parts["assay"].append(np.full(n, task.assay_id, dtype=object))
         parts["episode"].append(np.full(n, i))
         parts["support_k"].append(np.full(n, len(ys)))
-        parts["similarity"].append(similarity)
+        parts["top_similarity"].append(similarity)
         parts["cv_rmse"].append(np.full(n, cv_rmse))
         parts["local_error"].append(local)
         parts["error"].append(np.asarray(task.query_y, np.float64) - predictor(task.support_x, ys, task.query_x))
-    return Evidence(**{k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()})
+    return Evidence(**{k: np.concatenate(v) if v else np.zeros((0, LOCAL_NEIGHBOURS) if k == "top_similarity" else 0)
+                       for k, v in parts.items()})
 
 
 def heldout_evidence(predictor: Predictor, taskset: TaskSet, support_ks: Iterable[int], seeds: int) -> Evidence:
@@ -198,16 +251,18 @@ def join_evidence(parts: Sequence[Evidence]) -> Evidence:
 
 
 def fit_calibration(evidence: Evidence, *, cv_rmse_floor: float = UncertaintyCalibration.cv_rmse_floor,
-                    local: bool = True, local_floor: float = UncertaintyCalibration.local_floor
-                    ) -> UncertaintyCalibration:
+                    local: bool = True, local_floor: float = UncertaintyCalibration.local_floor,
+                    distance_neighbours: int = DISTANCE_NEIGHBOURS) -> UncertaintyCalibration:
     """Maximum-likelihood coefficients (Gaussian errors; each episode's values weigh 1 in total); local=False
-    leaves the local error out (local_slope 0)."""
+    leaves the local error out (local_slope 0); the distance term reads the mean similarity of the
+    `distance_neighbours` nearest measured compounds."""
     from scipy.optimize import minimize
 
     if len(evidence.error) < 3:
         raise ValueError("too few held-out values to calibrate the uncertainty")
+    shape = UncertaintyCalibration(distance_neighbours=distance_neighbours)  # checks the count
     columns = [np.ones(len(evidence.error)), np.log(np.maximum(evidence.cv_rmse, cv_rmse_floor)),
-               1.0 - evidence.similarity]
+               1.0 - shape.distance_similarity(evidence.top_similarity)]
     if local:
         columns.append(np.log(np.maximum(evidence.local_error, local_floor)))
     design = np.stack(columns, axis=1)
@@ -226,7 +281,8 @@ def fit_calibration(evidence: Evidence, *, cv_rmse_floor: float = UncertaintyCal
     theta = minimize(nll, start, jac=True, method="L-BFGS-B").x
     return UncertaintyCalibration(intercept=float(theta[0]), cv_slope=float(theta[1]),
                                   distance_slope=float(theta[2]), cv_rmse_floor=float(cv_rmse_floor),
-                                  local_slope=float(theta[3]) if local else 0.0, local_floor=float(local_floor))
+                                  local_slope=float(theta[3]) if local else 0.0, local_floor=float(local_floor),
+                                  distance_neighbours=distance_neighbours)
 
 
 def select(evidence: Evidence, mask: np.ndarray) -> Evidence:

@@ -52,7 +52,8 @@ def main() -> None:
         for assay in np.unique(evidence.assay):
             m = evidence.assay == assay
             refit = fit_calibration(select(evidence, ~m), cv_rmse_floor=calibration.cv_rmse_floor,
-                                    local=calibration.uses_local_error, local_floor=calibration.local_floor)
+                                    local=calibration.uses_local_error, local_floor=calibration.local_floor,
+                                    distance_neighbours=calibration.distance_neighbours)
             loo_sd[m] = refit.sd_of(select(evidence, m))
     results: dict = {}
     for k in ks:

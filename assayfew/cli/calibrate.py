@@ -13,8 +13,8 @@ from assayfew.cli._common import err, user_errors
 from assayfew.experiment import experiment_data, split_taskset
 from assayfew.io import check_output_file
 from assayfew.provenance import stamp
-from assayfew.uncertainty import (CV_FOLDS, LOCAL_NEIGHBOURS, calibration_quality, fit_calibration, heldout_evidence,
-                                  save_calibration)
+from assayfew.uncertainty import (CV_FOLDS, DISTANCE_NEIGHBOURS, LOCAL_NEIGHBOURS, calibration_quality,
+                                  fit_calibration, heldout_evidence, save_calibration)
 
 
 def main(
@@ -25,10 +25,13 @@ def main(
     seeds: Annotated[int, typer.Option(min=1, help="Support draws per assay and support size.")] = 3,
     local: Annotated[bool, typer.Option("--local/--no-local", help="Include the local error of the nearest "
                                                                    "measured compounds (d below).")] = True,
+    distance_neighbours: Annotated[int, typer.Option(min=1, max=LOCAL_NEIGHBOURS, help="How many of the most "
+                                                     "similar measured compounds 'similarity' averages over "
+                                                     "(1: the max similarity).")] = DISTANCE_NEIGHBOURS,
 ) -> None:
     """Fit uncertainty = exp(a + b·log(support CV RMSE) + c·(1 − similarity) + d·log(local CV error)) by maximum
-    likelihood; prints one JSON line (coefficients, 95% coverage and median Spearman(uncertainty, |error|) on the
-    fitting episodes)."""
+    likelihood, similarity being the mean Tanimoto of the nearest measured compounds; prints one JSON line
+    (coefficients, 95% coverage and median Spearman(uncertainty, |error|) on the fitting episodes)."""
     with user_errors():
         ks = [int(k) for k in support_k.split(",")]
         if seeds < 1 or not ks or min(ks) < 2:
@@ -41,7 +44,7 @@ def main(
         if len(val) == 0:
             raise ValueError("the split's validation side has no assays in this corpus")
         evidence = heldout_evidence(loaded.adapt_predict, val, ks, seeds)
-        calibration = fit_calibration(evidence, local=local)
+        calibration = fit_calibration(evidence, local=local, distance_neighbours=distance_neighbours)
         quality = calibration_quality(calibration.sd_of(evidence), evidence)
         save_calibration(model, calibration, fitted_on={
             "split": str(split), "side": "val", "n_assays": len(val), "support_k": ks, "seeds": seeds,

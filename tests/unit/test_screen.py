@@ -24,12 +24,17 @@ from tests.unit.test_predict import OPTS, assay, model  # noqa: F401  (the same 
 INVALID = {3: "not_a_smiles", 7: "", 8: "C1CC"}  # library positions of rows that cannot be scored
 
 
-@pytest.fixture(scope="module", params=["similarity", "local"])
+@pytest.fixture(scope="module", params=["similarity", "local", "neighbours", "local+neighbours"])
 def reference(request, model, assay):
     """The one-shot path: the library's compounds as unmeasured rows of the assay table; with an uncertainty
-    calibrated on similarity and CV error only, and with the local error of the nearest measured compounds."""
-    if request.param == "local":
-        uncertainty = {"intercept": -0.4, "cv_slope": 0.7, "distance_slope": 0.9, "local_slope": 0.3}
+    calibrated on similarity and CV error only, with the local error of the nearest measured compounds, and with
+    the distance term on the mean similarity of the 2 nearest (without and with the local error)."""
+    uncertainty: dict = {}
+    if "local" in request.param:
+        uncertainty |= {"intercept": -0.4, "cv_slope": 0.7, "distance_slope": 0.9, "local_slope": 0.3}
+    if "neighbours" in request.param:
+        uncertainty |= {"distance_slope": 1.3, "distance_neighbours": 2}
+    if uncertainty:
         model = MetaModel(learners=model.learners, config=model.config | {"uncertainty": uncertainty})
     return adapt_and_predict(assay, model, options=OPTS)
 

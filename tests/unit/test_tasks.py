@@ -166,6 +166,49 @@ def test_sampler_without_split_and_small_assays(taskset: TaskSet) -> None:
         EpisodeSampler(taskset, support_range=(10, 5))
 
 
+def test_local_pool_draws_episodes_from_the_anchors_nearest_compounds() -> None:
+    """With local_pool = P, an unsplit assay's support and query come from the P compounds nearest a random
+    anchor: with two chemical series (disjoint bits), every episode stays inside one series, and both series
+    get drawn. Assays of at most P compounds, and split assays, are drawn as before; P < 0 is an error."""
+    from tests.conftest import make_synthetic_taskset
+
+    taskset = make_synthetic_taskset(n_assays=3, bits=128, n_per_assay=300, seed=2)
+    rng = np.random.default_rng(0)
+    series = np.arange(len(taskset.fingerprints)) % 2  # series 0 sets bits 0..63 only, series 1 bits 64..127
+    fps = (rng.random(taskset.fingerprints.shape) < 0.2).astype(np.uint8)
+    fps[series == 0, 64:] = 0
+    fps[series == 1, :64] = 0
+    taskset.fingerprints[:] = fps
+    in_assay = series[taskset.fp_rows[taskset.offsets[1]:taskset.offsets[2]]]
+    assert min(np.sum(in_assay == 0), np.sum(in_assay == 1)) > 100
+    local = EpisodeSampler(taskset, support_range=(16, 32), query_range=(16, 32), local_pool=100)
+    seen = set()
+    for seed in range(20):
+        support, query = local.episode_rows(1, np.random.default_rng(seed))
+        rows = np.concatenate([support, query])
+        assert len(set(rows.tolist())) == len(rows)
+        assert np.all((rows >= taskset.offsets[1]) & (rows < taskset.offsets[2]))
+        kinds = set(series[taskset.fp_rows[rows]].tolist())
+        assert len(kinds) == 1, kinds
+        seen |= kinds
+    assert seen == {0, 1}
+    plain = EpisodeSampler(taskset, support_range=(16, 32), query_range=(16, 32))
+    mixed = set(series[taskset.fp_rows[np.concatenate(plain.episode_rows(1, np.random.default_rng(0)))]].tolist())
+    assert mixed == {0, 1}
+    whole = EpisodeSampler(taskset, support_range=(16, 32), query_range=(16, 32), local_pool=300)
+    for seed in range(3):
+        a = whole.episode_rows(0, np.random.default_rng(seed))
+        b = plain.episode_rows(0, np.random.default_rng(seed))
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    split = make_synthetic_taskset(n_assays=2, bits=64, n_per_assay=80, seed=1, with_split=True)
+    for seed in range(3):
+        a = EpisodeSampler(split, local_pool=10).episode_rows(0, np.random.default_rng(seed))
+        b = EpisodeSampler(split).episode_rows(0, np.random.default_rng(seed))
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="local_pool"):
+        EpisodeSampler(taskset, local_pool=-1)
+
+
 def test_empty_subset_roundtrip(taskset: TaskSet, tmp_path: Path) -> None:
     empty = taskset.subset([])
     assert len(empty) == 0 and empty.fingerprints.shape == (0, SPEC.bits)

@@ -213,8 +213,14 @@ def test_bit_dropout_clears_bits_consistently_and_independently_of_the_share():
 def test_bit_dropout_is_a_checked_training_option(tmp_path):
     with pytest.raises(ValueError, match="bit_dropout"):
         TrainConfig(**(TINY_CONFIG | {"bit_dropout": 1.5}))
+    _check_augmentation(tmp_path, "bit_dropout", 0.2)
+
+
+def _check_augmentation(tmp_path, option: str, value: float) -> None:
+    """Training with `option` = value is reproducible from the seed, differs from training without it, and the
+    option is written into the run's config."""
     tr, va = _data()
-    cfg = TrainConfig(**(TINY_CONFIG | {"bit_dropout": 0.2}))
+    cfg = TrainConfig(**(TINY_CONFIG | {option: value}))
     result = train(cfg, tr, va, tmp_path / "a")
     again = train(cfg, tr, va, tmp_path / "b")
     assert result.best_epoch == again.best_epoch
@@ -224,7 +230,76 @@ def test_bit_dropout_is_a_checked_training_option(tmp_path):
     c = load_file(tmp_path / "c" / "model" / "weights.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)  # reproducible from the seed
     assert any(not torch.equal(a[k], c[k]) for k in a)  # and it changes training
-    assert read_toml(tmp_path / "a" / "config.toml")["bit_dropout"] == 0.2
+    assert read_toml(tmp_path / "a" / "config.toml")[option] == value
+
+
+def test_task_interpolation_mixes_inputs_and_labels_of_paired_tasks():
+    """Each interpolated task is λ·itself + (1 − λ)·its partner, row by row, in the dense inputs, the sparse
+    form (forward and backward) and the labels (each scaled by its own support); masks are unchanged; the
+    draws depend only on the seed and the global batch, so a rank's share matches; rate 0 changes nothing."""
+    from assayfew.meta.sparse import spmm
+    from assayfew.scaling import fit_scaling
+    from assayfew.tasks import EpisodeSampler
+    from assayfew.trainstep import TaskInterpolation, episode_batch
+
+    taskset = make_synthetic_taskset(n_assays=10, bits=64, seed=3)
+    episodes = EpisodeSampler(taskset, support_range=(8, 20), query_range=(8, 20), max_support=20,
+                              seed=5).sample_rows(4)
+    widths = (20, 20)
+    plain = episode_batch(taskset, episodes, "center", 0.5, widths=widths)
+    assert TaskInterpolation(0.0, 0.5, 1).draw(episodes) == [None] * 4
+    partners = TaskInterpolation(1.0, 0.5, 1).draw(episodes)
+    assert all(p is not None for p in partners)
+    mixed = episode_batch(taskset, episodes, "center", 0.5, widths=widths, partners=partners)
+    assert torch.equal(mixed.ms, plain.ms) and torch.equal(mixed.mq, plain.mq)
+    w = torch.randn(64, 3, dtype=torch.float64, requires_grad=True)
+    for t, p in enumerate(partners):
+        assert p is not None and 0.0 <= p.lam <= 1.0
+        scale = fit_scaling(taskset.values[p.support], "center", 0.5)
+        for which, paired, x, y, ref_x, ref_y in (("s", p.paired_support, mixed.xs, mixed.ys, plain.xs, plain.ys),
+                                                  ("q", p.paired_query, mixed.xq, mixed.yq, plain.xq, plain.yq)):
+            n = len(paired)
+            fp = torch.from_numpy(taskset.fingerprints[taskset.fp_rows[paired]]).float()
+            assert torch.allclose(x[t, :n], p.lam * ref_x[t, :n] + (1 - p.lam) * fp)
+            want_y = p.lam * ref_y[t, :n] + (1 - p.lam) * torch.from_numpy(scale.forward(taskset.values[paired]))
+            assert torch.allclose(y[t, :n], want_y.float(), atol=1e-6)
+    for which, x in (("s", mixed.xs), ("q", mixed.xq)):
+        dense = x.reshape(-1, 64).double()
+        got = spmm(mixed.sparse_rows(which), w)
+        assert torch.allclose(got, dense @ w)
+        g = torch.autograd.grad(got.sin().sum(), w)[0]
+        assert torch.allclose(g, torch.autograd.grad((dense @ w).sin().sum(), w)[0])
+    assert not torch.equal(mixed.xs, plain.xs)
+    share = episode_batch(taskset, episodes[2:], "center", 0.5, widths=widths, partners=partners[2:])
+    assert torch.equal(share.xs, mixed.xs[2:]) and torch.equal(share.yq, mixed.yq[2:])
+    again = TaskInterpolation(1.0, 0.5, 1).draw(episodes)
+    assert [p.lam for p in again] == [p.lam for p in partners]  # type: ignore[union-attr]
+    half = TaskInterpolation(0.5, 0.5, 1).draw(EpisodeSampler(taskset, support_range=(8, 20),
+                                                              query_range=(8, 20), seed=6).sample_rows(200))
+    assert 60 < sum(p is not None for p in half) < 140
+
+
+def test_task_mix_is_a_checked_training_option(tmp_path):
+    with pytest.raises(ValueError, match="task_mix"):
+        TrainConfig(**(TINY_CONFIG | {"task_mix": 1.5}))
+    with pytest.raises(ValueError, match="task_mix_alpha"):
+        TrainConfig(**(TINY_CONFIG | {"task_mix": 0.5, "task_mix_alpha": 0.0}))
+    with pytest.raises(ValueError, match="do not combine"):
+        TrainConfig(**(TINY_CONFIG | {"task_mix": 0.5, "bit_dropout": 0.1}))
+    _check_augmentation(tmp_path, "task_mix", 0.5)
+
+
+def test_local_pool_is_a_checked_training_option_that_reaches_the_sampler():
+    with pytest.raises(ValueError, match="local_pool"):
+        TrainConfig(**(TINY_CONFIG | {"local_pool": -5}))
+    tr, va = _data()
+    from assayfew.train import DrugBenchmark
+
+    plain = next(iter(DrugBenchmark(TrainConfig(**TINY_CONFIG), tr, va).train_items(0)))
+    local = next(iter(DrugBenchmark(TrainConfig(**(TINY_CONFIG | {"local_pool": 30})), tr, va).train_items(0)))
+    assert [e[0] for e in plain] == [e[0] for e in local]  # the same assays, other rows
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(plain, local))
+    assert all(len(np.union1d(e[1], e[2])) <= 30 for e in local)
 
 
 def test_assay_weights_balance_corpora_and_apply_named_factors():

@@ -35,7 +35,9 @@ def test_local_error_weighs_the_nearest_measured_residuals():
     residuals = np.array([0.1, 0.5, 2.0, 4.0])
     query = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=np.uint8)
     similarity, local = nearest_measured(query, support, residuals)
-    np.testing.assert_allclose(similarity, [1.0, 1.0])
+    np.testing.assert_allclose(similarity, [[1.0, 1 / 3, 0.0], [1.0, 0.5, 1 / 3]])  # the 3 nearest, descending
+    top, no_local = nearest_measured(query, support[:1], residuals[:1])  # one measured compound: NaN padding
+    np.testing.assert_allclose(top, [[1.0, np.nan, np.nan], [0.0, np.nan, np.nan]])
     # query 0: nearest are rows 0 (1.0), 1 (1/3), then rows 2 and 3 at 0 (the lower row wins the tie)
     w0 = np.array([1.0, 1 / 3, 0.0]) + 1e-6
     np.testing.assert_allclose(local[0], (w0 * residuals[[0, 1, 2]]).sum() / w0.sum())
@@ -68,23 +70,42 @@ def _synthetic_evidence(truth: UncertaintyCalibration, n_episodes: int, seed: in
     rng = np.random.default_rng(seed)
     n = 40
     cv_rmse = np.repeat(rng.uniform(0.3, 1.5, n_episodes), n)
-    sim = rng.uniform(0.1, 1.0, n_episodes * n)
+    top = -np.sort(-rng.uniform(0.1, 1.0, (n_episodes * n, 3)), axis=1)  # 3 nearest similarities, descending
     local = np.exp(rng.normal(np.log(cv_rmse), 0.5))
-    error = rng.normal(0, 1, len(sim)) * truth.sd(sim, cv_rmse, local)
+    error = rng.normal(0, 1, len(top)) * truth.sd(top, cv_rmse, local)
     return Evidence(assay=np.repeat(np.arange(n_episodes), n).astype(object),
-                    episode=np.repeat(np.arange(n_episodes), n), support_k=np.full(len(sim), 32),
-                    similarity=sim, cv_rmse=cv_rmse, local_error=local, error=error)
+                    episode=np.repeat(np.arange(n_episodes), n), support_k=np.full(len(top), 32),
+                    top_similarity=top, cv_rmse=cv_rmse, local_error=local, error=error)
 
 
-@pytest.mark.parametrize("local_slope", [0.0, 0.4])
-def test_fit_recovers_the_generating_model_and_covers_95_percent(local_slope):
-    truth = UncertaintyCalibration(intercept=-0.3, cv_slope=0.8, distance_slope=1.4, local_slope=local_slope)
-    fitted = fit_calibration(_synthetic_evidence(truth, 150, seed=0))
+def test_distance_reads_the_mean_similarity_of_the_nearest_measured_compounds():
+    top = np.array([[0.9, 0.5, 0.1], [0.8, np.nan, np.nan], [0.0, np.nan, np.nan]])
+    kw = dict(intercept=-0.5, cv_slope=0.7, distance_slope=1.0)
+    one, two = UncertaintyCalibration(**kw), UncertaintyCalibration(**kw, distance_neighbours=2)
+    np.testing.assert_allclose(one.distance_similarity(top), [0.9, 0.8, 0.0])
+    np.testing.assert_allclose(two.distance_similarity(top), [0.7, 0.8, 0.0])  # fewer measured: what there is
+    np.testing.assert_allclose(two.sd(top, 0.8), one.sd(np.array([0.7, 0.8, 0.0]), 0.8))
+    np.testing.assert_allclose(one.sd(top, 0.8), one.sd(top[:, 0], 0.8))  # the max alone, as before
+    with pytest.raises(ValueError, match="2 nearest"):
+        two.sd(top[:, 0], 0.8)
+    assert UncertaintyCalibration.from_config({}).distance_neighbours == 1  # models calibrated before it
+    assert UncertaintyCalibration.from_config({"uncertainty": {"distance_neighbours": 2}}).distance_neighbours == 2
+    for bad in (0, 4, 1.5, True):
+        with pytest.raises(ValueError, match="distance_neighbours"):
+            UncertaintyCalibration.from_config({"uncertainty": {"distance_neighbours": bad}})
+
+
+@pytest.mark.parametrize("local_slope,neighbours", [(0.0, 1), (0.4, 1), (0.4, 2)])
+def test_fit_recovers_the_generating_model_and_covers_95_percent(local_slope, neighbours):
+    truth = UncertaintyCalibration(intercept=-0.3, cv_slope=0.8, distance_slope=1.4, local_slope=local_slope,
+                                   distance_neighbours=neighbours)
+    fitted = fit_calibration(_synthetic_evidence(truth, 150, seed=0), distance_neighbours=neighbours)
+    assert fitted.distance_neighbours == neighbours
     assert fitted.intercept == pytest.approx(truth.intercept, abs=0.1)
     assert fitted.cv_slope == pytest.approx(truth.cv_slope, abs=0.12)
     assert fitted.distance_slope == pytest.approx(truth.distance_slope, abs=0.15)
     assert fitted.local_slope == pytest.approx(truth.local_slope, abs=0.08)
-    without = fit_calibration(_synthetic_evidence(truth, 150, seed=0), local=False)
+    without = fit_calibration(_synthetic_evidence(truth, 150, seed=0), local=False, distance_neighbours=neighbours)
     assert without.local_slope == 0.0 and not without.uses_local_error
     fresh = _synthetic_evidence(truth, 150, seed=1)
     quality = calibration_quality(fitted.sd_of(fresh), fresh)
@@ -138,7 +159,8 @@ def test_local_error_of_every_row_comes_from_the_measured_compounds_cv_errors(ti
     measured row's those of the *other* measured compounds."""
     model_dir = tmp_path / "local"
     shutil.copytree(tiny_model_dir, model_dir)
-    calibration = UncertaintyCalibration(intercept=-0.4, cv_slope=0.7, distance_slope=0.9, local_slope=0.3)
+    calibration = UncertaintyCalibration(intercept=-0.4, cv_slope=0.7, distance_slope=0.9, local_slope=0.3,
+                                         distance_neighbours=2)
     save_calibration(model_dir, calibration)
     model = load_model(model_dir)
     out = adapt_and_predict(assay, model, options=PredictOptions(cv_folds=3)).table
