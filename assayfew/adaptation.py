@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from assayfew.checkpoint import Adaptation, MetaModel
-from assayfew.chem import (OnBits, max_tanimoto, max_tanimoto_from_counts, nearest_tanimoto, tanimoto_from_counts,
+from assayfew.chem import (OnBits, max_tanimoto_from_counts, nearest_tanimoto, tanimoto_from_counts,
                            top_similarities)
 from assayfew.uncertainty import LOCAL_NEIGHBOURS, UncertaintyCalibration, local_error, nearest_measured, padded_top
 
@@ -43,11 +43,9 @@ class AssayAdaptation:
         local: np.ndarray | None
         if self.calibration.uses_local_error:
             similarity, local = nearest_measured(structure, self.support_fingerprints, self._residuals)
-        elif self.calibration.neighbours_needed > 1:
+        else:
             similarity, local = padded_top(nearest_tanimoto(structure, self.support_fingerprints,
                                                             self.calibration.neighbours_needed)[0]), None
-        else:
-            similarity, local = max_tanimoto(structure, self.support_fingerprints)[:, None], None
         prediction = self.model.predict(self.full, x)
         return prediction, self.calibration.sd(similarity, self.cv_rmse, local), similarity[:, 0]
 
