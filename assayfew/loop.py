@@ -71,6 +71,15 @@ class LoopOptions(Protocol):
     grad_clip: float
     seed: int
     device: str
+    keep_epoch: int | None  # keep this epoch's weights and stop after it (None: the best validation epoch)
+
+
+def check_keep_epoch(keep_epoch: int | None, epochs: int) -> None:
+    """ValueError unless `keep_epoch` is None or one of the run's epochs (0-based)."""
+    if keep_epoch is not None and (isinstance(keep_epoch, bool) or not isinstance(keep_epoch, int)
+                                   or not 0 <= keep_epoch < epochs):
+        raise ValueError(f"keep_epoch must be an epoch of the run, 0 to {epochs - 1} (epochs = {epochs}), "
+                         f"not {keep_epoch!r}")
 
 
 def cosine(lr: float, min_lr: float, step: int, total: int) -> float:
@@ -121,9 +130,11 @@ def fit(core: CoreConfig, bench: Benchmark, opts: LoopOptions, run_dir: Path, *,
         resume: bool = False, reporter: Reporter | None = None, dist: DistContext = SINGLE,
         init: Callable[[MetaLearner], None] | None = None) -> TrainResult:
     """Meta-train the learner + mixer `core` describes on `bench`; keep the epoch with the best first
-    validation metric in RUN_DIR/model; write RUN_DIR/config.toml (`run_config`), metrics.csv and state/
+    validation metric in RUN_DIR/model, or with `opts.keep_epoch` that epoch (training stops after it; the
+    rate still anneals over `opts.epochs`, so the schedule is the full run's); write RUN_DIR/config.toml (`run_config`), metrics.csv and state/
     (for `resume`, which needs the same `run_config`). `init`: sets the freshly built learner's starting
     meta-parameters in place (e.g. a pre-trained body), before any step or resumed state."""
+    check_keep_epoch(opts.keep_epoch, opts.epochs)
     reporter = reporter or Reporter()
     run_dir = Path(run_dir)
     model_dir, state_dir = run_dir / "model", run_dir / "state"
@@ -154,10 +165,11 @@ def fit(core: CoreConfig, bench: Benchmark, opts: LoopOptions, run_dir: Path, *,
         write_toml(run_dir / "config.toml", run_config)
 
     total = opts.epochs * opts.iters
-    reporter.start(total, start_epoch * opts.iters)
+    last = opts.epochs if opts.keep_epoch is None else opts.keep_epoch + 1
+    reporter.start(last * opts.iters, start_epoch * opts.iters)
     t0 = time.perf_counter()
     lr = opts.outer_lr
-    for epoch in range(start_epoch, opts.epochs):
+    for epoch in range(start_epoch, last):
         t_epoch = time.perf_counter()
         gen = torch.Generator(device="cpu").manual_seed(opts.seed * 100_003 + epoch)
         learner.train()
@@ -187,9 +199,13 @@ def fit(core: CoreConfig, bench: Benchmark, opts: LoopOptions, run_dir: Path, *,
         history.append(row)
         if dist.is_main:
             score = val[bench.metrics[0]]
-            if score > best_val or best_epoch < 0:
+            if (epoch == opts.keep_epoch if opts.keep_epoch is not None
+                    else score > best_val or best_epoch < 0):
                 best_val, best_epoch = score, epoch
-                mconf["training"] = mconf.get("training", {}) | {"epoch": epoch, bench.metrics[0]: best_val}
+                chosen = {"epoch": epoch, "kept": "best validation" if opts.keep_epoch is None else "keep_epoch"}
+                if math.isfinite(score):
+                    chosen[bench.metrics[0]] = score
+                mconf["training"] = mconf.get("training", {}) | chosen
                 save_model(model_dir, learner, mconf)
             write_metrics(run_dir / "metrics.csv", history, fields_)
             tensors, opt_meta = _optimizer_tensors(opt)

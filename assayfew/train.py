@@ -19,7 +19,7 @@ from assayfew.evaluate import evaluate_episodes, evaluation_episodes
 from assayfew.io import write_json
 from assayfew.device import resolve_device
 from assayfew.distributed import SINGLE, DistContext
-from assayfew.loop import LOG_EVERY, Reporter, TrainResult, cosine_lr, fit
+from assayfew.loop import LOG_EVERY, Reporter, TrainResult, check_keep_epoch, cosine_lr, fit
 from assayfew.meta import LEARNERS, MIXERS
 from assayfew.meta.config import CoreConfig, Part
 from assayfew.meta.learners import MetaLearner
@@ -75,6 +75,7 @@ class TrainConfig(EpisodeOptions):
     source_balance: float = 0.0  # assay sampling weight ∝ (assays in its corpus)^-source_balance; 1 = corpora equal
     source_weights: dict[str, float] = field(default_factory=dict)  # corpus name -> extra sampling factor (default 1)
     val_support_k: int | None = None
+    keep_epoch: int | None = None  # keep this epoch (0-based) and stop after it; None: the best on validation
     val_max_assays: int = 200
     msl_epochs: int = 10
     first_order_epochs: int = 0
@@ -89,6 +90,7 @@ class TrainConfig(EpisodeOptions):
 
     def __post_init__(self) -> None:
         check_train_options(self.to_dict())
+        check_keep_epoch(self.keep_epoch, self.epochs)
         if self.label_scaling not in SCALING_MODES:
             raise ValueError(f"unknown label scaling {self.label_scaling!r}; choose from {', '.join(SCALING_MODES)}")
         if self.split_sizes not in SPLIT_SIZES:
@@ -271,14 +273,26 @@ class DrugBenchmark:
                 "val_gt03": val.get("gt03", 0)}
 
 
+def check_sides(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet) -> None:
+    """ValueError when there is nothing to train on, or no validation assay to select the epoch by (without
+    `keep_epoch`)."""
+    if len(train_set) == 0:
+        raise ValueError("the split leaves no training assays in this corpus")
+    if len(val_set) == 0 and cfg.keep_epoch is None:
+        raise ValueError("the split leaves no validation assays to select the epoch by: add validation assays, "
+                         "or set keep_epoch to keep a fixed epoch")
+
+
 def train(cfg: TrainConfig, train_set: TaskSet, val_set: TaskSet, run_dir: Path, *, resume: bool = False,
           reporter: Reporter | None = None, split_info: dict | None = None,
           dist: DistContext = SINGLE) -> TrainResult:
-    """Meta-train on `train_set`, select the epoch with the best meta-validation mean R², write RUN_DIR.
+    """Meta-train on `train_set`, select the epoch with the best meta-validation mean R² (or keep
+    `cfg.keep_epoch`, the one way to train without validation assays), write RUN_DIR.
 
     `dist`: this process's rank in a torchrun job (`assayfew.distributed.init_from_env`); every rank calls
     train() with the same arguments, rank 0 validates and writes RUN_DIR (resume reads it on every rank)."""
     dist.share(cfg.meta_batch)  # every rank needs a task: fail before any work
+    check_sides(cfg, train_set, val_set)
     init = body_initializer(cfg, train_set.spec)
     bench = DrugBenchmark(cfg, train_set, val_set, split_info)
     run_dir = Path(run_dir)

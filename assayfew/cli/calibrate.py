@@ -8,13 +8,25 @@ from typing import Annotated, Optional
 
 import typer
 
-from assayfew.checkpoint import CONFIG_FILE, load_model
+from assayfew.checkpoint import CONFIG_FILE, MetaModel, load_model
 from assayfew.cli._common import err, user_errors
 from assayfew.experiment import experiment_data, split_taskset
 from assayfew.io import check_output_file
 from assayfew.provenance import stamp
 from assayfew.uncertainty import (CV_FOLDS, DISTANCE_NEIGHBOURS, LOCAL_NEIGHBOURS, calibration_quality,
                                   fit_calibration, heldout_evidence, save_calibration)
+
+
+def stand_in(model: MetaModel, path: Path) -> MetaModel:
+    """The model at `path`, checked to read compounds and blend predictions as `model` does."""
+    other = load_model(path)
+    if other.spec != model.spec or other.standardize != model.standardize:
+        raise ValueError(f"--fit-with {path}: its fingerprints ({other.spec}, standardize={other.standardize}) "
+                         f"differ from the model's ({model.spec}, standardize={model.standardize})")
+    if other.prediction != model.prediction:
+        raise ValueError(f"--fit-with {path}: its prediction settings {other.prediction} differ from the "
+                         f"model's {model.prediction}")
+    return other
 
 
 def main(
@@ -28,6 +40,10 @@ def main(
     distance_neighbours: Annotated[int, typer.Option(min=1, max=LOCAL_NEIGHBOURS, help="How many of the most "
                                                      "similar measured compounds 'similarity' averages over "
                                                      "(1: the max similarity).")] = DISTANCE_NEIGHBOURS,
+    fit_with: Annotated[Optional[Path], typer.Option(
+        "--fit-with", help="Fit on this stand-in model's predictions and store the result in --model: for a "
+                           "model trained on the split's validation assays, the same recipe trained without "
+                           "them. Fingerprints and prediction settings must match.")] = None,
 ) -> None:
     """Fit uncertainty = exp(a + b·log(support CV RMSE) + c·(1 − similarity) + d·log(local CV error)) by maximum
     likelihood, similarity being the mean Tanimoto of the nearest measured compounds; prints one JSON line
@@ -38,16 +54,18 @@ def main(
             raise ValueError("--seeds must be ≥ 1 and every --support-k ≥ 2")
         loaded = load_model(model)
         check_output_file(Path(model) / CONFIG_FILE)  # writable before the long fit, not after it
+        fitted = loaded if fit_with is None else stand_in(loaded, fit_with)
         taskset, split_def = experiment_data(group=None, data_dir=None, corpus=corpus, fmt=None, split=split,
                                              spec=loaded.spec, standardize=loaded.standardize)
         val = split_taskset(taskset, split_def).val
         if len(val) == 0:
             raise ValueError("the split's validation side has no assays in this corpus")
-        evidence = heldout_evidence(loaded.adapt_predict, val, ks, seeds)
+        evidence = heldout_evidence(fitted.adapt_predict, val, ks, seeds)
         calibration = fit_calibration(evidence, local=local, distance_neighbours=distance_neighbours)
         quality = calibration_quality(calibration.sd_of(evidence), evidence)
         save_calibration(model, calibration, fitted_on={
             "split": str(split), "side": "val", "n_assays": len(val), "support_k": ks, "seeds": seeds,
-            "cv_folds": CV_FOLDS, "local_neighbours": LOCAL_NEIGHBOURS, **quality} | stamp())
+            "cv_folds": CV_FOLDS, "local_neighbours": LOCAL_NEIGHBOURS, **quality}
+            | ({} if fit_with is None else {"fitted_with": str(fit_with)}) | stamp())
     err.print(f"wrote the uncertainty calibration into {model / 'config.json'}")
     print(json.dumps({"calibration": calibration.to_config(), "fit": quality}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,7 +18,7 @@ from assayfew.distributed import DistContext, init_from_env
 from assayfew.experiment import experiment_data, split_taskset
 from assayfew.io import check_output_dir, read_toml
 from assayfew.rundir import clear_run, run_artefacts
-from assayfew.train import Reporter, TrainConfig, assay_weights, body_initializer, train
+from assayfew.train import Reporter, TrainConfig, assay_weights, body_initializer, check_sides, train
 
 
 class RichReporter(Reporter):
@@ -33,8 +34,9 @@ class RichReporter(Reporter):
 
     def epoch(self, row: dict) -> None:
         self.last_val = row["val_mean_r2"]
-        self.progress.console.print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  "
-                                    f"val mean R² {row['val_mean_r2']:.4f}  median {row['val_median_r2']:.4f}")
+        val = (f"val mean R² {row['val_mean_r2']:.4f}  median {row['val_median_r2']:.4f}"
+               if math.isfinite(row["val_mean_r2"]) else "no validation assays")
+        self.progress.console.print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  {val}")
 
 
 def default_run_dir(group: int | None, dist: DistContext) -> Path:
@@ -114,6 +116,10 @@ def main(
     layers: Annotated[Optional[str], typer.Option(help="Candidate mixing layers, e.g. 1,2")] = None,
     fixed_lambda: Annotated[Optional[float], typer.Option(help="Use a fixed λ instead of Beta draws.")] = None,
     epochs: Annotated[Optional[int], typer.Option()] = None,
+    keep_epoch: Annotated[Optional[int], typer.Option(
+        help="Keep this epoch (0-based) and stop after it, the rate annealing over --epochs all the same "
+             "(default: the epoch with the best validation mean R²). Needed when the split has no validation "
+             "assays.")] = None,
     iters: Annotated[Optional[int], typer.Option(help="Meta-iterations per epoch.")] = None,
     meta_batch: Annotated[Optional[int], typer.Option()] = None,
     inner_steps: Annotated[Optional[int], typer.Option()] = None,
@@ -144,7 +150,7 @@ def main(
             raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
         values: dict = read_toml(config) if config else {}
         flags = {"algo": algo, "adapt": adapt, "mix": mix, "alpha": alpha, "beta": beta, "fixed_lambda": fixed_lambda,
-                 "epochs": epochs, "iters": iters, "meta_batch": meta_batch, "inner_steps": inner_steps,
+                 "epochs": epochs, "keep_epoch": keep_epoch, "iters": iters, "meta_batch": meta_batch, "inner_steps": inner_steps,
                  "inner_lr": inner_lr, "per_step_blocks": per_step_blocks, "first_order_epochs": first_order_epochs,
                  "msl_epochs": msl_epochs, "outer_lr": outer_lr, "label_scaling": label_scaling, "seed": seed,
                  "device": device, "standardize": standardize, "layers": _csv_ints(layers) if layers else None,
@@ -167,8 +173,7 @@ def main(
         if dist.is_main:
             dist.barrier()
         data = split_taskset(taskset, split_def, seed=cfg.seed)
-        if len(data.train) == 0 or len(data.val) == 0:
-            raise ValueError(f"the split leaves {len(data.train)} training and {len(data.val)} validation assays")
+        check_sides(cfg, data.train, data.val)
         assay_weights(data.train.sources, cfg.source_balance, cfg.source_weights)  # fails before the run dir exists
         if not dist.is_main:
             train(cfg, data.train, data.val, out, resume=resume, dist=dist)

@@ -20,7 +20,7 @@ import torch
 from assayfew.evaluate import evaluate_episodes
 from assayfew.images.data import ImageSet, OneShotRun
 from assayfew.images.episodes import EpisodeSampler
-from assayfew.loop import HostBatches, Reporter, TrainResult, fit, load_fitted, resolve_device
+from assayfew.loop import HostBatches, Reporter, TrainResult, check_keep_epoch, fit, load_fitted, resolve_device
 from assayfew.meta import LEARNERS, MIXERS
 from assayfew.meta.config import CoreConfig, Part
 from assayfew.meta.learners import MetaLearner
@@ -64,6 +64,7 @@ class ImageTrainConfig:
     batching: str = "loop"
     val_fraction: float = 0.15  # training classes held out for model selection
     val_episodes: int = 100
+    keep_epoch: int | None = None  # keep this epoch (0-based) and stop after it; None: the best on validation
     seed: int = 0
     device: str = "auto"
 
@@ -79,6 +80,7 @@ class ImageTrainConfig:
         if "layers" in values:
             values["layers"] = tuple(int(v) for v in values["layers"])
         cfg = cls(**values)
+        check_keep_epoch(cfg.keep_epoch, cfg.epochs)
         if min(cfg.epochs, cfg.iters, cfg.meta_batch, cfg.inner_steps, cfg.eval_steps, cfg.val_episodes) < 1:
             raise ValueError("image training: epochs, iters, meta_batch, inner_steps, eval_steps and val_episodes "
                              "must be >= 1")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from assayfew.loop import HostBatches, Reporter, TrainResult, fit, load_fitted, resolve_device
+from assayfew.loop import HostBatches, Reporter, TrainResult, check_keep_epoch, fit, load_fitted, resolve_device
 from assayfew.meta import LEARNERS, MIXERS
 from assayfew.meta.config import CoreConfig, Part
 from assayfew.meta.learners import MetaLearner
@@ -59,6 +59,7 @@ class PoseTrainConfig:
     regularizer_options: dict[str, Any] = field(default_factory=dict)
     val_fraction: float = 0.1  # training objects held out for model selection
     val_episodes: int = 100
+    keep_epoch: int | None = None  # keep this epoch (0-based) and stop after it; None: the best on validation
     seed: int = 0
     device: str = "auto"
 
@@ -74,6 +75,7 @@ class PoseTrainConfig:
             if values.get(key) is not None:
                 values[key] = tuple(int(v) for v in values[key])
         cfg = cls(**values)
+        check_keep_epoch(cfg.keep_epoch, cfg.epochs)
         if min(cfg.k_shot, cfg.query, cfg.epochs, cfg.iters, cfg.meta_batch, cfg.inner_steps, cfg.eval_steps,
                cfg.val_episodes) < 1:
             raise ValueError("pose training: k_shot, query, epochs, iters, meta_batch, inner_steps, eval_steps and "

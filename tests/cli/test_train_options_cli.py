@@ -64,3 +64,24 @@ def test_unknown_corpus_in_source_weights_fails_before_anything_is_written(data,
     res = runner.invoke(typer_app, ["train", *data, "--out", str(tmp_path / "r"), *TINY, "--config", str(conf)])
     assert res.exit_code == 2 and "no_such_corpus" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_a_split_without_validation_trains_with_keep_epoch_only(corpus, tmp_path):
+    """Training on every non-test assay (the validation ones too) keeps a fixed epoch; without --keep-epoch the
+    empty validation side is a one-line error before anything is written."""
+    split = json.loads((corpus / "split.json").read_text())
+    split["train"] = [*split["train"], *split["val"]]
+    split["val"] = []
+    (tmp_path / "all.json").write_text(json.dumps(split))
+    data = ["--corpus", str(corpus / "cache"), "--split", str(tmp_path / "all.json")]
+    res = runner.invoke(typer_app, ["train", *data, "--out", str(tmp_path / "r"), *TINY])
+    assert res.exit_code == 2 and "keep_epoch" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+    res = runner.invoke(typer_app, ["train", *data, "--out", str(tmp_path / "k"), *TINY, "--keep-epoch", "0"])
+    assert res.exit_code == 0 and "no validation assays" in res.output, res.output
+    training = json.loads((tmp_path / "k" / "model" / "config.json").read_text())["training"]
+    assert training["epoch"] == 0 and training["kept"] == "keep_epoch"
+    assert training["n_train_assays"] == len(split["train"])
+    assert tomllib.loads((tmp_path / "k" / "config.toml").read_text())["keep_epoch"] == 0
+    res = runner.invoke(typer_app, ["train", *data, "--out", str(tmp_path / "x"), *TINY, "--keep-epoch", "2"])
+    assert res.exit_code == 2 and "keep_epoch must be an epoch of the run" in res.output

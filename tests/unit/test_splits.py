@@ -126,3 +126,12 @@ def test_shipped_shared_heldout_regenerates(shared_data: Path) -> None:
     assert "CHEMBL240-1" in shipped.train and "hERG" in shipped.train  # hERG never held out
     assert not {"Caco2_permeability", "HLM_metabolic_stability"} & set(shipped.train)
     assert "davis" in shipped.info["excluded"]
+
+
+def test_shipped_trainval_split_is_shared_heldout_with_validation_trained() -> None:
+    """The final fit's split: the same test targets, the validation datasets moved to the training side."""
+    heldout = Split.load(assays_dir() / "shared_heldout.json")
+    trainval = Split.load(assays_dir() / "shared_trainval.json")
+    assert trainval.train == heldout.train + heldout.val and trainval.val == []
+    assert trainval.test == heldout.test and not set(trainval.test) & set(trainval.train)
+    assert trainval.info["excluded"] == heldout.info["excluded"]

@@ -345,3 +345,45 @@ def test_split_sizes_is_a_checked_training_option():
     with pytest.raises(ValueError, match="split_sizes"):
         TrainConfig.from_dict(TINY_CONFIG | {"split_sizes": "everything"})
     assert TrainConfig.from_dict(TINY_CONFIG | {"split_sizes": "range"}).split_sizes == "range"
+
+
+def test_keep_epoch_stops_there_on_the_full_schedule_and_keeps_that_epoch(tmp_path):
+    tr, va = _data()
+    full = train(TrainConfig(**TINY_CONFIG | {"epochs": 3}), tr, va, tmp_path / "full")
+    kept = train(TrainConfig(**TINY_CONFIG | {"epochs": 3, "keep_epoch": 1}), tr, va, tmp_path / "kept")
+    assert [row["epoch"] for row in kept.history] == [0, 1] and kept.best_epoch == 1
+    for a, b in zip(full.history[:2], kept.history):  # the same trajectory: the rate anneals over 3 epochs
+        assert a["lr"] == b["lr"] and a["train_loss"] == b["train_loss"]
+    model = load_file(str(tmp_path / "kept" / "model" / "weights.safetensors"))
+    state = load_file(str(tmp_path / "kept" / "state" / "learner.safetensors"))
+    assert all(torch.equal(model[k], state[k]) for k in model)
+    training = read_json(tmp_path / "kept" / "model" / "config.json")["training"]
+    assert training["epoch"] == 1 and training["kept"] == "keep_epoch"
+    assert read_json(tmp_path / "full" / "model" / "config.json")["training"]["kept"] == "best validation"
+
+
+def test_training_without_validation_assays_needs_keep_epoch(tmp_path):
+    tr, va = _data()
+    none = va.subset([])
+    with pytest.raises(ValueError, match="no validation assays.*keep_epoch"):
+        train(TrainConfig(**TINY_CONFIG), tr, none, tmp_path / "a")
+    result = train(TrainConfig(**TINY_CONFIG | {"keep_epoch": 1}), tr, none, tmp_path / "b")
+    assert result.best_epoch == 1 and all(np.isnan(row["val_mean_r2"]) for row in result.history)
+    training = read_json(tmp_path / "b" / "model" / "config.json")["training"]
+    assert training["epoch"] == 1 and "val_mean_r2" not in training and training["n_train_assays"] == len(tr)
+
+
+@pytest.mark.parametrize("value", [-1, 2, 1.5, True])
+def test_keep_epoch_must_be_an_epoch_of_the_run(value):
+    with pytest.raises(ValueError, match="keep_epoch"):
+        TrainConfig(**TINY_CONFIG | {"keep_epoch": value})
+
+
+def test_pose_and_image_configs_check_keep_epoch_too():
+    from assayfew.images.train import ImageTrainConfig
+    from assayfew.pose.train import PoseTrainConfig
+
+    for config in (PoseTrainConfig, ImageTrainConfig):
+        assert config.from_dict({"epochs": 3, "keep_epoch": 2}).keep_epoch == 2
+        with pytest.raises(ValueError, match="keep_epoch"):
+            config.from_dict({"epochs": 3, "keep_epoch": 3})
