@@ -29,8 +29,8 @@ class RichReporter(Reporter):
         self.task = self.progress.add_task("meta-training", total=total_iters, completed=done_iters, info="")
 
     def iteration(self, epoch: int, loss: float, n: int = 1) -> None:
-        self.progress.update(self.task, advance=n,
-                             info=f"epoch {epoch}  loss {loss:.3f}  val R² {self.last_val:.3f}")
+        val = f"  val R² {self.last_val:.3f}" if math.isfinite(self.last_val) else ""
+        self.progress.update(self.task, advance=n, info=f"epoch {epoch}  loss {loss:.3f}{val}")
 
     def epoch(self, row: dict) -> None:
         self.last_val = row["val_mean_r2"]
@@ -192,4 +192,6 @@ def main(
                       TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err) as progress:
             result = train(cfg, data.train, data.val, out, resume=resume, reporter=RichReporter(progress),
                            split_info={"source": str(split or f"pqsar group {group}")}, dist=dist)
-    err.print(f"best epoch {result.best_epoch}: val mean R² {result.best_val:.4f}; model in {out / 'model'}")
+    how = "best epoch" if cfg.keep_epoch is None else "kept epoch"
+    val = f"val mean R² {result.best_val:.4f}" if math.isfinite(result.best_val) else "no validation assays"
+    err.print(f"{how} {result.best_epoch}: {val}; model in {out / 'model'}")

@@ -79,6 +79,7 @@ def test_a_split_without_validation_trains_with_keep_epoch_only(corpus, tmp_path
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
     res = runner.invoke(typer_app, ["train", *data, "--out", str(tmp_path / "k"), *TINY, "--keep-epoch", "0"])
     assert res.exit_code == 0 and "no validation assays" in res.output, res.output
+    assert "kept epoch 0: no validation assays" in res.output
     training = json.loads((tmp_path / "k" / "model" / "config.json").read_text())["training"]
     assert training["epoch"] == 0 and training["kept"] == "keep_epoch"
     assert training["n_train_assays"] == len(split["train"])
