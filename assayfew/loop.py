@@ -131,9 +131,10 @@ def fit(core: CoreConfig, bench: Benchmark, opts: LoopOptions, run_dir: Path, *,
         init: Callable[[MetaLearner], None] | None = None) -> TrainResult:
     """Meta-train the learner + mixer `core` describes on `bench`; keep the epoch with the best first
     validation metric in RUN_DIR/model, or with `opts.keep_epoch` that epoch (training stops after it; the
-    rate still anneals over `opts.epochs`, so the schedule is the full run's); write RUN_DIR/config.toml (`run_config`), metrics.csv and state/
-    (for `resume`, which needs the same `run_config`). `init`: sets the freshly built learner's starting
-    meta-parameters in place (e.g. a pre-trained body), before any step or resumed state."""
+    rate still anneals over `opts.epochs`, so the schedule is the full run's); write RUN_DIR/config.toml
+    (`run_config`), metrics.csv and state/ (for `resume`, which needs the same `run_config`). `init`: sets the
+    freshly built learner's starting meta-parameters in place (e.g. a pre-trained body), before any step or
+    resumed state."""
     check_keep_epoch(opts.keep_epoch, opts.epochs)
     reporter = reporter or Reporter()
     run_dir = Path(run_dir)
