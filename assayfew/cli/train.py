@@ -153,8 +153,8 @@ def main(
                  "epochs": epochs, "keep_epoch": keep_epoch, "iters": iters, "meta_batch": meta_batch,
                  "inner_steps": inner_steps, "inner_lr": inner_lr, "per_step_blocks": per_step_blocks,
                  "first_order_epochs": first_order_epochs, "msl_epochs": msl_epochs, "outer_lr": outer_lr,
-                 "label_scaling": label_scaling, "seed": seed, "device": device, "standardize": standardize, "layers": _csv_ints(layers) if layers else None,
-                 "hidden": _csv_ints(hidden) if hidden else None}
+                 "label_scaling": label_scaling, "seed": seed, "device": device, "standardize": standardize,
+                 "layers": _csv_ints(layers) if layers else None, "hidden": _csv_ints(hidden) if hidden else None}
         if resume and out is not None and (out / "config.toml").exists() and not config:
             values = read_toml(out / "config.toml")
         values |= {k: v for k, v in flags.items() if v is not None}
