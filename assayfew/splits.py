@@ -275,14 +275,19 @@ def _kiba_targets(kiba_file: Path) -> list[str]:
     return sorted(pd.read_csv(kiba_file, usecols=["target"], dtype=str)["target"].dropna().unique())
 
 
-def make_shared_heldout_split(data_dir: str | Path, seed: int = 0) -> Split:
-    """The product's target-held-out evaluation split over the shared corpora.
+@dataclass
+class SharedGroups:
+    """The shared corpora's assay ids with their target group keys; `holdable` assays may be held out (SIMPD
+    datasets whose target no other corpus covers)."""
 
-    Union of SIMPD-69 dataset ids, the chembl28_ycu potency sets and the KIBA targets. Test (~16) and
-    validation (~10) are SIMPD datasets only, drawn with :func:`grouped_split` by target (replicate
-    datasets ``-1/-2`` and same-named orthologs together; a target also covered by another corpus, such
-    as hERG, always stays in train); everything else is train. ADME sets and Davis are excluded.
-    """
+    group: dict[str, str]
+    holdable: set[str]
+    sources: dict[str, int]
+
+
+def shared_groups(data_dir: str | Path) -> SharedGroups:
+    """Target groups over SIMPD-69, the chembl28_ycu potency sets and the KIBA targets: replicate datasets
+    ``-1/-2`` and same-named orthologs share a key; a chembl28 set shares its target's key (hERG with SIMPD's)."""
     data_dir = Path(data_dir)
     simpd = _simpd_targets(data_dir / "simpd_chembl32_ki")
     if not simpd:
@@ -299,13 +304,27 @@ def make_shared_heldout_split(data_dir: str | Path, seed: int = 0) -> Split:
     group.update({a: a for a in kiba})
     group.update(simpd)
     keys_outside_simpd = {g for a, g in group.items() if a not in simpd}
+    holdable = {a for a in simpd if simpd[a] not in keys_outside_simpd}
+    return SharedGroups(group=group, holdable=holdable,
+                        sources={"simpd_chembl32_ki": len(simpd), "chembl28_ycu": len(chembl28), "kiba": len(kiba)})
+
+
+def make_shared_heldout_split(data_dir: str | Path, seed: int = 0) -> Split:
+    """The product's target-held-out evaluation split over the shared corpora.
+
+    Union of SIMPD-69 dataset ids, the chembl28_ycu potency sets and the KIBA targets. Test (~16) and
+    validation (~10) are SIMPD datasets only, drawn with :func:`grouped_split` by target (replicate
+    datasets ``-1/-2`` and same-named orthologs together; a target also covered by another corpus, such
+    as hERG, always stays in train); everything else is train. ADME sets and Davis are excluded.
+    """
+    shared = shared_groups(data_dir)
     split = grouped_split(
-        list(group),
+        list(shared.group),
         n_val=SHARED_HELDOUT_N_VAL,
         n_test=SHARED_HELDOUT_N_TEST,
         seed=seed,
-        group_fn=group.__getitem__,
-        eligible=lambda a: a in simpd and simpd[a] not in keys_outside_simpd,
+        group_fn=shared.group.__getitem__,
+        eligible=shared.holdable.__contains__,
     )
     split.info = {
         "made_by": "assayfew.splits.make_shared_heldout_split",
@@ -315,14 +334,37 @@ def make_shared_heldout_split(data_dir: str | Path, seed: int = 0) -> Split:
             "(whole targets); train is the other SIMPD datasets, the chembl28_ycu potency sets and the "
             "KIBA targets. Assay ids are SIMPD file stems, chembl28_ycu file stems and KIBA UniProt ids."
         ),
-        "sources": {
-            "simpd_chembl32_ki": len(simpd),
-            "chembl28_ycu": len(chembl28),
-            "kiba": len(kiba),
-        },
+        "sources": dict(shared.sources),
         "excluded": dict(SHARED_HELDOUT_EXCLUDED),
     }
     return split
+
+
+def target_folds(split: Split, n_folds: int, *, seed: int, group_fn: Callable[[str], str] = target_of,
+                 eligible: Callable[[str], bool] | None = None) -> list[Split]:
+    """Leave-targets-out folds over `split`'s training and validation assays, for decisions on more targets
+    than one validation side holds: fold k validates on its share of the eligible assays (whole groups,
+    assigned in a seeded order to the fold with the fewest assays so far) and trains on every other training
+    or validation assay; the test side stays as it is. Each fold's `info` names the fold."""
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
+        raise SplitError(f"n_folds must be an integer >= 2, not {n_folds!r}")
+    pool = list(dict.fromkeys([*split.train, *split.val]))
+    groups: dict[str, list[str]] = {}
+    for a in sorted(pool):
+        if eligible is None or eligible(a):
+            groups.setdefault(str(group_fn(a)), []).append(a)
+    if len(groups) < n_folds:
+        raise SplitError(f"{len(groups)} eligible target groups cannot fill {n_folds} folds")
+    keys = sorted(groups)
+    folds: list[list[str]] = [[] for _ in range(n_folds)]
+    for j in np.random.default_rng(seed).permutation(len(keys)):
+        min(folds, key=len).extend(groups[keys[j]])
+    out = []
+    for k, held in enumerate(folds):
+        held_set = set(held)
+        out.append(Split(train=[a for a in pool if a not in held_set], val=sorted(held), test=list(split.test),
+                         info=dict(split.info) | {"fold": k, "n_folds": n_folds, "fold_seed": seed}))
+    return out
 
 
 def held_out_indices(n: int, fraction: float, seed: int, *, minimum: int = 1, what: str = "items") -> np.ndarray:

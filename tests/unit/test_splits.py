@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from assayfew.paths import assays_dir
-from assayfew.splits import Split, SplitError, grouped_split, make_shared_heldout_split, target_of
+from assayfew.splits import (Split, SplitError, grouped_split, make_shared_heldout_split, shared_groups,
+                             target_folds, target_of)
 
 SIMPD_LIKE = [f"CHEMBL{t}-{r}" for t in range(100, 140) for r in range(1, 1 + (t % 3) + 1)]
 
@@ -135,3 +136,38 @@ def test_shipped_trainval_split_is_shared_heldout_with_validation_trained() -> N
     assert trainval.train == heldout.train + heldout.val and trainval.val == []
     assert trainval.test == heldout.test and not set(trainval.test) & set(trainval.train)
     assert trainval.info["excluded"] == heldout.info["excluded"]
+
+
+def test_target_folds_hold_out_whole_groups_once_each() -> None:
+    ids = [f"T{t}-{r}" for t in range(9) for r in range(1, 2 + t % 3)] + ["KIN1", "KIN2"]
+    split = Split(train=ids[:-5] + ["KIN1", "KIN2"], val=ids[-5:-2], test=["X-1"], info={"seed": 0})
+    eligible = lambda a: a.startswith("T")  # noqa: E731
+    folds = target_folds(split, 3, seed=1, eligible=eligible)
+    pool = set(split.train) | set(split.val)
+    held = [a for f in folds for a in f.val]
+    assert sorted(held) == sorted(a for a in pool if eligible(a))  # every eligible assay held out exactly once
+    for k, fold in enumerate(folds):
+        assert set(fold.train) == pool - set(fold.val) and fold.test == ["X-1"]
+        assert {"KIN1", "KIN2"} <= set(fold.train)  # never held out
+        assert fold.info["fold"] == k and fold.info["n_folds"] == 3 and fold.info["seed"] == 0
+        groups = {target_of(a) for a in fold.val}
+        assert all(target_of(a) not in groups for a in fold.train)  # whole targets on one side
+    sizes = sorted(len(f.val) for f in folds)
+    assert sizes[-1] - sizes[0] <= 3  # balanced to within the largest group
+    again = target_folds(split, 3, seed=1, eligible=eligible)
+    assert [f.to_dict() for f in again] == [f.to_dict() for f in folds]
+    assert [f.val for f in target_folds(split, 3, seed=2, eligible=eligible)] != [f.val for f in folds]
+    with pytest.raises(SplitError, match="n_folds"):
+        target_folds(split, 1, seed=0)
+    with pytest.raises(SplitError, match="cannot fill"):
+        target_folds(split, 20, seed=0, eligible=eligible)
+
+
+def test_shared_target_folds_cover_the_holdable_simpd_datasets(shared_data: Path) -> None:
+    shared = shared_groups(shared_data)
+    heldout = Split.load(assays_dir() / "shared_heldout.json")
+    folds = target_folds(heldout, 5, seed=0, group_fn=shared.group.__getitem__,
+                         eligible=shared.holdable.__contains__)
+    held = sorted(a for f in folds for a in f.val)
+    assert held == sorted(a for a in heldout.train + heldout.val if a in shared.holdable)
+    assert not set(held) & set(heldout.test) and "CHEMBL240-1" not in held  # hERG is also a chembl28 set
