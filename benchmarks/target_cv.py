@@ -10,9 +10,11 @@ support = K compounds drawn from each dataset's TRN split, query = its TST split
 The test side is never touched. Runs are resumable: finished members are kept.
 
     python benchmarks/target_cv.py --cache cache/potency_tasks_r2_4096_f2048 \\
-        --config models/default/train_config.toml --seeds 0,1 --out runs/cv/base [--set KEY=VALUE ...]
+        --config models/default/train_config.toml --seeds 0,1 --out runs/cv/base [--set KEY=VALUE ...] \
+        [--ridge-weights 0.1,0.2,0.3]
 
-Prints a table (mean / median R² by K, ensemble and single members) and ends with one JSON line.
+The blend is (1 − w) · mean of the members + w · ridge, as `MetaModel` blends (`fp_ridge_weight`). Prints a
+table (mean / median R² by K for each w, single members and ridge) and ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from assayfew.baselines import ridge_predict
-from assayfew.checkpoint import load_model, save_ensemble
-from assayfew.evaluate import evaluate_episodes, evaluation_episodes
+from assayfew.checkpoint import load_model
+from assayfew.evaluate import evaluation_episodes
+from assayfew.metrics import r2_pearson
 from assayfew.experiment import load_taskset, split_taskset
 from assayfew.io import read_toml, write_json, write_toml
 from assayfew.paths import assays_dir, shared_data_dir
@@ -52,10 +55,14 @@ def train_member(cache: Path, split: Path, config: Path, seed: int, out: Path) -
     return time.perf_counter() - t0
 
 
-def scores(predict, episodes: list) -> dict[str, float]:
-    """Mean R² per dataset over its episodes (one support draw each)."""
-    table = evaluate_episodes(episodes, predict, n_boot=0).per_assay
-    return table.groupby("assay_id")["r2"].mean().to_dict()
+def summary(per: dict[int, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """Mean / median / count above 0.3 by K of the datasets' R² (each averaged over its support draws)."""
+    out = {}
+    for K in KS:
+        values = np.array([np.mean(v) for v in per[K].values()])
+        out[str(K)] = {"mean": float(values.mean()), "median": float(np.median(values)),
+                       "gt03": int((values > 0.3).sum()), "n": int(len(values))}
+    return out
 
 
 def main() -> None:
@@ -68,7 +75,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--fold-seed", type=int, default=0)
     ap.add_argument("--draws", type=int, default=3, help="support draws per dataset and K")
-    ap.add_argument("--ridge-weight", type=float, default=0.2, help="fingerprint ridge share of the blend")
+    ap.add_argument("--ridge-weights", default="0.2",
+                    help="fingerprint ridge shares of the blend to score, comma-separated (the first for members)")
     ap.add_argument("--jobs", type=int, default=2, help="members trained at once")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -102,41 +110,34 @@ def main() -> None:
     train_s = time.perf_counter() - t0
 
     taskset = load_taskset([args.cache])
-    ens: dict[int, dict[str, list[float]]] = {k: {} for k in KS}
-    one: dict[int, dict[str, list[float]]] = {k: {} for k in KS}
-    ridge: dict[int, dict[str, list[float]]] = {k: {} for k in KS}
+    weights = [float(w) for w in args.ridge_weights.split(",")]
+    names = [f"ensemble w={w:g}" for w in weights] + [f"one member w={weights[0]:g}", "ridge"]
+    per: dict[str, dict[int, dict[str, list[float]]]] = {n: {K: {} for K in KS} for n in names}
     for k, fold in enumerate(folds):
-        fold_dir = args.out / f"fold{k}"
-        members = [fold_dir / f"s{s}" / "model" for s in seeds]
-        save_ensemble(members, fold_dir / "ensemble", prediction={"fp_ridge_weight": args.ridge_weight})
-        ensemble = load_model(fold_dir / "ensemble")
-        singles = [load_model(m).with_prediction(fp_ridge_weight=args.ridge_weight) for m in members]
+        members = [load_model(args.out / f"fold{k}" / f"s{s}" / "model").with_prediction(fp_ridge_weight=0.0)
+                   for s in seeds]
         val = split_taskset(taskset, fold).val
         for K in KS:
             for draw in range(args.draws):
-                eps = evaluation_episodes(val, support_k=K, seed=draw)
-                for assay, r2 in scores(ensemble.adapt_predict, eps).items():
-                    ens[K].setdefault(assay, []).append(r2)
-                for single in singles:
-                    for assay, r2 in scores(single.adapt_predict, eps).items():
-                        one[K].setdefault(assay, []).append(r2)
-                for assay, r2 in scores(ridge_predict, eps).items():
-                    ridge[K].setdefault(assay, []).append(r2)
-
-    def summary(per: dict[int, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
-        out = {}
-        for K in KS:
-            values = np.array([np.mean(v) for v in per[K].values()])
-            out[str(K)] = {"mean": float(values.mean()), "median": float(np.median(values)),
-                           "gt03": int((values > 0.3).sum()), "n": int(len(values))}
-        return out
-
-    result = {"ensemble": summary(ens), "one_member": summary(one), "ridge": summary(ridge)}
+                for ep in evaluation_episodes(val, support_k=K, seed=draw):
+                    own = [m.adapt_predict(ep.support_x, ep.support_y, ep.query_x) for m in members]
+                    ridge = ridge_predict(ep.support_x, ep.support_y, ep.query_x)
+                    mean = np.mean(own, axis=0)
+                    preds = {f"ensemble w={w:g}": (1 - w) * mean + w * ridge for w in weights} | {
+                        "ridge": ridge, f"one member w={weights[0]:g}": None}
+                    for name, pred in preds.items():
+                        if pred is None:  # single members: the mean of their R²
+                            r2 = float(np.mean([r2_pearson(ep.query_y, (1 - weights[0]) * p + weights[0] * ridge)
+                                                for p in own]))
+                        else:
+                            r2 = r2_pearson(ep.query_y, pred)
+                        per[name][K].setdefault(ep.assay_id, []).append(r2)
+    result = {name: summary(table) for name, table in per.items()}
     for name, table in result.items():
         row = "  ".join(f"K={K} {v['mean']:.3f} / {v['median']:.3f}" for K, v in table.items())
-        print(f"{name:10s} {row}  average {np.mean([v['mean'] for v in table.values()]):.4f}")
-    print(json.dumps({"folds": args.folds, "seeds": seeds, "draws": args.draws, "ridge_weight": args.ridge_weight,
-                      "n_datasets": result["ensemble"]["32"]["n"], "train_s": round(train_s, 1),
+        print(f"{name:16s} {row}  average {np.mean([v['mean'] for v in table.values()]):.4f}")
+    print(json.dumps({"folds": args.folds, "seeds": seeds, "draws": args.draws, "ridge_weights": weights,
+                      "n_datasets": result["ridge"]["32"]["n"], "train_s": round(train_s, 1),
                       "training": config, "results": result}))
 
 
