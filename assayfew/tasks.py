@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from assayfew.chem import FingerprintSpec
+from assayfew.chem import FingerprintSpec, nearest_tanimoto
 from assayfew.io import atomic_write, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -426,11 +426,8 @@ class EpisodeSampler:
         """The `local_pool` measurements of rows lo..hi whose compounds are most similar to a random one of them
         (positions relative to lo; ties broken by position)."""
         fp = self.taskset.spec.structure_part(self.taskset.fingerprints[self.taskset.fp_rows[lo:hi]])
-        fp = fp.astype(np.float32)
-        anchor = fp[int(rng.integers(hi - lo))]
-        shared = fp @ anchor
-        sim = shared / np.maximum(fp.sum(1) + anchor.sum() - shared, 1.0)
-        return np.sort(np.argsort(-sim, kind="stable")[: self.local_pool])
+        anchor = int(rng.integers(hi - lo))
+        return np.sort(nearest_tanimoto(fp[anchor:anchor + 1], fp, self.local_pool)[1][0])
 
     @staticmethod
     def _size(size_range: tuple[int, int], cap: int | None, available: int, rng: np.random.Generator) -> int:
