@@ -44,6 +44,7 @@ TRAIN_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "val_max_assays": (1, None, False), "msl_epochs": (0, None, False), "first_order_epochs": (0, None, False),
     "seed": (0, SEED_MAX, False), "bit_dropout": (0, 1, False), "ridge_alpha": (0, None, True),
     "task_mix": (0, 1, False), "task_mix_alpha": (0, None, True), "local_pool": (0, None, False),
+    "ridge_share": (0, 1, False),
 }
 
 

@@ -72,6 +72,7 @@ class TrainConfig(EpisodeOptions):
     bit_dropout: float = 0.0  # training augmentation: share of each compound's set bits cleared (trainstep.BitDropout)
     task_mix: float = 0.0  # training augmentation: share of tasks interpolated with another (trainstep.TaskInterpolation)
     task_mix_alpha: float = 0.5  # its λ ~ Beta(task_mix_alpha, task_mix_alpha)
+    ridge_share: float = 0.0  # train for a blend with fingerprint ridge at this share (trainstep.ridge_residual_labels)
     source_balance: float = 0.0  # assay sampling weight ∝ (assays in its corpus)^-source_balance; 1 = corpora equal
     source_weights: dict[str, float] = field(default_factory=dict)  # corpus name -> extra sampling factor (default 1)
     val_support_k: int | None = None
@@ -97,6 +98,8 @@ class TrainConfig(EpisodeOptions):
             raise ValueError(f"split_sizes must be one of {', '.join(SPLIT_SIZES)}, not {self.split_sizes!r}")
         if self.init_head not in INIT_HEADS:
             raise ValueError(f"init_head must be one of {', '.join(INIT_HEADS)}, not {self.init_head!r}")
+        if self.ridge_share >= 1:
+            raise ValueError(f"ridge_share must be below 1, not {self.ridge_share!r}")
         if self.bit_dropout > 0 and self.task_mix > 0:
             raise ValueError("bit_dropout and task_mix do not combine: choose one training augmentation")
         if self.init_head != "mean" and self.init_body is None:
@@ -264,7 +267,7 @@ class DrugBenchmark:
         return meta_step(learner, mixer, self.train_set, item, label_scaling=self.cfg.label_scaling,
                          min_std=self.cfg.min_std, generator=generator, epoch=epoch, device=device, dist=dist,
                          bit_dropout=self.cfg.bit_dropout, task_mix=self.cfg.task_mix,
-                         task_mix_alpha=self.cfg.task_mix_alpha)
+                         task_mix_alpha=self.cfg.task_mix_alpha, ridge_share=self.cfg.ridge_share)
 
     def validate(self, learner: MetaLearner, model_config: dict[str, Any]) -> dict[str, float]:
         current = MetaModel(learners=[learner], config=model_config)

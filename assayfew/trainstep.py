@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from assayfew.baselines import ridge_fit
 from assayfew.device import to_device
 from assayfew.distributed import DistContext
 from assayfew.meta.batch import TaskBatch
@@ -23,14 +24,16 @@ Episode = tuple[int, np.ndarray, np.ndarray]
 
 def episode_batch(taskset: TaskSet, episodes: Sequence[Episode], mode: str, min_std: float, *,
                   widths: tuple[int, int] | None = None, dropout: BitDropout | None = None,
-                  partners: Sequence[Partner | None] | None = None) -> TaskBatch:
+                  partners: Sequence[Partner | None] | None = None, ridge_share: float = 0.0) -> TaskBatch:
     """Padded meta-batch of episodes (assay, support rows, query rows) from `EpisodeSampler.sample_rows`,
     each task's labels mapped with its own support statistics. Inputs are gathered straight from the task
     set's fingerprint table and their sparse form from its stored on-bits (no dense-to-sparse pass);
     the result equals `pad_tasks` of the materialised, scaled Tasks (padded to `widths` = (support, query)
     when given, else to the longest episode). Valid-row indices are attached (no device sync later).
     `dropout`: clear a random share of each compound's set bits (training augmentation; see `BitDropout`).
-    `partners`: one entry per episode, None or the task it is interpolated with (see `TaskInterpolation`)."""
+    `partners`: one entry per episode, None or the task it is interpolated with (see `TaskInterpolation`).
+    `ridge_share` w > 0: query labels become (y - w·r) / (1 - w), r = fingerprint ridge fitted on the episode's
+    support (see `ridge_residual_labels`), before any interpolation or dropout."""
     if not episodes:
         raise ValueError("episode_batch: no episodes")
     if partners is not None and len(partners) != len(episodes):
@@ -56,6 +59,8 @@ def episode_batch(taskset: TaskSet, episodes: Sequence[Episode], mode: str, min_
         fp = taskset.fp_rows[np.concatenate(parts)]
         x = np.zeros((n_tasks * width, bits), dtype=np.float32)
         x[flat] = taskset.fingerprints[fp]
+        if which == "q" and ridge_share > 0:
+            y = ridge_residual_labels(taskset, episodes, scalings, y, ridge_share)
         lens, cols = _set_bits(indptr, bit_ids, fp)
         rows = np.repeat(flat, lens)
         vals = None
@@ -78,6 +83,22 @@ def episode_batch(taskset: TaskSet, episodes: Sequence[Episode], mode: str, min_
         batch.set_sparse_rows(which, out[which][3])
         batch.set_valid_rows(which, out[which][4])
     return batch
+
+
+def ridge_residual_labels(taskset: TaskSet, episodes: Sequence[Episode], scalings: Sequence, query_y: np.ndarray,
+                          share: float, alpha: float = 10.0) -> np.ndarray:
+    """Query labels for training a meta-model that will be blended with fingerprint ridge at share `share`:
+    (y - share·r) / (1 - share), r = ridge (penalty `alpha`, as the blend's) fitted on the episode's scaled
+    support labels. Its squared error is that of the blend (1 - share)·f + share·r, divided by (1 - share)²."""
+    if not 0 < share < 1:
+        raise ValueError(f"ridge share must lie in (0, 1), got {share}")
+    out = query_y.copy()
+    for t, ((_, support, query), sc) in enumerate(zip(episodes, scalings)):
+        fit = ridge_fit(taskset.fingerprints[taskset.fp_rows[support]], sc.forward(taskset.values[support]),
+                        alpha=alpha)
+        r = fit.predict(taskset.fingerprints[taskset.fp_rows[query]])
+        out[t, : len(query)] = (query_y[t, : len(query)] - share * r) / (1.0 - share)
+    return out
 
 
 def _set_bits(indptr: np.ndarray, bit_ids: np.ndarray, fp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +220,7 @@ def episode_masks(episodes: Sequence[Episode], widths: tuple[int, int]) -> TaskB
 def meta_step(learner: torch.nn.Module, mixer: Mixer, taskset: TaskSet, episodes: Sequence[Episode], *,
               label_scaling: str, min_std: float, generator: torch.Generator, epoch: int, device: torch.device,
               dist: DistContext, bit_dropout: float = 0.0, task_mix: float = 0.0,
-              task_mix_alpha: float = 0.5) -> torch.Tensor:
+              task_mix_alpha: float = 0.5, ridge_share: float = 0.0) -> torch.Tensor:
     """Accumulate the meta-gradient of the global meta-batch `episodes` into the learner's `.grad` and
     return this rank's share of the loss (detached, on `device`; sum over ranks = the batch's loss).
 
@@ -207,7 +228,7 @@ def meta_step(learner: torch.nn.Module, mixer: Mixer, taskset: TaskSet, episodes
     and needs no device sync); each rank builds and moves only its share of the tasks, padded to the
     global widths, and the gradients are summed over the ranks. `bit_dropout`: see `BitDropout`; `task_mix`,
     `task_mix_alpha`: see `TaskInterpolation` (their seeds are drawn from `generator` only when the rate is
-    positive, so runs without them draw as before)."""
+    positive, so runs without them draw as before); `ridge_share`: see `ridge_residual_labels`."""
     widths = (max(len(ep[1]) for ep in episodes), max(len(ep[2]) for ep in episodes))
     plan = mixer.sample(episode_masks(episodes, widths), learner.model.n_layers, generator)
     start, stop = dist.share(len(episodes))
@@ -218,7 +239,7 @@ def meta_step(learner: torch.nn.Module, mixer: Mixer, taskset: TaskSet, episodes
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         partners = TaskInterpolation(task_mix, task_mix_alpha, seed).draw(episodes)[start:stop]
     host = episode_batch(taskset, episodes[start:stop], label_scaling, min_std, widths=widths, dropout=dropout,
-                         partners=partners)
+                         partners=partners, ridge_share=ridge_share)
     batch = to_device(host, device)
     plan = plan.tasks(start, stop).to(device, non_blocking=device.type == "cuda")
     loss, _ = learner.meta_loss(batch, mixer, generator=generator, epoch=epoch, plan=plan)

@@ -387,3 +387,42 @@ def test_pose_and_image_configs_check_keep_epoch_too():
         assert config.from_dict({"epochs": 3, "keep_epoch": 2}).keep_epoch == 2
         with pytest.raises(ValueError, match="keep_epoch"):
             config.from_dict({"epochs": 3, "keep_epoch": 3})
+
+
+def test_ridge_share_turns_query_labels_into_the_blend_residual():
+    """With ridge share w, each query label becomes (y - w·r) / (1 - w), r = `ridge_fit` on the episode's scaled
+    support; so (1 - w)·f + w·r - y = (1 - w)·(f - label) for any prediction f. Supports and inputs are unchanged."""
+    from assayfew.baselines import ridge_fit
+    from assayfew.scaling import fit_scaling
+    from assayfew.tasks import EpisodeSampler
+    from assayfew.trainstep import episode_batch, ridge_residual_labels
+
+    taskset = make_synthetic_taskset(n_assays=10, bits=64, seed=3)
+    episodes = EpisodeSampler(taskset, support_range=(8, 20), query_range=(8, 20), max_support=20,
+                              seed=5).sample_rows(4)
+    widths = (20, 20)
+    plain = episode_batch(taskset, episodes, "center", 0.5, widths=widths)
+    w = 0.3
+    blended = episode_batch(taskset, episodes, "center", 0.5, widths=widths, ridge_share=w)
+    assert torch.equal(blended.xs, plain.xs) and torch.equal(blended.ys, plain.ys)
+    assert torch.equal(blended.xq, plain.xq) and torch.equal(blended.mq, plain.mq)
+    rng = np.random.default_rng(0)
+    for t, (_, support, query) in enumerate(episodes):
+        sc = fit_scaling(taskset.values[support], "center", 0.5)
+        r = ridge_fit(taskset.fingerprints[taskset.fp_rows[support]], sc.forward(taskset.values[support])
+                      ).predict(taskset.fingerprints[taskset.fp_rows[query]])
+        y = plain.yq[t, : len(query)].double().numpy()
+        label = blended.yq[t, : len(query)].double().numpy()
+        f = rng.normal(size=len(query))
+        np.testing.assert_allclose((1 - w) * f + w * r - y, (1 - w) * (f - label), atol=1e-5)
+        assert not np.allclose(label, y)
+        assert torch.all(blended.yq[t, len(query):] == 0)
+    with pytest.raises(ValueError, match="ridge share"):
+        ridge_residual_labels(taskset, episodes, [], plain.yq.numpy(), 1.0)
+
+
+def test_ridge_share_is_a_checked_training_option(tmp_path):
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="ridge_share"):
+            TrainConfig(**(TINY_CONFIG | {"ridge_share": bad}))
+    _check_augmentation(tmp_path, "ridge_share", 0.3)
