@@ -100,6 +100,8 @@ class TrainConfig(EpisodeOptions):
             raise ValueError(f"init_head must be one of {', '.join(INIT_HEADS)}, not {self.init_head!r}")
         if self.ridge_share >= 1:
             raise ValueError(f"ridge_share must be below 1, not {self.ridge_share!r}")
+        if self.ridge_share > 0 and self.task_mix > 0:
+            raise ValueError("ridge_share and task_mix do not combine: a partner task's labels are not residuals")
         if self.bit_dropout > 0 and self.task_mix > 0:
             raise ValueError("bit_dropout and task_mix do not combine: choose one training augmentation")
         if self.init_head != "mean" and self.init_body is None:

@@ -425,4 +425,6 @@ def test_ridge_share_is_a_checked_training_option(tmp_path):
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="ridge_share"):
             TrainConfig(**(TINY_CONFIG | {"ridge_share": bad}))
+    with pytest.raises(ValueError, match="ridge_share and task_mix"):
+        TrainConfig(**(TINY_CONFIG | {"ridge_share": 0.3, "task_mix": 0.5}))
     _check_augmentation(tmp_path, "ridge_share", 0.3)
